@@ -1,0 +1,105 @@
+//! The command line, as clap types only. Nothing else sees these: [`crate::config`] turns them
+//! into validated settings before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pailfs",
+    version,
+    about = "Mount an S3 bucket (or any S3-compatible store) as a POSIX directory",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount a bucket, or the keys under a prefix, at a directory.
+    Mount(MountArgs),
+}
+
+/// Where the bucket is and how to reach it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900 (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Region of the bucket (default: AWS_REGION or the profile's region).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT (automatic for IP
+    /// addresses and localhost).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// AWS profile from ~/.aws/config and ~/.aws/credentials (SSO included).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Attempts per S3 request, retries included, with exponential backoff and jitter.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_attempts: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX.
+    pub source: String,
+    /// An existing, empty directory to mount on.
+    pub mountpoint: PathBuf,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Owner of files without stored attributes (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group of files without stored attributes (default: the mounting user's group).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Permissions of files without stored attributes, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "644")]
+    pub file_mode: String,
+    /// Permissions of directories without stored attributes, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "755")]
+    pub dir_mode: String,
+    /// Let other users use the mount (the kernel still checks permissions).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Stay in the foreground instead of returning once the mount is live.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Seconds attributes, names and directory listings are trusted without asking S3.
+    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    pub metadata_ttl: f64,
+    /// Directory for spool files of open files (default: $XDG_CACHE_HOME/pailfs, or
+    /// /var/cache/pailfs for root).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most disk the spool may use, e.g. 10G; writes wait for room, then fail with ENOSPC.
+    #[arg(long, value_name = "SIZE", default_value = "16G")]
+    pub max_cache_size: String,
+    /// Size of the first multipart parts (files up to this size are one PUT), e.g. 8M.
+    #[arg(long, value_name = "SIZE", default_value = "8M")]
+    pub part_size: String,
+    /// Parts uploaded at once across the mount.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub upload_concurrency: usize,
+    /// Directories with more objects than this are not renamed (EPERM).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_rename_objects: u64,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Write the log to this file instead of standard error.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}

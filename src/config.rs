@@ -1,0 +1,292 @@
+//! Validated settings, built from the command line before anything else runs.
+//!
+//! Every user mistake that can be caught without the network is caught here, with a one-line
+//! message that names the value and what to do: a malformed source, a bad size or mode, a
+//! mountpoint that does not exist, is not a directory, or is already mounted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::MountArgs;
+use crate::fs::FsConfig;
+use crate::fs::attr::Defaults;
+use crate::fs::names::normalize_prefix;
+use crate::store::client::S3Settings;
+
+/// A bucket and the prefix inside it that becomes the mount's root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub bucket: String,
+    /// "" or ending in `/`.
+    pub prefix: String,
+}
+
+impl Source {
+    /// Parses `BUCKET`, `BUCKET:PREFIX`, `BUCKET/PREFIX` or `s3://BUCKET/PREFIX`.
+    pub fn parse(s: &str) -> Result<Source, String> {
+        let rest = s.strip_prefix("s3://").unwrap_or(s);
+        let (bucket, prefix) = match rest.find([':', '/']) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        validate_bucket(bucket).map_err(|why| format!("{s:?} is not BUCKET[:PREFIX]: {why}"))?;
+        Ok(Source {
+            bucket: bucket.to_string(),
+            prefix: normalize_prefix(prefix)?,
+        })
+    }
+
+    /// `bucket/prefix` for messages and the mount table.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.bucket, self.prefix)
+    }
+}
+
+fn validate_bucket(b: &str) -> Result<(), String> {
+    if b.len() < 3 || b.len() > 63 {
+        return Err(format!("bucket name {b:?} must be 3 to 63 characters"));
+    }
+    if !b
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(format!(
+            "bucket name {b:?} may only hold lower-case letters, digits, '-', '.' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses sizes like `8M`, `1.5G`, `4096`, `10GiB` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 8M, 10G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("{s:?} has an unknown unit (use K, M, G or T)")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parses an octal permission like `644` or `0755`.
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission like 644"))
+}
+
+/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/pailfs`, `~/.cache/pailfs`, or
+/// `/var/cache/pailfs` for root.
+pub fn default_cache_dir() -> PathBuf {
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/pailfs");
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("pailfs");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("pailfs");
+    }
+    std::env::temp_dir().join("pailfs")
+}
+
+/// Everything `pailfs mount` needs, validated.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub s3: S3Settings,
+    pub fs: FsConfig,
+    pub cache_root: PathBuf,
+    pub allow_other: bool,
+    pub foreground: bool,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountConfig {
+    pub fn from_args(a: &MountArgs) -> Result<MountConfig, String> {
+        let source = Source::parse(&a.source)?;
+        let mountpoint = check_mountpoint(&a.mountpoint)?;
+        let mut s3 = S3Settings::with_defaults();
+        s3.endpoint_url = a.s3.endpoint_url.clone().filter(|e| !e.is_empty());
+        s3.region = a.s3.region.clone();
+        s3.profile = a.s3.profile.clone();
+        s3.force_path_style = a.s3.force_path_style;
+        s3.max_attempts = a.s3.max_attempts.max(1);
+        if let Some(e) = &s3.endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(format!(
+                "--endpoint-url {e:?} must start with http:// or https://"
+            ));
+        }
+        let ttl = a.metadata_ttl;
+        if !(0.0..=86_400.0).contains(&ttl) {
+            return Err(format!(
+                "--metadata-ttl {ttl} must be between 0 and 86400 seconds"
+            ));
+        }
+        let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut fs = FsConfig::new(&source.prefix, PathBuf::new());
+        fs.defaults = Defaults {
+            uid: a.uid.unwrap_or(uid),
+            gid: a.gid.unwrap_or(gid),
+            file_mode: parse_mode(&a.file_mode).map_err(|e| format!("--file-mode: {e}"))?,
+            dir_mode: parse_mode(&a.dir_mode).map_err(|e| format!("--dir-mode: {e}"))?,
+        };
+        fs.read_only = a.read_only;
+        fs.metadata_ttl = Duration::from_secs_f64(ttl);
+        fs.max_spool_bytes =
+            parse_size(&a.max_cache_size).map_err(|e| format!("--max-cache-size: {e}"))?;
+        fs.part_size = parse_size(&a.part_size).map_err(|e| format!("--part-size: {e}"))?;
+        if fs.part_size < crate::store::MIN_PART_SIZE {
+            return Err("--part-size must be at least 5M (S3's smallest part)".into());
+        }
+        fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
+        fs.max_rename_objects = a.max_rename_objects;
+        Ok(MountConfig {
+            source,
+            mountpoint,
+            s3,
+            fs,
+            cache_root,
+            allow_other: a.allow_other,
+            foreground: a.foreground,
+            log_level: a.log_level.clone(),
+            log_file: a.log_file.clone(),
+        })
+    }
+}
+
+/// Checks that `p` can be mounted on and returns it absolute.
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
+    let shown = p.display();
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "mountpoint {shown} is a dead FUSE mount; clear it with: fusermount3 -u {shown}"
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "mountpoint {shown} does not exist; create it with: mkdir -p {shown}"
+            ));
+        }
+        Err(e) => return Err(format!("cannot use mountpoint {shown}: {e}")),
+    };
+    if !meta.is_dir() {
+        return Err(format!("mountpoint {shown} is not a directory"));
+    }
+    let abs =
+        std::fs::canonicalize(p).map_err(|e| format!("cannot resolve mountpoint {shown}: {e}"))?;
+    if is_mounted(&abs) {
+        return Err(format!(
+            "{} is already a mount point; unmount it first (umount {} or fusermount3 -u {})",
+            abs.display(),
+            abs.display(),
+            abs.display()
+        ));
+    }
+    Ok(abs)
+}
+
+/// True when `/proc/self/mountinfo` lists `abs` as a mount point.
+pub fn is_mounted(abs: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = abs.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+/// Undoes the octal escapes (`\040` for a space) of `/proc/self/mountinfo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        let s = Source::parse("my-bucket").unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("my-bucket", ""));
+        let s = Source::parse("my-bucket:photos/2024").unwrap();
+        assert_eq!(s.prefix, "photos/2024/");
+        let s = Source::parse("s3://my-bucket/photos/2024/").unwrap();
+        assert_eq!(
+            (s.bucket.as_str(), s.prefix.as_str()),
+            ("my-bucket", "photos/2024/")
+        );
+        assert!(Source::parse("My_Bucket!").is_err());
+        assert!(Source::parse("b").is_err());
+        assert!(Source::parse("bucket:a//b").is_err());
+    }
+
+    #[test]
+    fn sizes_and_modes() {
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
+        assert_eq!(parse_mode("644").unwrap(), 0o644);
+        assert_eq!(parse_mode("0755").unwrap(), 0o755);
+        assert!(parse_mode("999").is_err());
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn mountpoint_errors_say_what_to_do() {
+        let e = check_mountpoint(Path::new("/no/such/dir")).unwrap_err();
+        assert!(
+            e.contains("does not exist") && e.contains("mkdir -p"),
+            "{e}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let e = check_mountpoint(f.path()).unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
+        assert!(is_mounted(Path::new("/proc")));
+        let e = check_mountpoint(Path::new("/proc")).unwrap_err();
+        assert!(e.contains("already a mount point"), "{e}");
+    }
+}

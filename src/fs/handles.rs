@@ -1,0 +1,355 @@
+//! Open, create and release: the handle table and the life of an [`OpenFile`].
+//!
+//! Every handle on an inode shares the inode's [`OpenFile`], created at the first open and
+//! dropped at the last release. `O_TRUNC` is handled at open (the mount asks the kernel for
+//! `FUSE_ATOMIC_O_TRUNC`), so truncating a file to rewrite it never stores an empty object in
+//! between: S3 keeps the old content until the new one is complete.
+//!
+//! At the last release, a file that is still dirty (its flush failed, or it was written through
+//! a path that never flushed) gets one more upload attempt; if that fails too, its spool file is
+//! moved to `failed/` in the cache directory and the error is logged with the path, so data the
+//! application was told failed is never served as stored, and is still recoverable by hand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::attr::{Kind, Stat};
+use super::error::{FsError, FsResult};
+use super::inode::Ino;
+use super::names;
+use super::openfile::OpenFile;
+use super::readdir::DirHandle;
+use super::{Attr, Fs};
+use crate::store::ObjectStore;
+
+/// An open file descriptor as the kernel knows it.
+#[derive(Clone)]
+pub struct FileHandle {
+    pub ino: Ino,
+    pub of: Arc<OpenFile>,
+    pub writable: bool,
+}
+
+#[derive(Clone)]
+enum Handle {
+    File(FileHandle),
+    Dir(Arc<tokio::sync::Mutex<DirHandle>>),
+}
+
+/// All open handles, by number.
+#[derive(Default)]
+pub struct HandleTable {
+    map: HashMap<u64, Handle>,
+    next: u64,
+}
+
+impl HandleTable {
+    fn insert(&mut self, h: Handle) -> u64 {
+        self.next += 1;
+        self.map.insert(self.next, h);
+        self.next
+    }
+
+    pub fn insert_dir(&mut self, d: Arc<tokio::sync::Mutex<DirHandle>>) -> u64 {
+        self.insert(Handle::Dir(d))
+    }
+
+    pub fn file(&self, fh: u64) -> Option<FileHandle> {
+        match self.map.get(&fh) {
+            Some(Handle::File(f)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<DirHandle>>> {
+        match self.map.get(&fh) {
+            Some(Handle::Dir(d)) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn remove(&mut self, fh: u64) {
+        self.map.remove(&fh);
+    }
+
+    fn take_file(&mut self, fh: u64) -> Option<FileHandle> {
+        match self.map.remove(&fh) {
+            Some(Handle::File(f)) => Some(f),
+            Some(other) => {
+                self.map.insert(fh, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// What `open(2)` flags ask for.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenMode {
+    pub writable: bool,
+    pub truncate: bool,
+    pub exclusive: bool,
+}
+
+impl OpenMode {
+    pub fn from_flags(flags: i32) -> Self {
+        OpenMode {
+            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            truncate: flags & libc::O_TRUNC != 0,
+            exclusive: flags & libc::O_EXCL != 0,
+        }
+    }
+}
+
+impl<S: ObjectStore> Fs<S> {
+    /// Opens a file; returns the handle number.
+    pub async fn open(&self, ino: Ino, flags: i32) -> FsResult<u64> {
+        let mode = OpenMode::from_flags(flags);
+        if mode.writable || mode.truncate {
+            self.check_writable()?;
+        }
+        // Refresh size and ETag first if they are older than the TTL, so a reader is pinned
+        // to the object as it is now.
+        let needs_refresh = {
+            let t = self.table();
+            let i = t.get(ino).ok_or_else(FsError::not_found)?;
+            match i.stat.kind {
+                Kind::Dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
+                Kind::Symlink => return Err(FsError::new(libc::ELOOP, "is a symlink")),
+                Kind::File => {}
+            }
+            i.open.is_none() && i.remote && (i.etag.is_none() || !i.fresh(self.config.metadata_ttl))
+        };
+        if needs_refresh {
+            if let Some(i) = self.table().get_mut(ino) {
+                i.validated = None;
+            }
+            self.getattr(ino).await?;
+        }
+        let of = {
+            let mut t = self.table();
+            let i = t.get_mut(ino).ok_or_else(FsError::not_found)?;
+            let of = match &i.open {
+                Some(of) => of.clone(),
+                None => {
+                    let etag = i.etag.clone().unwrap_or_default();
+                    let of = Arc::new(OpenFile::for_object(
+                        i.key.clone(),
+                        i.stat,
+                        etag,
+                        i.user_meta.as_ref(),
+                    ));
+                    i.open = Some(of.clone());
+                    of
+                }
+            };
+            i.handles += 1;
+            of
+        };
+        if mode.truncate && mode.writable {
+            let r = self.truncate_open(&of, 0).await;
+            if let Err(e) = r {
+                self.drop_handle_ref(ino, &of);
+                return Err(e);
+            }
+        }
+        Ok(self.handle_table().insert(Handle::File(FileHandle {
+            ino,
+            of,
+            writable: mode.writable,
+        })))
+    }
+
+    /// Creates (or, without `O_EXCL`, opens) `name` in `parent`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        let name = names::name_from_os(name)?;
+        let open_mode = OpenMode::from_flags(flags);
+        match self.resolve(parent, name, false).await {
+            Ok(attr) => {
+                if open_mode.exclusive {
+                    return Err(FsError::new(libc::EEXIST, format!("{name:?} exists")));
+                }
+                if attr.stat.kind == Kind::Dir {
+                    return Err(FsError::new(libc::EISDIR, "is a directory"));
+                }
+                let fh = self.open(attr.ino, flags).await?;
+                let mut t = self.table();
+                let attr = self.attr_of(&mut t, attr.ino, true);
+                return Ok((attr, fh));
+            }
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let dir_key = self.parent_dir_key(parent)?;
+        let key = names::child_key(&dir_key, name);
+        let mut stat = Stat::new(Kind::File, &self.config.defaults, SystemTime::now());
+        stat.perm = (mode & !umask & 0o7777) as u16;
+        stat.uid = uid;
+        stat.gid = gid;
+        let of = Arc::new(OpenFile::created(key.clone(), stat));
+        self.negative_remove(parent, name);
+        let ino = {
+            let mut t = self.table();
+            if t.get(parent).is_none() {
+                return Err(FsError::not_found());
+            }
+            let i = t.link_new(parent, name, key, stat);
+            i.remote = false;
+            i.open = Some(of.clone());
+            i.handles = 1;
+            i.validated = Some(Instant::now());
+            i.ino
+        };
+        let fh = self.handle_table().insert(Handle::File(FileHandle {
+            ino,
+            of,
+            writable: open_mode.writable,
+        }));
+        let mut t = self.table();
+        Ok((self.attr_of(&mut t, ino, true), fh))
+    }
+
+    pub(crate) fn file_handle(&self, fh: u64) -> FsResult<FileHandle> {
+        self.handle_table()
+            .file(fh)
+            .ok_or_else(|| FsError::new(libc::EBADF, "bad file handle"))
+    }
+
+    /// Closes a handle. The kernel sent `flush` at each `close()` before this; the last
+    /// release of a still-dirty file retries the upload once, then keeps the data aside.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.handle_table().take_file(fh) else {
+            return Err(FsError::new(libc::EBADF, "bad file handle"));
+        };
+        let last = {
+            let t = self.table();
+            t.get(h.ino).is_none_or(|i| i.handles <= 1)
+        };
+        let mut result = Ok(());
+        if last && h.of.is_dirty() {
+            if let Err(e) = self.flush_file(h.ino, &h.of).await {
+                self.keep_failed(&h.of, &e);
+                self.discard_local(h.ino, &h.of);
+                result = Err(e);
+            }
+        }
+        if last {
+            self.abort_leftover_upload(&h.of).await;
+        }
+        self.drop_handle_ref(h.ino, &h.of);
+        result
+    }
+
+    /// Decrements the inode's handle count; the last one detaches the open state.
+    fn drop_handle_ref(&self, ino: Ino, of: &Arc<OpenFile>) {
+        let mut t = self.table();
+        let Some(i) = t.get_mut(ino) else { return };
+        i.handles = i.handles.saturating_sub(1);
+        if i.handles == 0 && i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
+            i.stat = of.stat();
+            i.open = None;
+            if let Some(spool) = of.lock().spool.take() {
+                self.spool_budget.release(&spool);
+            }
+        }
+        t.maybe_drop(ino);
+    }
+
+    /// Forgets unuploaded changes: the inode shows S3's state again at the next access.
+    fn discard_local(&self, ino: Ino, of: &Arc<OpenFile>) {
+        {
+            let mut s = of.lock();
+            s.dirty = false;
+            s.meta_dirty = false;
+        }
+        let mut t = self.table();
+        let Some(i) = t.get_mut(ino) else { return };
+        i.validated = None;
+        if !i.remote && i.linked {
+            // It never reached S3, so it does not exist.
+            let (p, n) = (i.parent, i.name.clone());
+            t.unlink(p, &n);
+        }
+    }
+
+    /// Moves the spool of a file whose upload failed for good to `failed/`, and says where.
+    fn keep_failed(&self, of: &Arc<OpenFile>, e: &FsError) {
+        let (key, spool) = {
+            let s = of.lock();
+            (s.key.clone(), s.spool.clone())
+        };
+        let Some(spool) = spool else {
+            log::error!(
+                "upload of {key:?} failed ({}); the change is lost",
+                e.message
+            );
+            return;
+        };
+        let dir = self.config.spool_dir.join("failed");
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let safe: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(150)
+            .collect();
+        let dest = dir.join(format!("{stamp}-{safe}"));
+        match std::fs::create_dir_all(&dir).and_then(|_| spool.keep_as(&dest)) {
+            Ok(()) => log::error!(
+                "upload of {key:?} failed ({}); its data is kept in {} (holes read as zeros)",
+                e.message,
+                dest.display()
+            ),
+            Err(io) => log::error!(
+                "upload of {key:?} failed ({}); could not keep its data: {io}",
+                e.message
+            ),
+        }
+    }
+
+    /// Aborts a multipart upload still attached to a file being closed (unlinked meanwhile).
+    async fn abort_leftover_upload(&self, of: &Arc<OpenFile>) {
+        let mp = {
+            let _g = of.upload.write().await;
+            of.lock().mp.take()
+        };
+        if let Some(mp) = mp
+            && let Err(e) = self.store.abort_multipart(&mp.key, &mp.upload_id).await
+        {
+            log::warn!(
+                "could not abort upload {} of {:?}: {e}",
+                mp.upload_id,
+                mp.key
+            );
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The inode table: numbers the kernel holds, the names they are linked under, and what we
+//! last learned about each from S3.
+//!
+//! Inode numbers are never reused, so a stale number held by the kernel can never reach
+//! another file. An inode lives while the kernel holds lookups on it or a handle is open;
+//! after that it is only a cache entry and is dropped. A name maps to at most one inode; when
+//! S3 shows a different kind under a name (a file replaced by a directory), the old inode is
+//! unlinked and a new one takes the name.
+//!
+//! The table sits behind one `std::sync::Mutex` in [`super::Fs`], held only for map updates,
+//! never across an `.await`. Per-file state that needs I/O lives in [`super::openfile`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::attr::{Kind, Stat};
+use super::openfile::OpenFile;
+use crate::store::UserMeta;
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+/// One file, directory or symlink.
+#[derive(Clone)]
+pub struct Inode {
+    pub ino: Ino,
+    pub parent: Ino,
+    pub name: String,
+    /// Object key (files, symlinks) or prefix ending in `/` (directories; the root's may be "").
+    pub key: String,
+    pub stat: Stat,
+    /// ETag of the object (or directory marker) last seen.
+    pub etag: Option<String>,
+    /// User metadata from the last HEAD; `None` when not read yet.
+    pub user_meta: Option<UserMeta>,
+    /// When S3 last confirmed this entry; `None` forces a check.
+    pub validated: Option<Instant>,
+    /// Directories: a marker object `key` exists.
+    pub has_marker: bool,
+    /// False for a file created here and not uploaded yet.
+    pub remote: bool,
+    /// Still reachable by name (false after unlink, rmdir, or being replaced).
+    pub linked: bool,
+    /// Lookups the kernel holds (FUSE `nlookup`).
+    pub lookups: u64,
+    /// Open handles on this inode.
+    pub handles: u32,
+    /// Shared state of an open file (spool, upload) while any handle is open.
+    pub open: Option<Arc<OpenFile>>,
+    /// Symlink target, once read.
+    pub target: Option<String>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.stat.kind == Kind::Dir
+    }
+
+    /// True when S3 was checked less than `ttl` ago.
+    pub fn fresh(&self, ttl: std::time::Duration) -> bool {
+        self.validated.is_some_and(|t| t.elapsed() < ttl)
+    }
+}
+
+/// All inodes and the name index.
+pub struct InodeTable {
+    inodes: HashMap<Ino, Inode>,
+    /// parent -> name -> child.
+    children: HashMap<Ino, HashMap<String, Ino>>,
+    next: Ino,
+}
+
+impl InodeTable {
+    pub fn new(root_key: String, root_stat: Stat) -> Self {
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT,
+            Inode {
+                ino: ROOT,
+                parent: ROOT,
+                name: String::new(),
+                key: root_key,
+                stat: root_stat,
+                etag: None,
+                user_meta: None,
+                validated: None,
+                has_marker: false,
+                remote: true,
+                linked: true,
+                lookups: 1,
+                handles: 0,
+                open: None,
+                target: None,
+            },
+        );
+        InodeTable {
+            inodes,
+            children: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
+        self.inodes.get_mut(&ino)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+    }
+
+    /// The inode linked as `name` in `parent`.
+    pub fn child(&self, parent: Ino, name: &str) -> Option<&Inode> {
+        self.child_ino(parent, name)
+            .and_then(|i| self.inodes.get(&i))
+    }
+
+    fn child_ino(&self, parent: Ino, name: &str) -> Option<Ino> {
+        self.children
+            .get(&parent)
+            .and_then(|m| m.get(name))
+            .copied()
+    }
+
+    fn remove_name(&mut self, parent: Ino, name: &str) -> Option<Ino> {
+        let m = self.children.get_mut(&parent)?;
+        let ino = m.remove(name);
+        if m.is_empty() {
+            self.children.remove(&parent);
+        }
+        ino
+    }
+
+    fn insert_name(&mut self, parent: Ino, name: &str, ino: Ino) {
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
+    }
+
+    /// Children of `parent` currently linked in the table.
+    pub fn children_of(&self, parent: Ino) -> Vec<&Inode> {
+        self.children
+            .get(&parent)
+            .map(|m| m.values().filter_map(|i| self.inodes.get(i)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Links a new inode as `name` in `parent`, unlinking whatever had the name.
+    pub fn link_new(&mut self, parent: Ino, name: &str, key: String, stat: Stat) -> &mut Inode {
+        self.unlink(parent, name);
+        let ino = self.next;
+        self.next += 1;
+        self.insert_name(parent, name, ino);
+        self.inodes.insert(
+            ino,
+            Inode {
+                ino,
+                parent,
+                name: name.to_string(),
+                key,
+                stat,
+                etag: None,
+                user_meta: None,
+                validated: None,
+                has_marker: false,
+                remote: true,
+                linked: true,
+                lookups: 0,
+                handles: 0,
+                open: None,
+                target: None,
+            },
+        );
+        self.inodes.get_mut(&ino).expect("just inserted")
+    }
+
+    /// Removes the name; the inode stays while the kernel or a handle holds it.
+    pub fn unlink(&mut self, parent: Ino, name: &str) -> Option<Ino> {
+        let ino = self.remove_name(parent, name)?;
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.linked = false;
+        }
+        self.maybe_drop(ino);
+        Some(ino)
+    }
+
+    /// Moves inode `ino` to `new_name` in `new_parent`, replacing what was there.
+    pub fn relink(&mut self, ino: Ino, new_parent: Ino, new_name: &str, new_key: String) {
+        let Some(old) = self.inodes.get(&ino) else {
+            return;
+        };
+        let (op, on) = (old.parent, old.name.clone());
+        if self.child_ino(op, &on) == Some(ino) {
+            self.remove_name(op, &on);
+        }
+        if self.child_ino(new_parent, new_name) != Some(ino) {
+            self.unlink(new_parent, new_name);
+        }
+        self.insert_name(new_parent, new_name, ino);
+        let old_key = {
+            let i = self.inodes.get_mut(&ino).expect("checked above");
+            i.parent = new_parent;
+            i.name = new_name.to_string();
+            i.linked = true;
+            std::mem::replace(&mut i.key, new_key.clone())
+        };
+        if self.inodes[&ino].is_dir() {
+            self.rekey_descendants(&old_key, &new_key);
+        }
+    }
+
+    /// After a directory moved from prefix `old` to `new`, fixes the keys of cached descendants.
+    fn rekey_descendants(&mut self, old: &str, new: &str) {
+        for i in self.inodes.values_mut() {
+            if i.ino != ROOT && i.key.starts_with(old) && i.key.len() > old.len() {
+                i.key = format!("{new}{}", &i.key[old.len()..]);
+                if let Some(of) = &i.open {
+                    of.rekey(&i.key);
+                }
+            }
+        }
+    }
+
+    /// The kernel gives back `n` lookups.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.lookups = i.lookups.saturating_sub(n);
+        }
+        self.maybe_drop(ino);
+    }
+
+    /// Drops the inode when nobody holds it and it is not a local-only file.
+    pub fn maybe_drop(&mut self, ino: Ino) {
+        let Some(i) = self.inodes.get(&ino) else {
+            return;
+        };
+        if ino == ROOT || i.lookups > 0 || i.handles > 0 || i.open.is_some() {
+            return;
+        }
+        if i.linked && !i.remote {
+            return; // a created file not uploaded yet: its name must stay
+        }
+        let (parent, name, linked) = (i.parent, i.name.clone(), i.linked);
+        if linked && self.child_ino(parent, &name) == Some(ino) {
+            self.remove_name(parent, &name);
+        }
+        self.inodes.remove(&ino);
+    }
+
+    /// Marks every cached entry as needing a check against S3.
+    pub fn invalidate_all(&mut self) {
+        for i in self.inodes.values_mut() {
+            i.validated = None;
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The filesystem core: POSIX operations over inode numbers and names, in S3 requests.
+//!
+//! Nothing here knows about FUSE: every operation is an `async fn` returning plain structs and
+//! an [`FsError`] with an errno, so the whole core runs in tests over a
+//! [`crate::store::memory::MemoryStore`] without a kernel. The FUSE adapter turns each kernel
+//! request into one call here and one reply.
+//!
+//! Modules, by concern: `inode` (the table), `names` (keys versus names), `attr` (stat and its
+//! S3 metadata), `namespace` (lookup, mkdir, unlink, ...), `readdir`, `handles` (open, create,
+//! release), `read`, `write` and `upload` (spool to S3), `openfile` (per-file shared state),
+//! `spool`, `ranges`, `parts`, `error`.
+//!
+//! Lock order: the inode table (`inodes`), then the handle table (`handles`); an
+//! [`openfile::OpenFile`]'s own locks are never taken while holding either. No std lock is held
+//! across an `.await`.
+
+pub mod attr;
+pub mod error;
+pub mod handles;
+pub mod inode;
+pub mod names;
+pub mod namespace;
+pub mod openfile;
+pub mod parts;
+pub mod ranges;
+pub mod read;
+pub mod readdir;
+pub mod rename;
+pub mod setattr;
+pub mod spool;
+pub mod upload;
+pub mod write;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use attr::{Defaults, Kind, Stat};
+use error::{FsError, FsResult};
+use inode::{Ino, InodeTable};
+use names::SkipLog;
+use parts::PartLayout;
+use spool::SpoolBudget;
+
+use crate::store::ObjectStore;
+
+/// Settings of the core, validated before the mount starts.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Key prefix shown as the mount's root: "" or ending in `/`.
+    pub prefix: String,
+    pub defaults: Defaults,
+    pub read_only: bool,
+    /// How long attributes, entries and negative lookups are trusted without asking S3.
+    pub metadata_ttl: Duration,
+    /// Size of the first multipart parts; files up to this size are one PUT.
+    pub part_size: u64,
+    /// Parts uploaded at once across the mount (bounds memory: each holds a part in RAM).
+    pub upload_concurrency: usize,
+    pub spool_dir: PathBuf,
+    pub max_spool_bytes: u64,
+    /// How long a write waits for spool space before failing with ENOSPC.
+    pub spool_wait: Duration,
+    /// Directories with more objects than this are not renamed (EPERM).
+    pub max_rename_objects: u64,
+}
+
+impl FsConfig {
+    /// A configuration for tests and the defaults of the CLI.
+    pub fn new(prefix: &str, spool_dir: PathBuf) -> Self {
+        FsConfig {
+            prefix: prefix.to_string(),
+            defaults: Defaults {
+                uid: 0,
+                gid: 0,
+                file_mode: 0o644,
+                dir_mode: 0o755,
+            },
+            read_only: false,
+            metadata_ttl: Duration::from_secs(1),
+            part_size: 8 * 1024 * 1024,
+            upload_concurrency: 8,
+            spool_dir,
+            max_spool_bytes: 16 * 1024 * 1024 * 1024,
+            spool_wait: Duration::from_secs(60),
+            max_rename_objects: 10_000,
+        }
+    }
+}
+
+/// An inode number with its attributes, as lookups and getattr return them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub stat: Stat,
+}
+
+/// Filesystem-wide numbers for `statfs`.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// The core. Cheap to share: the adapter holds it in an `Arc` and spawns one task per request.
+pub struct Fs<S: ObjectStore> {
+    pub(crate) store: Arc<S>,
+    pub(crate) config: FsConfig,
+    pub(crate) layout: PartLayout,
+    pub(crate) inodes: Mutex<InodeTable>,
+    pub(crate) handles: Mutex<handles::HandleTable>,
+    /// Names known not to exist: (parent, name) -> when checked.
+    pub(crate) negative: Mutex<HashMap<(Ino, String), Instant>>,
+    pub(crate) skip_log: SkipLog,
+    /// Bounds parts in memory at once (early and flush uploads alike).
+    pub(crate) part_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) spool_budget: SpoolBudget,
+    /// When the mount started: the times of directories without a marker object.
+    pub(crate) started: SystemTime,
+}
+
+/// Most names kept in the negative-lookup cache.
+const NEGATIVE_CACHE_MAX: usize = 65_536;
+
+impl<S: ObjectStore> Fs<S> {
+    pub fn new(store: S, config: FsConfig) -> FsResult<Arc<Self>> {
+        std::fs::create_dir_all(&config.spool_dir).map_err(|e| {
+            FsError::new(
+                libc::EIO,
+                format!(
+                    "cannot create spool directory {}: {e}",
+                    config.spool_dir.display()
+                ),
+            )
+        })?;
+        let now = SystemTime::now();
+        let root = Stat::new(Kind::Dir, &config.defaults, now);
+        Ok(Arc::new(Fs {
+            store: Arc::new(store),
+            layout: PartLayout::new(config.part_size),
+            inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root)),
+            handles: Mutex::new(handles::HandleTable::default()),
+            negative: Mutex::new(HashMap::new()),
+            skip_log: SkipLog::new(10_000),
+            part_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.upload_concurrency.max(1),
+            )),
+            spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
+            started: now,
+            config,
+        }))
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Keys that could not be shown as files, as logged so far.
+    pub fn skipped_keys(&self) -> Vec<String> {
+        self.skip_log.keys()
+    }
+
+    pub(crate) fn table(&self) -> MutexGuard<'_, InodeTable> {
+        self.inodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn handle_table(&self) -> MutexGuard<'_, handles::HandleTable> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(FsError::read_only())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Number of inodes in the table (for tests and stats).
+    pub fn inode_count(&self) -> usize {
+        self.table().len()
+    }
+
+    pub(crate) fn negative_hit(&self, parent: Ino, name: &str) -> bool {
+        let neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
+        neg.get(&(parent, name.to_string()))
+            .is_some_and(|t| t.elapsed() < self.config.metadata_ttl)
+    }
+
+    pub(crate) fn negative_insert(&self, parent: Ino, name: &str) {
+        let mut neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
+        if neg.len() >= NEGATIVE_CACHE_MAX {
+            let ttl = self.config.metadata_ttl;
+            neg.retain(|_, t| t.elapsed() < ttl);
+            if neg.len() >= NEGATIVE_CACHE_MAX {
+                neg.clear();
+            }
+        }
+        neg.insert((parent, name.to_string()), Instant::now());
+    }
+
+    pub(crate) fn negative_remove(&self, parent: Ino, name: &str) {
+        let mut neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
+        neg.remove(&(parent, name.to_string()));
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // S3 has no capacity; report a large, constant space so tools that check free space
+        // before copying (installers, rsync --max-size) proceed.
+        StatFs {
+            blocks: 1 << 40,
+            bfree: 1 << 40,
+            files: 1 << 40,
+            ffree: 1 << 40,
+            bsize: 4096,
+            namelen: names::NAME_MAX as u32,
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The shared state of one open file: where each byte comes from, and what is not uploaded yet.
+//!
+//! All handles on an inode share one [`OpenFile`], so a write through one descriptor is seen by
+//! a read through another at once, as POSIX requires; other S3 clients see the last complete
+//! object until the file is flushed. Each byte of the file comes from exactly one place:
+//!
+//! * the spool (`present`, or anywhere at or past `base.len`, where unwritten bytes are zeros);
+//! * the S3 object the file was opened from (`base`, pinned by ETag), below `base.len`.
+//!
+//! So opening a 10 GiB file and changing one byte downloads nothing, and the upload copies the
+//! unchanged parts server-side. Writes bump a generation per multipart part, so a part uploaded
+//! early (while the application is still writing) and written again later is uploaded again.
+//!
+//! Locks: `state` is a `std::sync::Mutex`, held for bookkeeping and local `pread`/`pwrite` only,
+//! never across S3 I/O. `upload` is a `tokio::sync::RwLock`: early part uploads hold it shared,
+//! a flush holds it exclusively, so a flush waits for parts in flight and two flushes never
+//! interleave. Order: `upload` before `state`; never the inode table while holding `state`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use super::attr::Stat;
+use super::error::FsResult;
+use super::parts::PartLayout;
+use super::ranges::RangeSet;
+use super::spool::Spool;
+use crate::store::UserMeta;
+
+/// The S3 object whose bytes back the parts of the file not in the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    pub key: String,
+    pub etag: String,
+    pub len: u64,
+}
+
+/// A part uploaded to the current multipart upload.
+#[derive(Clone, Debug)]
+pub struct UploadedPart {
+    pub version: u64,
+    pub len: u64,
+    pub etag: String,
+}
+
+/// A multipart upload started while the file was being written.
+#[derive(Clone, Debug)]
+pub struct Multipart {
+    pub upload_id: String,
+    pub key: String,
+    /// The metadata the upload was created with.
+    pub meta: UserMeta,
+    pub parts: BTreeMap<u64, UploadedPart>,
+}
+
+/// Where a range of the file is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Spool(Range<u64>),
+    Base(Range<u64>),
+}
+
+pub struct FileState {
+    /// The key the file is uploaded to.
+    pub key: String,
+    pub spool: Option<Arc<Spool>>,
+    pub size: u64,
+    pub base: Option<Base>,
+    pub present: RangeSet,
+    /// Content differs from what S3 holds.
+    pub dirty: bool,
+    /// Attributes (mode, owner, times) differ from what S3 holds.
+    pub meta_dirty: bool,
+    pub stat: Stat,
+    /// Metadata to carry over on upload (other tools' headers).
+    pub foreign_meta: UserMeta,
+    /// Bumped by every change; a flush clears `dirty` only if nothing changed meanwhile.
+    pub version: u64,
+    pub part_version: HashMap<u64, u64>,
+    pub mp: Option<Multipart>,
+    pub inflight: HashSet<u64>,
+    /// The name was removed: nothing is uploaded any more.
+    pub unlinked: bool,
+}
+
+impl FileState {
+    /// True when bytes of `r` (below `base.len`) must still come from S3.
+    pub fn needs_base(&self, r: Range<u64>) -> bool {
+        match &self.base {
+            Some(b) if r.start < b.len => !self.present.covers(r.start..r.end.min(b.len)),
+            _ => false,
+        }
+    }
+
+    /// Splits `off..off+len` (clipped to the size) into spool and base pieces.
+    pub fn plan(&self, off: u64, len: u64) -> Vec<Piece> {
+        let end = off.saturating_add(len).min(self.size);
+        if off >= end {
+            return Vec::new();
+        }
+        let base_len = self.base.as_ref().map_or(0, |b| b.len).min(end);
+        let mut pieces = Vec::new();
+        if off < base_len {
+            let mut pos = off;
+            for gap in self.present.gaps(off..base_len) {
+                if gap.start > pos {
+                    pieces.push(Piece::Spool(pos..gap.start));
+                }
+                pieces.push(Piece::Base(gap.clone()));
+                pos = gap.end;
+            }
+            if pos < base_len {
+                pieces.push(Piece::Spool(pos..base_len));
+            }
+        }
+        let spool_from = off.max(base_len);
+        if spool_from < end {
+            match pieces.last_mut() {
+                Some(Piece::Spool(r)) if r.end == spool_from => r.end = end,
+                _ => pieces.push(Piece::Spool(spool_from..end)),
+            }
+        }
+        pieces
+    }
+
+    fn touch_parts(&mut self, layout: &PartLayout, r: Range<u64>) {
+        self.version += 1;
+        if r.start < r.end {
+            for p in layout.index_of(r.start)..=layout.index_of(r.end - 1) {
+                self.part_version.insert(p, self.version);
+            }
+        }
+    }
+
+    /// Records a write of `len` bytes at `off` already written to the spool.
+    /// Returns the parts that became complete and can be uploaded early.
+    pub fn wrote(&mut self, layout: &PartLayout, off: u64, len: u64, now: SystemTime) -> Vec<u64> {
+        let end = off + len;
+        self.present.insert(off..end);
+        self.size = self.size.max(end);
+        self.touch_parts(layout, off..end);
+        self.dirty = true;
+        self.stat.mtime = now;
+        self.stat.ctime = now;
+        let mut ready = Vec::new();
+        if len == 0 {
+            return ready;
+        }
+        for p in layout.index_of(off)..=layout.index_of(end - 1) {
+            let r = layout.range(p);
+            if end < r.end || self.inflight.contains(&p) || self.needs_base(r.clone()) {
+                continue;
+            }
+            let current = self.part_version.get(&p).copied().unwrap_or(0);
+            let uploaded = self
+                .mp
+                .as_ref()
+                .and_then(|m| m.parts.get(&p))
+                .map_or(0, |u| u.version);
+            if uploaded < current {
+                self.inflight.insert(p);
+                ready.push(p);
+            }
+        }
+        ready
+    }
+
+    /// Sets the size to `len` (truncate or extend with zeros).
+    pub fn set_size(&mut self, layout: &PartLayout, len: u64, now: SystemTime) -> FsResult<()> {
+        if let Some(spool) = &self.spool {
+            spool.set_len(len)?;
+        }
+        if let Some(b) = &mut self.base
+            && b.len > len
+        {
+            b.len = len;
+        }
+        self.present.truncate(len);
+        let lo = self.size.min(len);
+        let hi = self.size.max(len);
+        // Every part from the new (or old) end onward changes.
+        self.touch_parts(layout, lo..hi.max(lo + 1));
+        self.size = len;
+        self.dirty = true;
+        self.stat.mtime = now;
+        self.stat.ctime = now;
+        Ok(())
+    }
+
+    /// The metadata an upload of this file stores.
+    pub fn upload_meta(&self) -> UserMeta {
+        self.stat.to_meta(Some(&self.foreign_meta))
+    }
+}
+
+/// See the module documentation.
+pub struct OpenFile {
+    state: Mutex<FileState>,
+    pub upload: tokio::sync::RwLock<()>,
+    /// Serializes creation of the multipart upload among early part uploads.
+    pub mp_create: tokio::sync::Mutex<()>,
+}
+
+impl OpenFile {
+    /// A file backed by an existing object.
+    pub fn for_object(key: String, stat: Stat, etag: String, meta: Option<&UserMeta>) -> Self {
+        Self::new(FileState {
+            key: key.clone(),
+            spool: None,
+            size: stat.size,
+            base: Some(Base {
+                key,
+                etag,
+                len: stat.size,
+            }),
+            present: RangeSet::new(),
+            dirty: false,
+            meta_dirty: false,
+            stat,
+            foreign_meta: meta.cloned().unwrap_or_default(),
+            version: 0,
+            part_version: HashMap::new(),
+            mp: None,
+            inflight: HashSet::new(),
+            unlinked: false,
+        })
+    }
+
+    /// A file created here, not in S3 yet: it is uploaded (even empty) at its first flush.
+    pub fn created(key: String, stat: Stat) -> Self {
+        Self::new(FileState {
+            key,
+            spool: None,
+            size: 0,
+            base: None,
+            present: RangeSet::new(),
+            dirty: true,
+            meta_dirty: false,
+            stat,
+            foreign_meta: UserMeta::new(),
+            version: 1,
+            part_version: HashMap::new(),
+            mp: None,
+            inflight: HashSet::new(),
+            unlinked: false,
+        })
+    }
+
+    fn new(state: FileState) -> Self {
+        OpenFile {
+            state: Mutex::new(state),
+            upload: tokio::sync::RwLock::new(()),
+            mp_create: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key changed because a parent directory was renamed.
+    pub fn rekey(&self, key: &str) {
+        self.lock().key = key.to_string();
+    }
+
+    /// The object was copied from `old` to `new` (a rename) and now has `etag` there.
+    pub fn moved(&self, old: &str, new: &str, etag: &str) {
+        let mut s = self.lock();
+        if s.key == old {
+            s.key = new.to_string();
+        }
+        if let Some(b) = s.base.as_mut().filter(|b| b.key == old) {
+            b.key = new.to_string();
+            b.etag = etag.to_string();
+        }
+    }
+
+    /// Current attributes (size and times reflect unflushed writes).
+    pub fn stat(&self) -> Stat {
+        let s = self.lock();
+        let mut st = s.stat;
+        st.size = s.size;
+        st
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        let s = self.lock();
+        (s.dirty || s.meta_dirty) && !s.unlinked
+    }
+
+    pub fn etag(&self) -> Option<String> {
+        self.lock().base.as_ref().map(|b| b.etag.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::attr::{Defaults, Kind};
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn st() -> Stat {
+        let d = Defaults {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        };
+        Stat::new(Kind::File, &d, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn plan_mixes_spool_and_base() {
+        let of = OpenFile::for_object("k".into(), Stat { size: 100, ..st() }, "e".into(), None);
+        let mut s = of.lock();
+        let layout = PartLayout::new(8 * MIB);
+        s.present.insert(10..20);
+        s.set_size(&layout, 120, SystemTime::now()).unwrap();
+        assert_eq!(
+            s.plan(0, 200),
+            vec![
+                Piece::Base(0..10),
+                Piece::Spool(10..20),
+                Piece::Base(20..100),
+                Piece::Spool(100..120)
+            ]
+        );
+        s.set_size(&layout, 50, SystemTime::now()).unwrap();
+        s.set_size(&layout, 60, SystemTime::now()).unwrap();
+        // Truncating then extending gives zeros (spool), never the old bytes.
+        assert_eq!(
+            s.plan(40, 100),
+            vec![Piece::Base(40..50), Piece::Spool(50..60)]
+        );
+    }
+
+    #[test]
+    fn complete_parts_become_ready_once() {
+        let layout = PartLayout::new(8 * MIB);
+        let of = OpenFile::created("k".into(), st());
+        let mut s = of.lock();
+        assert!(s.wrote(&layout, 0, 4 * MIB, SystemTime::now()).is_empty());
+        assert_eq!(
+            s.wrote(&layout, 4 * MIB, 5 * MIB, SystemTime::now()),
+            vec![0]
+        );
+        // Part 0 is in flight: rewriting it does not queue it twice.
+        assert!(s.wrote(&layout, 0, 8 * MIB, SystemTime::now()).is_empty());
+    }
+
+    #[test]
+    fn parts_needing_base_bytes_wait_for_flush() {
+        let layout = PartLayout::new(8 * MIB);
+        let of = OpenFile::for_object(
+            "k".into(),
+            Stat {
+                size: 20 * MIB,
+                ..st()
+            },
+            "e".into(),
+            None,
+        );
+        let mut s = of.lock();
+        // Writing the tail of part 0 leaves its head in S3: not ready early.
+        assert!(
+            s.wrote(&layout, 4 * MIB, 4 * MIB, SystemTime::now())
+                .is_empty()
+        );
+        assert!(s.needs_base(0..8 * MIB));
+    }
+}

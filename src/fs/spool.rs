@@ -1,0 +1,206 @@
+//! Local spool files: where written data lives between `write()` and its upload.
+//!
+//! Each open file that is written gets one sparse file in the spool directory. Positional
+//! reads and writes (`pread`/`pwrite`) make it safe to use from several threads without a
+//! seek position. Unwritten holes read as zeros, which is exactly what POSIX wants for a file
+//! extended by `truncate` or by a write past its end.
+//!
+//! Disk use is bounded by [`SpoolBudget`]: a write that would take the spool over its limit
+//! waits until uploads free space, and fails with `ENOSPC` if none frees within the wait bound,
+//! so the limit is never exceeded silently and a full disk is never discovered at close.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::error::{FsError, FsResult};
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// One spool file. Removed from disk when dropped, unless [`Spool::keep_as`] moved it.
+pub struct Spool {
+    file: File,
+    path: Mutex<Option<PathBuf>>,
+    /// Bytes charged to the budget for this file (its high-water length).
+    charged: AtomicU64,
+}
+
+impl Spool {
+    pub fn create(dir: &Path) -> FsResult<Spool> {
+        let name = format!(
+            "spool-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Spool {
+            file,
+            path: Mutex::new(Some(path)),
+            charged: AtomicU64::new(0),
+        })
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> FsResult<()> {
+        self.file.write_all_at(data, offset)?;
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`; bytes past the spool file's end read as zeros.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn set_len(&self, len: u64) -> FsResult<()> {
+        self.file.set_len(len)?;
+        Ok(())
+    }
+
+    pub fn sync(&self) -> FsResult<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Bytes charged to the budget for this spool.
+    pub fn charged(&self) -> u64 {
+        self.charged.load(Ordering::SeqCst)
+    }
+
+    /// Moves the file to `dest` instead of deleting it (kept for recovery).
+    pub fn keep_as(&self, dest: &Path) -> std::io::Result<()> {
+        let mut p = self.path.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(src) = p.as_ref() {
+            std::fs::rename(src, dest)?;
+            *p = None;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let p = self.path.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = p.as_ref() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The bound on spool disk use, shared by all open files.
+pub struct SpoolBudget {
+    limit: u64,
+    used: Mutex<u64>,
+    freed: tokio::sync::Notify,
+    wait: Duration,
+}
+
+impl SpoolBudget {
+    pub fn new(limit: u64, wait: Duration) -> Self {
+        SpoolBudget {
+            limit,
+            used: Mutex::new(0),
+            freed: tokio::sync::Notify::new(),
+            wait,
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Charges `spool` for growing to `new_len` bytes, waiting for room if needed.
+    pub async fn grow(&self, spool: &Spool, new_len: u64) -> FsResult<()> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let notified = self.freed.notified();
+            {
+                let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+                let have = spool.charged.load(Ordering::SeqCst);
+                if new_len <= have {
+                    return Ok(());
+                }
+                let extra = new_len - have;
+                if *used + extra <= self.limit {
+                    *used += extra;
+                    spool.charged.store(new_len, Ordering::SeqCst);
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(FsError::new(
+                    libc::ENOSPC,
+                    format!(
+                        "spool directory is full ({} bytes in use, limit {}); raise --max-cache-size",
+                        self.used(),
+                        self.limit
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Returns everything `spool` was charged.
+    pub fn release(&self, spool: &Spool) {
+        let had = spool.charged.swap(0, Ordering::SeqCst);
+        if had > 0 {
+            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            *used = used.saturating_sub(had);
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_read_as_zeros_and_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path;
+        {
+            let s = Spool::create(dir.path()).unwrap();
+            s.write_at(10, b"abc").unwrap();
+            let mut buf = [9u8; 16];
+            s.read_at(8, &mut buf).unwrap();
+            assert_eq!(&buf[..7], &[0, 0, b'a', b'b', b'c', 0, 0]);
+            path = s.path.lock().unwrap().clone().unwrap();
+            assert!(path.exists());
+        }
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn budget_blocks_then_fails_with_enospc() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = SpoolBudget::new(100, Duration::from_millis(50));
+        let a = Spool::create(dir.path()).unwrap();
+        let b = Spool::create(dir.path()).unwrap();
+        budget.grow(&a, 80).await.unwrap();
+        let err = budget.grow(&b, 30).await.unwrap_err();
+        assert_eq!(err.errno, libc::ENOSPC);
+        budget.release(&a);
+        budget.grow(&b, 30).await.unwrap();
+        assert_eq!(budget.used(), 30);
+    }
+}

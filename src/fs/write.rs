@@ -1,0 +1,105 @@
+//! Writes, flush and fsync: data goes to the spool at once and to S3 at flush.
+//!
+//! `write()` only touches local disk, so it is as fast as the spool's disk. A part that the
+//! application has finished writing (a sequential writer moved past its end) is uploaded in the
+//! background right away, so closing a large file only waits for the last part and the
+//! completion. `flush` (every `close()`) and `fsync` upload whatever is left and return the
+//! upload's error, if any: the application learns at `close()` that its data is not stored.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::Fs;
+use super::error::{FsError, FsResult};
+use super::inode::Ino;
+use super::openfile::OpenFile;
+use super::spool::Spool;
+use crate::store::ObjectStore;
+
+impl<S: ObjectStore> Fs<S> {
+    /// Writes `data` at `offset` through handle `fh`.
+    pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.file_handle(fh)?;
+        if !h.writable {
+            return Err(FsError::new(libc::EBADF, "file not open for writing"));
+        }
+        self.check_writable()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.layout.max_object_size())
+            .ok_or_else(|| FsError::new(libc::EFBIG, "file would exceed the largest S3 object"))?;
+        let spool = self.spool_of(&h.of)?;
+        self.spool_budget.grow(&spool, end).await?;
+        let ready = {
+            let mut s = h.of.lock();
+            spool.write_at(offset, data)?;
+            s.wrote(&self.layout, offset, data.len() as u64, SystemTime::now())
+        };
+        for part in ready {
+            let fs = self.clone();
+            let of = h.of.clone();
+            tokio::spawn(async move { fs.upload_part_early(of, part).await });
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// The file's spool, created on first use.
+    pub(crate) fn spool_of(&self, of: &OpenFile) -> FsResult<Arc<Spool>> {
+        let mut s = of.lock();
+        if let Some(sp) = &s.spool {
+            return Ok(sp.clone());
+        }
+        let sp = Arc::new(Spool::create(&self.config.spool_dir)?);
+        if s.size > 0 {
+            sp.set_len(s.size)?;
+        }
+        s.spool = Some(sp.clone());
+        Ok(sp)
+    }
+
+    /// `close()`: uploads pending changes and returns the upload's error.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.file_handle(fh)?;
+        if !h.of.is_dirty() {
+            return Ok(());
+        }
+        self.flush_file(h.ino, &h.of).await
+    }
+
+    /// `fsync()`: returns once the file's content and attributes are stored in S3.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.file_handle(fh)?;
+        self.flush_file(h.ino, &h.of).await
+    }
+
+    /// Uploads `of` if dirty and brings the inode up to date with what was stored.
+    pub(crate) async fn flush_file(&self, ino: Ino, of: &Arc<OpenFile>) -> FsResult<()> {
+        let stored = self.upload(of).await?;
+        let Some(stored) = stored else { return Ok(()) };
+        let mut t = self.table();
+        if let Some(i) = t.get_mut(ino)
+            && i.open.as_ref().is_none_or(|o| Arc::ptr_eq(o, of))
+        {
+            i.remote = true;
+            i.etag = Some(stored.etag);
+            i.user_meta = Some(stored.meta);
+            i.stat = stored.stat;
+            i.validated = Some(Instant::now());
+            i.target = None;
+        }
+        Ok(())
+    }
+
+    /// `ftruncate`/`O_TRUNC` on an open file: changes the size now, uploads at flush.
+    pub(crate) async fn truncate_open(&self, of: &Arc<OpenFile>, len: u64) -> FsResult<()> {
+        if len > self.layout.max_object_size() {
+            return Err(FsError::new(
+                libc::EFBIG,
+                "larger than the largest S3 object",
+            ));
+        }
+        // Truncation must not race with an upload's view of what S3 holds.
+        let _g = of.upload.write().await;
+        of.lock().set_size(&self.layout, len, SystemTime::now())
+    }
+}

@@ -1,0 +1,576 @@
+//! The FUSE adapter: the only code that sees `fuser` types.
+//!
+//! Each callback converts the kernel's arguments, spawns the core's `async fn` on the tokio
+//! runtime and returns at once, so the few FUSE threads never wait on the network and one slow
+//! request does not hold up the others. The spawned task sends exactly one reply. No logic
+//! lives here beyond that translation (mountpoint-s3's `fuse.rs` works the same way, so the
+//! real filesystem can be tested without FUSE in the loop).
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::fs::attr::Kind;
+use crate::fs::error::FsError;
+use crate::fs::setattr::SetAttr;
+use crate::fs::{Attr, Fs};
+use crate::store::ObjectStore;
+
+/// `st_blksize` reported for files: large, so `cp` and friends move 1 MiB per call.
+const BLKSIZE: u32 = 1024 * 1024;
+
+pub struct Adapter<S: ObjectStore> {
+    fs: Arc<Fs<S>>,
+    rt: Handle,
+    ttl: Duration,
+}
+
+impl<S: ObjectStore> Adapter<S> {
+    pub fn new(fs: Arc<Fs<S>>, rt: Handle) -> Self {
+        let ttl = fs.config().metadata_ttl;
+        Adapter { fs, rt, ttl }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+/// Logs a failed operation (expected misses at debug level) and turns it into an errno.
+fn fail(op: &str, e: &FsError) -> Errno {
+    match e.errno {
+        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR => {
+            log::debug!("{op}: {}", e.message)
+        }
+        _ => log::warn!("{op} failed: {}", e.message),
+    }
+    errno(e)
+}
+
+pub(crate) fn file_attr(a: &Attr) -> FileAttr {
+    let s = &a.stat;
+    let (kind, nlink, size) = match s.kind {
+        Kind::File => (FileType::RegularFile, 1, s.size),
+        Kind::Dir => (FileType::Directory, 2, 4096),
+        Kind::Symlink => (FileType::Symlink, 1, s.size),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: s.atime,
+        mtime: s.mtime,
+        ctime: s.ctime,
+        crtime: s.ctime,
+        kind,
+        perm: s.perm,
+        nlink,
+        uid: s.uid,
+        gid: s.gid,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+impl<S: ObjectStore> Filesystem for Adapter<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        for flag in wanted.iter() {
+            if let Err(missing) = config.add_capabilities(flag) {
+                log::info!("kernel lacks FUSE capability {missing:?}");
+            }
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        if let Err(max) = config.set_max_readahead(1024 * 1024) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        log::info!("filesystem unmounted");
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
+        self.rt.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) if e.errno == libc::ENOENT => {
+                    // A negative entry with a TTL spares the kernel asking again at once.
+                    reply.error(Errno::ENOENT)
+                }
+                Err(e) => reply.error(fail("lookup", &e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(fail("getattr", &e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let sa = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+            fh: fh.map(|f| f.0),
+        };
+        self.rt.spawn(async move {
+            match fs.setattr(ino.0, sa).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(fail("setattr", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(fail("readlink", &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            log::info!("mknod of {name:?}: only regular files can be stored in S3 (EPERM)");
+            reply.error(Errno::EPERM);
+            return;
+        }
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
+        let (uid, gid) = (_req.uid(), _req.gid());
+        self.rt.spawn(async move {
+            let created = fs
+                .create(
+                    parent.0,
+                    &name,
+                    mode,
+                    umask,
+                    libc::O_WRONLY | libc::O_EXCL,
+                    uid,
+                    gid,
+                )
+                .await;
+            match created {
+                Ok((a, fh)) => {
+                    let stored = fs.flush(fh).await;
+                    let released = fs.release(fh).await;
+                    match stored.and(released) {
+                        Ok(()) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                        Err(e) => reply.error(fail("mknod", &e)),
+                    }
+                }
+                Err(e) => reply.error(fail("mknod", &e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
+        let (uid, gid) = (req.uid(), req.gid());
+        self.rt.spawn(async move {
+            match fs.mkdir(parent.0, &name, mode, umask, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(fail("mkdir", &e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        self.rt.spawn(async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("unlink", &e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        self.rt.spawn(async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("rmdir", &e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (name, target) = (link_name.to_owned(), target.to_owned());
+        let (uid, gid) = (req.uid(), req.gid());
+        self.rt.spawn(async move {
+            match fs.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(fail("symlink", &e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.rt.spawn(async move {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("rename", &e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        log::info!("link {newname:?}: hard links cannot be stored in S3 (EPERM)");
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.open(ino.0, flags.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(fail("open", &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(fail("read", &e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        self.rt.spawn(async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(fail("write", &e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("flush", &e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("release", &e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("fsync", &e)),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(fail("opendir", &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readdir(fh.0, offset, 256, false).await {
+                Ok(entries) => {
+                    for e in entries {
+                        let kind = file_attr(&e.attr).kind;
+                        if reply.add(INodeNo(e.attr.ino), e.offset, kind, &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(fail("readdir", &e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.readdir(fh.0, offset, 64, true).await {
+                Ok(entries) => {
+                    for e in entries {
+                        let attr = file_attr(&e.attr);
+                        if reply.add(
+                            INodeNo(e.attr.ino),
+                            e.offset,
+                            &e.name,
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                        // The kernel counts a lookup for every entry but "." and "..".
+                        if e.name != "." && e.name != ".." {
+                            fs.add_lookup(e.attr.ino);
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(fail("readdirplus", &e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are stored in S3 before the call that made them returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
+        let (uid, gid) = (req.uid(), req.gid());
+        self.rt.spawn(async move {
+            match fs
+                .create(parent.0, &name, mode, umask, flags, uid, gid)
+                .await
+            {
+                Ok((a, fh)) => reply.created(
+                    &ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(fail("create", &e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        log::info!("fallocate is not supported on S3 (EOPNOTSUPP)");
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+}

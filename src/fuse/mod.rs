@@ -1,0 +1,4 @@
+//! The kernel side: the `fuser` adapter and the mount session.
+
+pub mod adapter;
+pub mod session;

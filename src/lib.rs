@@ -1,0 +1,22 @@
+//! pailfs: an S3 bucket mounted as a POSIX directory.
+//!
+//! # Layout
+//!
+//! ```text
+//! kernel ── fuse/ (adapter) ──> fs/ (async POSIX core) ──> store/ (ObjectStore) ──> S3
+//! ```
+//!
+//! * [`fuse`]: the only place `fuser` types appear; each kernel request becomes one call on the
+//!   core and exactly one reply.
+//! * [`fs`]: POSIX operations over inode numbers, as `async fn`s returning plain structs.
+//! * [`store`]: the S3 operations the core needs, over aws-sdk-s3 or in memory for tests.
+//! * [`cli`], [`config`], [`run`]: the command line, its validation, and the mount's lifetime;
+//!   [`diagnose`] explains S3 failures to people.
+
+pub mod cli;
+pub mod config;
+pub mod diagnose;
+pub mod fs;
+pub mod fuse;
+pub mod run;
+pub mod store;

@@ -1,0 +1,243 @@
+//! The life of a mount: daemonize, check access, mount, serve, unmount on a signal.
+//!
+//! Without `--foreground`, `pailfs mount` forks before any thread exists; the child does all
+//! the work and reports back through a pipe, so the command returns only once the mount is live
+//! (exit 0) or with the child's one-line reason (exit 1). The first S3 request is a one-key LIST
+//! of the mount's prefix with a hard time bound, so bad credentials, a missing bucket, a wrong
+//! region or an unreachable endpoint are reported before anything is mounted.
+//!
+//! Each mount gets its own spool directory under the cache root, locked with `flock`, so two
+//! pailfs processes never share one.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::MountConfig;
+use crate::diagnose::{Target, explain};
+use crate::fs::Fs;
+use crate::fuse::adapter::Adapter;
+use crate::fuse::session::{MountSettings, mount};
+use crate::store::aws::AwsStore;
+use crate::store::client::build_client;
+use crate::store::{ListRequest, ObjectStore};
+
+/// How long the pre-mount access check may take in all.
+const CHECK_BOUND: Duration = Duration::from_secs(20);
+/// How long the parent waits for the daemon's report.
+const READY_BOUND: Duration = Duration::from_secs(60);
+
+/// Mounts as configured; returns when the mount ends (foreground) or is live (daemon).
+pub fn mount_command(cfg: MountConfig) -> Result<(), String> {
+    let mut notify = if cfg.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
+    let result = serve(&cfg, &mut notify);
+    if let (Err(e), Some(pipe)) = (&result, notify.as_mut()) {
+        let _ = writeln!(pipe, "ERR {}", e.replace('\n', " "));
+    }
+    result
+}
+
+/// Forks. The parent waits for the child's report and exits; the child gets the pipe.
+fn daemonize() -> Result<File, String> {
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(rd);
+            unsafe { libc::setsid() };
+            if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+                for fd in 0..3 {
+                    unsafe { libc::dup2(null.as_raw_fd(), fd) };
+                }
+            }
+            Ok(wr)
+        }
+        _child => {
+            drop(wr);
+            std::process::exit(wait_for_report(rd));
+        }
+    }
+}
+
+/// The parent side: the exit status and message for the user.
+fn wait_for_report(mut rd: File) -> i32 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = rd.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    match rx.recv_timeout(READY_BOUND) {
+        Ok(s) if s.starts_with("OK") => 0,
+        Ok(s) if s.starts_with("ERR ") => {
+            eprintln!("pailfs: {}", s[4..].trim());
+            1
+        }
+        Ok(_) => {
+            eprintln!(
+                "pailfs: the mount process exited before the mount was live; run with --foreground to see why"
+            );
+            1
+        }
+        Err(_) => {
+            eprintln!(
+                "pailfs: the mount was not live after {} s; run with --foreground to see why",
+                READY_BOUND.as_secs()
+            );
+            1
+        }
+    }
+}
+
+/// The per-mount spool directory, locked for this process.
+fn lock_spool_dir(cfg: &MountConfig) -> Result<(PathBuf, File), String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    cfg.s3.endpoint_url.hash(&mut h);
+    cfg.source.bucket.hash(&mut h);
+    cfg.source.prefix.hash(&mut h);
+    cfg.mountpoint.hash(&mut h);
+    let dir = cfg
+        .cache_root
+        .join(format!("{}-{:016x}", cfg.source.bucket, h.finish()));
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        format!(
+            "cannot create cache directory {}: {e}; choose another with --cache-dir",
+            dir.display()
+        )
+    })?;
+    let lock_path = dir.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "cache directory {} is in use by another pailfs process; use another --cache-dir",
+            dir.display()
+        ));
+    }
+    let mut l = &lock;
+    let _ = l.write_all(format!("{}\n", std::process::id()).as_bytes());
+    Ok((dir, lock))
+}
+
+fn check_fuse_device() -> Result<(), String> {
+    match File::options().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
+            "/dev/fuse does not exist: load the FUSE module (modprobe fuse) or, in a container, pass --device /dev/fuse"
+                .into(),
+        ),
+        Err(e) => Err(format!(
+            "cannot open /dev/fuse ({e}): run as a user allowed to use FUSE, or fix its permissions"
+        )),
+    }
+}
+
+fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
+    check_fuse_device()?;
+    let (spool_dir, _lock) = lock_spool_dir(cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("pailfs-io")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    let store = rt.block_on(async {
+        let client = build_client(&cfg.s3).await;
+        let store = AwsStore::new(client, cfg.source.bucket.clone());
+        check_access(&store, cfg).await.map(|_| store)
+    })?;
+    let mut fs_config = cfg.fs.clone();
+    fs_config.spool_dir = spool_dir.join("spool");
+    let fs = Fs::new(store, fs_config).map_err(|e| e.message)?;
+    let adapter = Adapter::new(fs.clone(), rt.handle().clone());
+    let settings = MountSettings {
+        fsname: format!("pailfs:{}", cfg.source.display()),
+        read_only: cfg.fs.read_only,
+        allow_other: cfg.allow_other,
+        threads: 4,
+    };
+    let mut session = mount(adapter, &cfg.mountpoint, &settings)
+        .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+    log::info!(
+        "mounted s3://{} at {}",
+        cfg.source.display(),
+        cfg.mountpoint.display()
+    );
+    if let Some(mut pipe) = notify.take() {
+        let _ = pipe.write_all(b"OK\n");
+    }
+    let unmounter = session.unmount_callable();
+    rt.spawn(unmount_on_signal(unmounter, cfg.mountpoint.clone()));
+    let served = session.run();
+    drop(fs);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+}
+
+/// Lists one key under the prefix, bounded in time, and explains any failure.
+async fn check_access(store: &AwsStore, cfg: &MountConfig) -> Result<(), String> {
+    let mut req = ListRequest::dir(&cfg.source.prefix);
+    req.max_keys = 1;
+    let target = Target {
+        bucket: &cfg.source.bucket,
+        prefix: &cfg.source.prefix,
+        endpoint: cfg.s3.endpoint_url.as_deref(),
+        region: cfg.s3.region.as_deref(),
+    };
+    match tokio::time::timeout(CHECK_BOUND, store.list(&req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(explain(&e, &target)),
+        Err(_) => Err(format!(
+            "no answer from {} within {} s: check --endpoint-url and the network",
+            target.endpoint.unwrap_or("AWS S3"),
+            CHECK_BOUND.as_secs()
+        )),
+    }
+}
+
+async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    log::info!("signal received; unmounting {}", mountpoint.display());
+    if let Err(e) = unmounter.unmount() {
+        log::warn!(
+            "unmount of {} failed ({e}); detaching it lazily",
+            mountpoint.display()
+        );
+        lazy_unmount(&mountpoint);
+    }
+}
+
+fn lazy_unmount(p: &Path) {
+    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -1,0 +1,505 @@
+//! [`ObjectStore`] over aws-sdk-s3: the only file that sees the SDK's request and error types.
+//!
+//! Subtleties handled here:
+//!
+//! * LIST asks for `encoding-type=url` and decodes keys itself, because XML 1.0 cannot carry
+//!   control characters that S3 keys may contain. Servers differ on whether a space comes back
+//!   as `+` or `%20` (AWS uses `+` and always encodes a literal `+` as `%2B`), so both decode to
+//!   a space.
+//! * HEAD responses have no body, so a 404 there is "no such key" (the bucket was checked at
+//!   mount time) and a 403 carries no reason.
+//! * `x-amz-copy-source` must be percent-encoded by the caller; the SDK does not do it.
+//! * A ranged GET's body length is checked against the range asked for, so a truncated body or
+//!   an error document never reaches a reader as file data.
+
+use std::ops::Range;
+use std::time::SystemTime;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use super::{
+    ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
+    StoreResult, UserMeta,
+};
+
+/// Characters left alone in `x-amz-copy-source`: unreserved ones and the path separator.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// An S3 bucket reached through aws-sdk-s3.
+#[derive(Clone, Debug)]
+pub struct AwsStore {
+    client: Client,
+    bucket: String,
+}
+
+impl AwsStore {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        AwsStore {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", self.bucket, utf8_percent_encode(key, COPY_SOURCE))
+    }
+}
+
+/// Decodes a key from a `encoding-type=url` listing.
+fn decode_key(s: &str) -> StoreResult<String> {
+    let plus_as_space = s.replace('+', " ");
+    percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| StoreError::Other(format!("listing returned a key that is not UTF-8: {s:?}")))
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn to_meta(m: Option<&std::collections::HashMap<String, String>>) -> UserMeta {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Turns any SDK error into a [`StoreError`]. Never includes request headers, so a signature
+/// or secret cannot leak into a message.
+pub(crate) fn map_err<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::TimeoutError(_) => StoreError::Timeout(DisplayErrorContext(&err).to_string()),
+        SdkError::DispatchFailure(d) => {
+            if d.is_timeout() {
+                StoreError::Timeout(DisplayErrorContext(&err).to_string())
+            } else {
+                StoreError::Unreachable(DisplayErrorContext(&err).to_string())
+            }
+        }
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let region = se
+                .raw()
+                .headers()
+                .get("x-amz-bucket-region")
+                .map(str::to_string);
+            let code = se.err().code().unwrap_or("");
+            let message = se.err().message().unwrap_or("").to_string();
+            classify(status, code, message, region)
+        }
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status().as_u16();
+            let region = r
+                .raw()
+                .headers()
+                .get("x-amz-bucket-region")
+                .map(str::to_string);
+            classify(status, "", DisplayErrorContext(&err).to_string(), region)
+        }
+        _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// The error table for S3 answers, by error code first and HTTP status second.
+fn classify(status: u16, code: &str, message: String, region: Option<String>) -> StoreError {
+    match code {
+        "NoSuchKey" | "NotFound" => return StoreError::NotFound,
+        "NoSuchBucket" => return StoreError::NoSuchBucket,
+        "PreconditionFailed" => return StoreError::PreconditionFailed,
+        "InvalidAccessKeyId" => return StoreError::InvalidAccessKey,
+        "SignatureDoesNotMatch" => return StoreError::SignatureMismatch,
+        "ExpiredToken" | "TokenRefreshRequired" => return StoreError::ExpiredToken,
+        "AccessDenied" | "AllAccessDisabled" | "Forbidden" => {
+            return StoreError::AccessDenied(message);
+        }
+        "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException" => {
+            return StoreError::WrongRegion(region);
+        }
+        "NoSuchUpload" => return StoreError::NoSuchUpload,
+        "EntityTooLarge" => return StoreError::TooLarge,
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "ServiceUnavailable"
+        | "TooManyRequests" => return StoreError::Throttled(message),
+        _ => {}
+    }
+    match status {
+        404 => StoreError::NotFound,
+        412 => StoreError::PreconditionFailed,
+        403 => StoreError::AccessDenied(if message.is_empty() {
+            "403 Forbidden".into()
+        } else {
+            message
+        }),
+        301 | 307 => StoreError::WrongRegion(region),
+        429 | 503 => StoreError::Throttled(message),
+        _ => StoreError::Other(if code.is_empty() {
+            format!("HTTP {status}: {message}")
+        } else {
+            format!("{code}: {message}")
+        }),
+    }
+}
+
+impl ObjectStore for AwsStore {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().unwrap_or("").to_string(),
+            last_modified: to_system_time(out.last_modified()),
+            user_meta: Some(to_meta(out.metadata())),
+        })
+    }
+
+    async fn list(&self, req: &ListRequest) -> StoreResult<ListPage> {
+        let max = if req.max_keys == 0 {
+            1000
+        } else {
+            req.max_keys
+        };
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&req.prefix)
+            .set_delimiter(req.delimiter.clone())
+            .set_continuation_token(req.token.clone())
+            .set_start_after(req.start_after.clone())
+            .max_keys(max as i32)
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let mut page = ListPage::default();
+        for o in out.contents() {
+            let Some(raw) = o.key() else { continue };
+            page.objects.push(ObjectMeta {
+                key: decode_key(raw)?,
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().unwrap_or("").to_string(),
+                last_modified: to_system_time(o.last_modified()),
+                user_meta: None,
+            });
+        }
+        for p in out.common_prefixes() {
+            if let Some(raw) = p.prefix() {
+                page.prefixes.push(decode_key(raw)?);
+            }
+        }
+        if out.is_truncated().unwrap_or(false) {
+            page.next_token = out.next_continuation_token().map(str::to_string);
+        }
+        Ok(page)
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(map_err)?;
+        let expected = out.content_length().unwrap_or(-1);
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("reading body of {key}: {e}")))?
+            .into_bytes();
+        if expected >= 0 && data.len() as i64 != expected {
+            return Err(StoreError::Unreachable(format!(
+                "body of {key} ended after {} of {expected} bytes",
+                data.len()
+            )));
+        }
+        if data.len() as u64 > range.end - range.start {
+            return Err(StoreError::Other(format!(
+                "server sent {} bytes for a {}-byte range of {key}",
+                data.len(),
+                range.end - range.start
+            )));
+        }
+        Ok(data)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
+        let len = body.len() as i64;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len)
+            .body(ByteStream::from(body))
+            .set_metadata(Some(meta.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(PutResult {
+            etag: out.e_tag().unwrap_or("").to_string(),
+        })
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_metadata(Some(meta.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(map_err)?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        let len = body.len() as i64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part)
+            .content_length(len)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(map_err)?;
+        out.e_tag()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other(format!("UploadPart {part} returned no ETag")))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        src_key: &str,
+        range: Range<u64>,
+        src_etag: &str,
+    ) -> StoreResult<String> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part)
+            .copy_source(self.copy_source(src_key))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .copy_source_if_match(src_etag)
+            .send()
+            .await
+            .map_err(map_err)?;
+        out.copy_part_result()
+            .and_then(|r| r.e_tag())
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other(format!("UploadPartCopy {part} returned no ETag")))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> StoreResult<PutResult> {
+        let parts = parts
+            .iter()
+            .map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build())
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(PutResult {
+            etag: out.e_tag().unwrap_or("").to_string(),
+        })
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(map_err)?;
+            for u in page.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    out.push(PendingUpload {
+                        key: k.to_string(),
+                        upload_id: id.to_string(),
+                        initiated: u.initiated().and_then(|t| SystemTime::try_from(*t).ok()),
+                    });
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn copy(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&UserMeta>,
+        src_etag: Option<&str>,
+    ) -> StoreResult<PutResult> {
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(self.copy_source(src_key))
+            .set_copy_source_if_match(src_etag.map(str::to_string));
+        if let Some(meta) = meta {
+            req = req
+                .metadata_directive(MetadataDirective::Replace)
+                .set_metadata(Some(meta.clone().into_iter().collect()));
+        }
+        let out = req.send().await.map_err(map_err)?;
+        Ok(PutResult {
+            etag: out
+                .copy_object_result()
+                .and_then(|r| r.e_tag())
+                .unwrap_or("")
+                .to_string(),
+        })
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_keys_decode_both_space_spellings() {
+        assert_eq!(decode_key("a+b%20c%2Bd").unwrap(), "a b c+d");
+        assert_eq!(decode_key("%C3%A9%01").unwrap(), "é\u{1}");
+    }
+
+    #[test]
+    fn error_codes_win_over_status() {
+        assert_eq!(
+            classify(403, "SignatureDoesNotMatch", String::new(), None),
+            StoreError::SignatureMismatch
+        );
+        assert_eq!(
+            classify(404, "NoSuchBucket", String::new(), None),
+            StoreError::NoSuchBucket
+        );
+        assert_eq!(classify(404, "", String::new(), None), StoreError::NotFound);
+        assert_eq!(
+            classify(301, "", String::new(), Some("eu-west-1".into())),
+            StoreError::WrongRegion(Some("eu-west-1".into()))
+        );
+    }
+}

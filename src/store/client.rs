@@ -1,0 +1,151 @@
+//! Builds the aws-sdk-s3 client from pailfs settings on top of aws-config's standard chain.
+//!
+//! Credentials, region and endpoint come from the environment, `~/.aws` profiles (SSO included)
+//! and instance metadata exactly as the AWS CLI finds them; explicit settings (a flag or a saved
+//! connection) override them. Retries, backoff with jitter, SigV4 and timeouts are the SDK's;
+//! this file only chooses the numbers. The SDK's HTTP client sets `TCP_NODELAY` on its sockets,
+//! so small requests are not held back by Nagle's algorithm on our side.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+
+/// Explicit S3 settings; `None` means "whatever the standard chain says".
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// Static credentials (from a saved connection); never logged.
+    pub static_keys: Option<StaticKeys>,
+    pub force_path_style: bool,
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+    /// Bound on one attempt of one request (the whole response for a GET).
+    pub attempt_timeout: Duration,
+}
+
+/// An access key pair. `Debug` masks the secret.
+#[derive(Clone)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticKeys")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"****")
+            .finish()
+    }
+}
+
+impl S3Settings {
+    /// Settings with the defaults pailfs mounts with.
+    pub fn with_defaults() -> Self {
+        S3Settings {
+            max_attempts: 4,
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(60),
+            ..Default::default()
+        }
+    }
+}
+
+/// True when the endpoint is an address that cannot take virtual-hosted bucket names
+/// (an IP address or `localhost`), so path-style addressing is the only one that works.
+pub fn needs_path_style(endpoint: &str) -> bool {
+    let rest = endpoint.split("://").nth(1).unwrap_or(endpoint);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = if host_port.starts_with('[') {
+        return true; // IPv6 literal
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Builds a client. Loading may read profile files and query instance metadata.
+pub async fn build_client(s: &S3Settings) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(s.max_attempts.max(1))
+                .with_initial_backoff(Duration::from_millis(100))
+                .with_max_backoff(Duration::from_secs(5)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(s.connect_timeout)
+                .operation_attempt_timeout(s.attempt_timeout)
+                .build(),
+        );
+    if let Some(p) = &s.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = &s.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &s.endpoint_url {
+        loader = loader.endpoint_url(e);
+    }
+    if let Some(k) = &s.static_keys {
+        loader = loader.credentials_provider(Credentials::new(
+            k.access_key_id.clone(),
+            k.secret_access_key.clone(),
+            k.session_token.clone(),
+            None,
+            "pailfs-connection",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+        // Checksums only where S3 requires them: S3-compatible servers differ in support for
+        // the newer trailing-checksum encoding, and TLS already protects the bytes in transit.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    let endpoint = s
+        .endpoint_url
+        .clone()
+        .or(shared.endpoint_url().map(str::to_string));
+    let path_style = s.force_path_style || endpoint.as_deref().is_some_and(needs_path_style);
+    builder = builder.force_path_style(path_style);
+    if shared.region().is_none() {
+        // S3-compatible servers often ignore the region; AWS itself redirects, which the
+        // connection check reports.
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_style_for_addresses_only() {
+        assert!(needs_path_style("http://127.0.0.1:3900"));
+        assert!(needs_path_style("http://localhost:9000/"));
+        assert!(needs_path_style("http://[::1]:9000"));
+        assert!(!needs_path_style("https://s3.eu-west-1.amazonaws.com"));
+        assert!(!needs_path_style("https://minio.example.org"));
+    }
+
+    #[test]
+    fn debug_masks_the_secret() {
+        let k = StaticKeys {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+            session_token: None,
+        };
+        let s = format!("{k:?}");
+        assert!(s.contains("AKIDEXAMPLE"));
+        assert!(!s.contains("wJalrXUtnFEMI"));
+    }
+}

@@ -1,0 +1,225 @@
+//! The object store seen by the filesystem: S3 terms only (keys, prefixes, ETags, byte ranges).
+//!
+//! The filesystem core never sees aws-sdk-s3 types; it talks to this trait, which has two
+//! implementations: [`aws::AwsStore`] for real S3-compatible servers and [`memory::MemoryStore`]
+//! for unit and model tests. Both must behave alike on the points the core relies on, and
+//! `tests/store_contract.rs` checks that they do:
+//!
+//! * LIST returns keys in byte-wise lexicographic order; with a delimiter, keys that contain the
+//!   delimiter after the prefix are rolled up into common prefixes, and objects and prefixes share
+//!   one ordering across pages (a page boundary can fall between `a` and `a/`).
+//! * A ranged GET with an ETag answers [`StoreError::PreconditionFailed`] when the object was
+//!   replaced, so a reader never mixes two versions.
+//! * A key becomes visible only complete: PUT and CompleteMultipartUpload are atomic.
+//! * Zero-byte objects are ordinary objects.
+
+pub mod aws;
+pub mod client;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// User metadata of an object (`x-amz-meta-*` headers without the prefix, lower-case names).
+pub type UserMeta = BTreeMap<String, String>;
+
+/// What S3 tells about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// The ETag as S3 returns it, quotes included; opaque to us.
+    pub etag: String,
+    pub last_modified: SystemTime,
+    /// `None` when the object came from a LIST, which does not return user metadata.
+    pub user_meta: Option<UserMeta>,
+}
+
+/// One page of a LIST.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    /// Common prefixes, each ending with the delimiter.
+    pub prefixes: Vec<String>,
+    /// Present when more results follow.
+    pub next_token: Option<String>,
+}
+
+/// Parameters of a LIST request.
+#[derive(Clone, Debug, Default)]
+pub struct ListRequest {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub token: Option<String>,
+    /// Listing starts strictly after this key (ListObjectsV2 `start-after`).
+    pub start_after: Option<String>,
+    /// At most this many entries (objects + prefixes); S3 caps it at 1,000.
+    pub max_keys: u32,
+}
+
+impl ListRequest {
+    pub fn dir(prefix: &str) -> Self {
+        ListRequest {
+            prefix: prefix.to_string(),
+            delimiter: Some("/".to_string()),
+            token: None,
+            start_after: None,
+            max_keys: 1000,
+        }
+    }
+}
+
+/// The result of a completed write (PUT, copy or multipart completion).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    pub etag: String,
+}
+
+/// A multipart upload left open, as ListMultipartUploads reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// Errors of the store, in S3 terms. Every variant maps to one errno in `fs::error`.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no such key")]
+    NotFound,
+    #[error("the object changed (precondition failed)")]
+    PreconditionFailed,
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("the bucket does not exist")]
+    NoSuchBucket,
+    #[error("the access key id is not known to the server")]
+    InvalidAccessKey,
+    #[error("the secret key does not match the access key id")]
+    SignatureMismatch,
+    #[error("the session token has expired")]
+    ExpiredToken,
+    #[error("the bucket is in region {0:?}, not the configured one")]
+    WrongRegion(Option<String>),
+    #[error("cannot reach the endpoint: {0}")]
+    Unreachable(String),
+    #[error("request timed out: {0}")]
+    Timeout(String),
+    #[error("the multipart upload no longer exists")]
+    NoSuchUpload,
+    #[error("entity too large")]
+    TooLarge,
+    #[error("the server is throttling requests: {0}")]
+    Throttled(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// True when retrying the same request later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable(_) | StoreError::Timeout(_) | StoreError::Throttled(_)
+        )
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The S3 operations pailfs needs. Futures are `Send` so the core can spawn them.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// HEAD: the object's size, ETag, date and user metadata.
+    fn head(&self, key: &str) -> impl Future<Output = StoreResult<ObjectMeta>> + Send;
+
+    /// One page of ListObjectsV2.
+    fn list(&self, req: &ListRequest) -> impl Future<Output = StoreResult<ListPage>> + Send;
+
+    /// GET of `range` (clamped to the object's end). With `if_match`, fails with
+    /// [`StoreError::PreconditionFailed`] if the object's ETag differs.
+    fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> impl Future<Output = StoreResult<Bytes>> + Send;
+
+    /// PUT of a whole object (including zero bytes).
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+    ) -> impl Future<Output = StoreResult<PutResult>> + Send;
+
+    fn create_multipart(
+        &self,
+        key: &str,
+        meta: &UserMeta,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Uploads part `part` (1-based); returns its ETag.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        body: Bytes,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Fills part `part` server-side from `range` of `src_key`, which must still have `src_etag`.
+    fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        src_key: &str,
+        range: Range<u64>,
+        src_etag: &str,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Completes the upload from `(part number, etag)` pairs in ascending order.
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> impl Future<Output = StoreResult<PutResult>> + Send;
+
+    fn abort_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Open multipart uploads under `prefix`.
+    fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = StoreResult<Vec<PendingUpload>>> + Send;
+
+    /// Server-side copy (objects up to 5 GiB). With `meta`, the copy gets that user metadata
+    /// (`REPLACE`); without, it keeps the source's. With `src_etag`, fails if the source changed.
+    fn copy(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        meta: Option<&UserMeta>,
+        src_etag: Option<&str>,
+    ) -> impl Future<Output = StoreResult<PutResult>> + Send;
+
+    /// DELETE; deleting a missing key succeeds, as in S3.
+    fn delete(&self, key: &str) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// The largest object a single CopyObject may copy (S3's limit).
+pub const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+/// The smallest part S3 accepts, except for the last one.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// The most parts one multipart upload may have.
+pub const MAX_PARTS: u64 = 10_000;

@@ -1,0 +1,311 @@
+//! Shared test support: the local S3 server's settings, S3 helpers, and real FUSE mounts.
+//!
+//! Tests that need the S3 server or `/dev/fuse` fail with a message saying how to provide them
+//! (`scripts/test` starts everything); they never pass by skipping.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pailfs::store::ObjectStore;
+use pailfs::store::aws::AwsStore;
+use pailfs::store::client::{S3Settings, StaticKeys, build_client};
+
+/// The local S3 server, from the variables `scripts/s3-server start` exports.
+#[derive(Clone, Debug)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub bucket: String,
+    pub key: String,
+    pub secret: String,
+    pub region: String,
+}
+
+fn need(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests through scripts/test, or eval \"$(scripts/s3-server start)\" first")
+    })
+}
+
+impl S3Env {
+    pub fn get() -> S3Env {
+        S3Env {
+            endpoint: need("AWS_ENDPOINT_URL"),
+            bucket: need("PAILFS_TEST_BUCKET"),
+            key: need("AWS_ACCESS_KEY_ID"),
+            secret: need("AWS_SECRET_ACCESS_KEY"),
+            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "garage".into()),
+        }
+    }
+
+    pub fn settings(&self) -> S3Settings {
+        let mut s = S3Settings::with_defaults();
+        s.endpoint_url = Some(self.endpoint.clone());
+        s.region = Some(self.region.clone());
+        s.static_keys = Some(StaticKeys {
+            access_key_id: self.key.clone(),
+            secret_access_key: self.secret.clone(),
+            session_token: None,
+        });
+        s
+    }
+
+    pub async fn store(&self) -> AwsStore {
+        AwsStore::new(build_client(&self.settings()).await, self.bucket.clone())
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A prefix no other test (or earlier run) uses: `t/<name>-<pid>-<n>-<time>/`.
+pub fn unique_prefix(name: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!("t/{name}-{}-{n}-{t}/", std::process::id())
+}
+
+/// A runtime for tests that are not async themselves.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn pailfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pailfs"))
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    pailfs::config::is_mounted(&std::fs::canonicalize(p).unwrap_or(p.to_path_buf()))
+}
+
+/// A real mount of `bucket:prefix` through /dev/fuse, unmounted on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+    pub prefix: String,
+    pub env: S3Env,
+    child: Option<Child>,
+    pub log: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Mount {
+    pub fn new(prefix: &str) -> Mount {
+        Self::with_args(prefix, &[])
+    }
+
+    pub fn with_args(prefix: &str, extra: &[&str]) -> Mount {
+        let env = S3Env::get();
+        let dir = tempfile::Builder::new()
+            .prefix("pailfs-mnt-")
+            .tempdir()
+            .unwrap();
+        let cache = tempfile::Builder::new()
+            .prefix("pailfs-cache-")
+            .tempdir()
+            .unwrap();
+        let log = cache.path().join("pailfs.log");
+        let mut m = Mount {
+            dir,
+            cache,
+            prefix: prefix.to_string(),
+            env,
+            child: None,
+            log,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        m.start();
+        m
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn start(&mut self) {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the mount tests need FUSE (run as root with /dev/fuse)"
+        );
+        let source = format!("{}:{}", self.env.bucket, self.prefix);
+        let child = Command::new(pailfs_bin())
+            .arg("mount")
+            .arg(&source)
+            .arg(self.dir.path())
+            .arg("--foreground")
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .arg("--log-file")
+            .arg(&self.log)
+            .arg("--log-level")
+            .arg("debug")
+            .args(&self.extra)
+            .env("AWS_ENDPOINT_URL", &self.env.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &self.env.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.env.secret)
+            .env("AWS_REGION", &self.env.region)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pailfs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(self.dir.path()) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .ok();
+                panic!("pailfs exited ({status}) before mounting: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not come up within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Unmounts and waits for the daemon to exit.
+    pub fn unmount(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let mut ok = false;
+            for _ in 0..100 {
+                let st = Command::new("umount")
+                    .arg(self.dir.path())
+                    .stderr(Stdio::null())
+                    .status();
+                if st.map(|s| s.success()).unwrap_or(false) || !is_mounted(self.dir.path()) {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !ok {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(self.dir.path())
+                    .status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("pailfs did not exit after unmount");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Unmounts and mounts the same prefix again (a fresh process, no caches).
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.start();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Deletes every key under `prefix` (test cleanup).
+pub async fn delete_prefix(store: &AwsStore, prefix: &str) {
+    let mut req = pailfs::store::ListRequest {
+        prefix: prefix.to_string(),
+        delimiter: None,
+        token: None,
+        start_after: None,
+        max_keys: 1000,
+    };
+    loop {
+        let page = store.list(&req).await.unwrap();
+        for o in &page.objects {
+            store.delete(&o.key).await.unwrap();
+        }
+        match page.next_token {
+            Some(t) => req.token = Some(t),
+            None => break,
+        }
+    }
+}
+
+/// SHA-256 of a file, as hex.
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
