@@ -381,6 +381,22 @@ impl<S: ObjectStore> Fs<S> {
                     self.attr_of(&mut t, ino, false)
                 }
                 Listed::File(name, listed_meta) => {
+                    let known = t
+                        .child(dir, name)
+                        .filter(|c| {
+                            c.open.is_some()
+                                || !c.remote
+                                || (c.user_meta.is_some()
+                                    && c.etag.as_deref() == Some(listed_meta.etag.as_str()))
+                        })
+                        .map(|c| c.ino);
+                    if let (Some(ino), false) = (known, headed.contains_key(&n)) {
+                        if let Some(i) = t.get_mut(ino) {
+                            i.validated = Some(now);
+                        }
+                        out.push(self.attr_of(&mut t, ino, false));
+                        continue;
+                    }
                     let m = headed.get(&n).unwrap_or(listed_meta);
                     let kind = m
                         .user_meta
