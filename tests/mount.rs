@@ -18,7 +18,9 @@ const MIB: usize = 1024 * 1024;
 /// directories, plus a symlink, as a user's documents folder might look.
 fn make_tree(root: &Path, files: usize) {
     for i in 0..files {
-        let dir = root.join(format!("dir{:02}", i % 20)).join(if i % 3 == 0 { "sub" } else { "" });
+        let dir = root
+            .join(format!("dir{:02}", i % 20))
+            .join(if i % 3 == 0 { "sub" } else { "" });
         fs::create_dir_all(&dir).unwrap();
         let size = match i {
             0 => 0,
@@ -28,7 +30,11 @@ fn make_tree(root: &Path, files: usize) {
             _ if i % 97 == 0 => 700_000,
             _ => (i * 37) % 20_000,
         };
-        fs::write(dir.join(format!("file {i}.txt")), pseudo_random(size, i as u64)).unwrap();
+        fs::write(
+            dir.join(format!("file {i}.txt")),
+            pseudo_random(size, i as u64),
+        )
+        .unwrap();
     }
     std::os::unix::fs::symlink("dir01/file 1.txt", root.join("link")).unwrap();
 }
@@ -43,14 +49,28 @@ fn cp_tree_in_and_out_and_after_remount() {
     sh(&format!("cp -r '{s}' '{mnt}/docs'"));
     sh(&format!("diff -r '{s}' '{mnt}/docs'"));
     let back = tempfile::tempdir().unwrap();
-    sh(&format!("cp -r '{mnt}/docs' '{}/out'", back.path().display()));
+    sh(&format!(
+        "cp -r '{mnt}/docs' '{}/out'",
+        back.path().display()
+    ));
     sh(&format!("diff -r '{s}' '{}/out'", back.path().display()));
     m.remount();
     sh(&format!("diff -r '{s}' '{mnt}/docs'"));
-    let n: usize = sh(&format!("find '{mnt}/docs' -type f | wc -l")).trim().parse().unwrap();
+    let n: usize = sh(&format!("find '{mnt}/docs' -type f | wc -l"))
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(n, 520);
-    assert_eq!(fs::metadata(m.p("docs/dir00/sub/file 0.txt")).unwrap().len(), 0);
-    assert_eq!(fs::read_link(m.p("docs/link")).unwrap(), Path::new("dir01/file 1.txt"));
+    assert_eq!(
+        fs::metadata(m.p("docs/dir00/sub/file 0.txt"))
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        fs::read_link(m.p("docs/link")).unwrap(),
+        Path::new("dir01/file 1.txt")
+    );
 }
 
 #[test]
@@ -61,7 +81,10 @@ fn rsync_twice_transfers_nothing_the_second_time() {
     let s = src.path().display();
     let dst = m.p("r");
     sh(&format!("rsync -a '{s}/' '{}/'", dst.display()));
-    let out = sh(&format!("rsync -a --checksum --itemize-changes '{s}/' '{}/'", dst.display()));
+    let out = sh(&format!(
+        "rsync -a --checksum --itemize-changes '{s}/' '{}/'",
+        dst.display()
+    ));
     assert!(out.trim().is_empty(), "second rsync changed things:\n{out}");
     sh(&format!("diff -r '{s}' '{}'", dst.display()));
 }
@@ -74,7 +97,11 @@ fn large_file_round_trips_through_mount_and_s3() {
     let src = tempfile::NamedTempFile::new().unwrap();
     fs::write(src.path(), &data).unwrap();
     drop(data);
-    sh(&format!("dd if='{}' of='{}' bs=1M status=none", src.path().display(), m.p("big.bin").display()));
+    sh(&format!(
+        "dd if='{}' of='{}' bs=1M status=none",
+        src.path().display(),
+        m.p("big.bin").display()
+    ));
     assert_eq!(common::sha256_file(&m.p("big.bin")), want);
     let env = S3Env::get();
     let key = format!("{}big.bin", m.prefix);
@@ -92,7 +119,11 @@ fn large_file_round_trips_through_mount_and_s3() {
 #[test]
 fn empty_files_reach_s3() {
     let m = Mount::new(&unique_prefix("empty"));
-    sh(&format!("touch '{}' && : > '{}'", m.p("a").display(), m.p("b").display()));
+    sh(&format!(
+        "touch '{}' && : > '{}'",
+        m.p("a").display(),
+        m.p("b").display()
+    ));
     let env = S3Env::get();
     rt().block_on(async {
         let s = env.store().await;
@@ -111,7 +142,8 @@ fn other_clients_changes_appear_within_the_ttl() {
     let store = rt.block_on(env.store());
     assert!(fs::read_dir(m.path()).unwrap().next().is_none());
     let key = format!("{}from-elsewhere.txt", m.prefix);
-    rt.block_on(store.put(&key, Bytes::from_static(b"hi there"), &UserMeta::new())).unwrap();
+    rt.block_on(store.put(&key, Bytes::from_static(b"hi there"), &UserMeta::new()))
+        .unwrap();
     // The documented bound: twice the metadata TTL (1 s by default).
     std::thread::sleep(Duration::from_millis(2100));
     let names: Vec<String> = fs::read_dir(m.path())
@@ -137,7 +169,10 @@ fn directory_of_2500_keys_lists_completely() {
             .map(|i| {
                 let s = s.clone();
                 let key = format!("{}big-dir/f{i:05}", m.prefix);
-                tokio::spawn(async move { s.put(&key, Bytes::from(format!("{i}")), &UserMeta::new()).await })
+                tokio::spawn(async move {
+                    s.put(&key, Bytes::from(format!("{i}")), &UserMeta::new())
+                        .await
+                })
             })
             .collect();
         for p in puts {
@@ -145,9 +180,15 @@ fn directory_of_2500_keys_lists_completely() {
         }
     });
     let dir = m.p("big-dir");
-    let ls: usize = sh(&format!("ls '{}' | wc -l", dir.display())).trim().parse().unwrap();
+    let ls: usize = sh(&format!("ls '{}' | wc -l", dir.display()))
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(ls, 2500);
-    let found: usize = sh(&format!("find '{}' | wc -l", dir.display())).trim().parse().unwrap();
+    let found: usize = sh(&format!("find '{}' | wc -l", dir.display()))
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(found, 2501);
     let long = sh(&format!("ls -l '{}'", dir.display()));
     assert_eq!(long.lines().filter(|l| l.starts_with('-')).count(), 2500);
@@ -195,7 +236,10 @@ fn assert_one_line_error(what: &str, r: &(i32, String, f64), needle: &str) {
     assert_ne!(*code, 0, "{what}: exit status 0");
     assert!(*secs < 30.0, "{what}: took {secs:.1} s");
     assert_eq!(err.lines().count(), 1, "{what}: not one line: {err:?}");
-    assert!(err.contains(needle), "{what}: {err:?} does not mention {needle:?}");
+    assert!(
+        err.contains(needle),
+        "{what}: {err:?} does not mention {needle:?}"
+    );
 }
 
 #[test]
@@ -203,16 +247,31 @@ fn bad_credentials_bucket_and_endpoint_fail_fast_with_one_line() {
     let env = S3Env::get();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let wrong_secret = mount_fails(&[&env.bucket, d], &[("AWS_SECRET_ACCESS_KEY", "0000000000000000000000000000000000000000000000000000000000000000")]);
+    let wrong_secret = mount_fails(
+        &[&env.bucket, d],
+        &[(
+            "AWS_SECRET_ACCESS_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        )],
+    );
     assert_one_line_error("wrong secret", &wrong_secret, "access denied");
     assert!(!wrong_secret.1.contains(&env.secret));
-    let unknown_key = mount_fails(&[&env.bucket, d], &[("AWS_ACCESS_KEY_ID", "GK000000000000000000000000")]);
+    let unknown_key = mount_fails(
+        &[&env.bucket, d],
+        &[("AWS_ACCESS_KEY_ID", "GK000000000000000000000000")],
+    );
     assert_one_line_error("unknown key", &unknown_key, "access denied");
     let no_bucket = mount_fails(&["no-such-bucket-pailfs", d], &[]);
     assert_one_line_error("unknown bucket", &no_bucket, "does not exist");
-    let refused = mount_fails(&[&env.bucket, d, "--endpoint-url", "http://127.0.0.1:1"], &[]);
+    let refused = mount_fails(
+        &[&env.bucket, d, "--endpoint-url", "http://127.0.0.1:1"],
+        &[],
+    );
     assert_one_line_error("unreachable endpoint", &refused, "cannot reach");
-    let blackhole = mount_fails(&[&env.bucket, d, "--endpoint-url", "http://192.0.2.1:9000"], &[]);
+    let blackhole = mount_fails(
+        &[&env.bucket, d, "--endpoint-url", "http://192.0.2.1:9000"],
+        &[],
+    );
     assert_one_line_error("blackholed endpoint", &blackhole, "endpoint");
     assert!(!common::is_mounted(dir.path()));
 }
@@ -255,7 +314,11 @@ fn missing_dev_fuse_is_reported() {
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_one_line_error(
         "no /dev/fuse",
-        &(out.status.code().unwrap_or(-1), err, start.elapsed().as_secs_f64()),
+        &(
+            out.status.code().unwrap_or(-1),
+            err,
+            start.elapsed().as_secs_f64(),
+        ),
         "/dev/fuse",
     );
 }

@@ -256,6 +256,10 @@ impl InodeTable {
         self.inodes.remove(&ino);
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Inode> {
+        self.inodes.values_mut()
+    }
+
     /// Marks every cached entry as needing a check against S3.
     pub fn invalidate_all(&mut self) {
         for i in self.inodes.values_mut() {

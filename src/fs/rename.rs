@@ -254,6 +254,15 @@ impl<S: ObjectStore> Fs<S> {
             .iter()
             .map(|(s, d, e)| (s.as_str(), (d.as_str(), e.as_str())))
             .collect();
+        {
+            // Cached inodes below keep their identity; their objects now have new ETags.
+            let mut t = self.table();
+            for i in t.iter_mut() {
+                if let Some((_, etag)) = moved.get(i.key.as_str()) {
+                    i.etag = Some(etag.to_string());
+                }
+            }
+        }
         for (_, of) in &open {
             let _g = of.upload.write().await;
             let base_key = of.lock().base.as_ref().map(|b| b.key.clone());

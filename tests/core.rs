@@ -1,0 +1,537 @@
+//! The core driven without the kernel, over the in-memory store: request counts, failure
+//! injection, and the upload strategies (one PUT, early parts, server-side copies).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pailfs::fs::inode::ROOT;
+use pailfs::fs::{Fs, FsConfig};
+use pailfs::store::memory::{MemoryStore, Op};
+use pailfs::store::{ObjectStore, StoreError, UserMeta};
+
+const MIB: usize = 1024 * 1024;
+
+struct T {
+    fs: Arc<Fs<MemoryStore>>,
+    _spool: tempfile::TempDir,
+}
+
+impl T {
+    fn new() -> T {
+        Self::with(|_| {})
+    }
+
+    fn with(f: impl FnOnce(&mut FsConfig)) -> T {
+        let spool = tempfile::tempdir().unwrap();
+        let mut cfg = FsConfig::new("", spool.path().to_path_buf());
+        cfg.part_size = 5 * MIB as u64;
+        cfg.metadata_ttl = std::time::Duration::from_secs(60);
+        f(&mut cfg);
+        T {
+            fs: Fs::new(MemoryStore::new(), cfg).unwrap(),
+            _spool: spool,
+        }
+    }
+
+    fn s(&self) -> &MemoryStore {
+        self.fs.store()
+    }
+
+    async fn ino(&self, path: &str) -> u64 {
+        let mut ino = ROOT;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.fs.lookup(ino, OsStr::new(part)).await.unwrap().ino;
+        }
+        ino
+    }
+
+    async fn create(&self, name: &str) -> u64 {
+        let (_, fh) = self
+            .fs
+            .create(
+                ROOT,
+                OsStr::new(name),
+                0o644,
+                0o022,
+                libc::O_WRONLY | libc::O_CREAT,
+                0,
+                0,
+            )
+            .await
+            .unwrap();
+        fh
+    }
+
+    async fn write_file(&self, name: &str, data: &[u8]) {
+        let fh = self.create(name).await;
+        self.fs.write(fh, 0, data).await.unwrap();
+        self.fs.flush(fh).await.unwrap();
+        self.fs.release(fh).await.unwrap();
+    }
+
+    async fn read_all(&self, path: &str) -> Vec<u8> {
+        let ino = self.ino(path).await;
+        let fh = self.fs.open(ino, libc::O_RDONLY).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.fs.read(fh, out.len() as u64, 1 << 20).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.fs.release(fh).await.unwrap();
+        out
+    }
+
+    async fn names(&self, dir: &str) -> Vec<String> {
+        let ino = self.ino(dir).await;
+        let fh = self.fs.opendir(ino).unwrap();
+        let mut out = Vec::new();
+        let mut off = 0;
+        loop {
+            let batch = self.fs.readdir(fh, off, 100, false).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                off = e.offset;
+                if e.name != "." && e.name != ".." {
+                    out.push(e.name);
+                }
+            }
+        }
+        self.fs.releasedir(fh);
+        out
+    }
+}
+
+#[tokio::test]
+async fn a_cached_stat_makes_no_request() {
+    let t = T::new();
+    t.s().insert("a.txt", "hello");
+    let ino = t.ino("a.txt").await;
+    let before = t.s().total_requests();
+    let attr = t.fs.getattr(ino).await.unwrap();
+    assert_eq!(attr.stat.size, 5);
+    t.fs.lookup(ROOT, OsStr::new("a.txt")).await.unwrap();
+    assert_eq!(
+        t.s().total_requests(),
+        before,
+        "cached lookups and stats must not ask S3"
+    );
+}
+
+#[tokio::test]
+async fn a_miss_is_remembered() {
+    let t = T::new();
+    assert_eq!(
+        t.fs.lookup(ROOT, OsStr::new("nope"))
+            .await
+            .unwrap_err()
+            .errno,
+        libc::ENOENT
+    );
+    let before = t.s().total_requests();
+    assert_eq!(
+        t.fs.lookup(ROOT, OsStr::new("nope"))
+            .await
+            .unwrap_err()
+            .errno,
+        libc::ENOENT
+    );
+    assert_eq!(t.s().total_requests(), before);
+}
+
+#[tokio::test]
+async fn a_lookup_is_one_round_trip_of_head_and_list() {
+    let t = T::new();
+    t.s().insert("f", "x");
+    t.fs.lookup(ROOT, OsStr::new("f")).await.unwrap();
+    assert_eq!((t.s().count(Op::Head), t.s().count(Op::List)), (1, 1));
+}
+
+#[tokio::test]
+async fn small_files_are_one_put_at_close_and_invisible_before() {
+    let t = T::new();
+    let fh = t.create("new.txt").await;
+    t.fs.write(fh, 0, b"some data").await.unwrap();
+    assert!(
+        t.s().peek("new.txt").is_none(),
+        "nothing in S3 before close"
+    );
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert_eq!(
+        t.s().peek("new.txt").unwrap(),
+        Bytes::from_static(b"some data")
+    );
+    assert_eq!(t.s().count(Op::Put), 1);
+    assert_eq!(t.s().count(Op::CreateMultipart), 0);
+    let meta = t.s().peek_meta("new.txt").unwrap();
+    assert_eq!(meta["mode"], (libc::S_IFREG | 0o644).to_string());
+}
+
+#[tokio::test]
+async fn large_files_upload_parts_while_writing() {
+    let t = T::new();
+    let data = common::pseudo_random(13 * MIB, 3);
+    let fh = t.create("big").await;
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        t.fs.write(fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    // Parts 1 and 2 (5 MiB each) are complete; they go up before close.
+    for _ in 0..200 {
+        if t.s().count(Op::UploadPart) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        t.s().count(Op::UploadPart) >= 2,
+        "no part uploaded before close"
+    );
+    assert!(t.s().peek("big").is_none());
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert_eq!(t.s().peek("big").unwrap(), Bytes::from(data));
+    assert_eq!(t.s().count(Op::UploadPart), 3, "each part uploaded once");
+    assert_eq!(t.s().open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_upload_returns_the_error_and_keeps_the_old_object() {
+    let t = T::new();
+    t.s().insert("doc", "version 1");
+    let ino = t.ino("doc").await;
+    let fh =
+        t.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap();
+    t.fs.write(fh, 0, b"version 2, longer").await.unwrap();
+    t.s().fail(
+        Op::Put,
+        Some("doc"),
+        10,
+        StoreError::Unreachable("injected".into()),
+    );
+    let err = t.fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno, libc::EIO);
+    assert!(
+        t.fs.release(fh).await.is_err(),
+        "the retry at release fails too"
+    );
+    t.s().clear_faults();
+    assert_eq!(t.s().peek("doc").unwrap(), Bytes::from_static(b"version 1"));
+    // Nothing of the failed write is served as if stored.
+    assert_eq!(t.read_all("doc").await, b"version 1");
+}
+
+#[tokio::test]
+async fn a_failed_part_aborts_the_multipart_upload() {
+    let t = T::new();
+    t.s().insert("big", "old");
+    let ino = t.ino("big").await;
+    let fh =
+        t.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap();
+    t.s().fail(
+        Op::UploadPart,
+        None,
+        100,
+        StoreError::Other("injected".into()),
+    );
+    t.fs.write(fh, 0, &common::pseudo_random(11 * MIB, 1))
+        .await
+        .unwrap();
+    assert!(t.fs.flush(fh).await.is_err());
+    let _ = t.fs.release(fh).await;
+    assert_eq!(t.s().open_uploads(), 0, "the failed upload was aborted");
+    assert!(t.s().count(Op::AbortMultipart) >= 1);
+    assert_eq!(t.s().count(Op::CompleteMultipart), 0);
+    assert_eq!(t.s().peek("big").unwrap(), Bytes::from_static(b"old"));
+}
+
+#[tokio::test]
+async fn editing_a_large_object_copies_unchanged_parts() {
+    let t = T::new();
+    let data = common::pseudo_random(16 * MIB, 9);
+    t.s().insert("db", data.clone());
+    let ino = t.ino("db").await;
+    let fh = t.fs.open(ino, libc::O_RDWR).await.unwrap();
+    t.fs.write(fh, (6 * MIB + 10) as u64, b"PATCH")
+        .await
+        .unwrap();
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    let mut want = data;
+    want[6 * MIB + 10..6 * MIB + 15].copy_from_slice(b"PATCH");
+    assert_eq!(t.s().peek("db").unwrap(), Bytes::from(want));
+    assert_eq!(
+        t.s().count(Op::UploadPart),
+        1,
+        "only the changed part is uploaded"
+    );
+    assert_eq!(
+        t.s().count(Op::UploadPartCopy),
+        3,
+        "the others are copied server-side"
+    );
+    // The changed part's untouched bytes were fetched, not the whole object.
+    assert_eq!(t.s().count(Op::Get), 2);
+}
+
+#[tokio::test]
+async fn reads_are_pinned_to_the_version_opened() {
+    let t = T::new();
+    t.s().insert("f", "first version");
+    let ino = t.ino("f").await;
+    let fh = t.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&t.fs.read(fh, 0, 5).await.unwrap()[..], b"first");
+    t.s().insert("f", "second version");
+    let err = t.fs.read(fh, 6, 7).await.unwrap_err();
+    assert_eq!(err.errno, libc::ESTALE);
+    t.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unlinked_open_file_stays_usable_and_is_not_uploaded() {
+    let t = T::new();
+    let fh = t.create("tmp").await;
+    t.fs.write(fh, 0, b"scratch").await.unwrap();
+    t.fs.unlink(ROOT, OsStr::new("tmp")).await.unwrap();
+    assert_eq!(&t.fs.read(fh, 0, 100).await.unwrap()[..], b"scratch");
+    t.fs.write(fh, 7, b"!").await.unwrap();
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert!(t.s().keys().is_empty(), "{:?}", t.s().keys());
+    assert_eq!(
+        t.fs.lookup(ROOT, OsStr::new("tmp"))
+            .await
+            .unwrap_err()
+            .errno,
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn directories_shadow_files_and_list_across_pages() {
+    let t = T::new();
+    for k in ["a", "a-b", "a.txt", "a/x", "b"] {
+        t.s().insert(k, "x");
+    }
+    for i in 0..2500 {
+        t.s().insert(&format!("many/f{i:04}"), "x");
+    }
+    assert_eq!(t.names("").await, vec!["a-b", "a.txt", "a", "b", "many"]);
+    assert!(
+        t.fs.lookup(ROOT, OsStr::new("a")).await.unwrap().stat.kind == pailfs::fs::attr::Kind::Dir
+    );
+    let many = t.names("many").await;
+    assert_eq!(many.len(), 2500);
+    assert!(t.s().count(Op::List) >= 3);
+}
+
+#[tokio::test]
+async fn unrepresentable_keys_are_skipped_and_reported() {
+    let t = T::new();
+    for k in [
+        "ok",
+        "bad//x",
+        "./dot",
+        "../up",
+        &format!("{}", "n".repeat(300)),
+        "d/",
+        "d/in",
+    ] {
+        t.s().insert(k, "x");
+    }
+    t.s().insert("marker-with-data/", "data");
+    let names = t.names("").await;
+    // "bad//x" implies a directory "bad" whose only entry has an empty name.
+    assert_eq!(names, vec!["bad", "d", "marker-with-data", "ok"]);
+    assert!(t.names("bad").await.is_empty());
+    let skipped = t.fs.skipped_keys();
+    assert!(skipped.contains(&"bad//".to_string()), "{skipped:?}");
+    assert!(skipped.iter().any(|k| k.starts_with("nnn")), "{skipped:?}");
+    let _ = t.names("marker-with-data").await;
+    assert!(
+        t.fs.skipped_keys()
+            .contains(&"marker-with-data/".to_string())
+    );
+}
+
+#[tokio::test]
+async fn renames_copy_then_delete() {
+    let t = T::new();
+    t.write_file("a", b"content a").await;
+    t.fs.rename(ROOT, OsStr::new("a"), ROOT, OsStr::new("b"), 0)
+        .await
+        .unwrap();
+    assert_eq!(t.s().keys(), vec!["b"]);
+    assert_eq!(t.read_all("b").await, b"content a");
+    t.fs.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0, 0)
+        .await
+        .unwrap();
+    let d = t.ino("d").await;
+    for i in 0..5 {
+        let (_, fh) =
+            t.fs.create(
+                d,
+                OsStr::new(&format!("f{i}")),
+                0o644,
+                0,
+                libc::O_WRONLY,
+                0,
+                0,
+            )
+            .await
+            .unwrap();
+        t.fs.write(fh, 0, format!("file {i}").as_bytes())
+            .await
+            .unwrap();
+        t.fs.release(fh).await.unwrap();
+    }
+    t.fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+        .await
+        .unwrap();
+    let mut keys = t.s().keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["b", "e/", "e/f0", "e/f1", "e/f2", "e/f3", "e/f4"]
+    );
+    assert_eq!(t.read_all("e/f3").await, b"file 3");
+    let err =
+        t.fs.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("e"), 0)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno, libc::EISDIR);
+    let noreplace =
+        t.fs.rename(
+            ROOT,
+            OsStr::new("e/f0"),
+            ROOT,
+            OsStr::new("b"),
+            libc::RENAME_NOREPLACE,
+        )
+        .await;
+    assert!(noreplace.is_err());
+}
+
+#[tokio::test]
+async fn renaming_a_directory_over_the_limit_is_refused() {
+    let t = T::with(|c| c.max_rename_objects = 3);
+    for i in 0..4 {
+        t.s().insert(&format!("d/{i}"), "x");
+    }
+    let err =
+        t.fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno, libc::EPERM);
+    assert!(err.message.contains("--max-rename-objects"));
+    assert_eq!(t.s().keys().len(), 4);
+}
+
+#[tokio::test]
+async fn a_failed_directory_rename_loses_nothing() {
+    let t = T::new();
+    for i in 0..6 {
+        t.s().insert(&format!("d/{i}"), format!("{i}"));
+    }
+    t.s().fail(
+        Op::Copy,
+        Some("e/3"),
+        100,
+        StoreError::Other("injected".into()),
+    );
+    assert!(
+        t.fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+            .await
+            .is_err()
+    );
+    let mut keys = t.s().keys();
+    keys.sort();
+    assert_eq!(keys, (0..6).map(|i| format!("d/{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn read_only_mounts_refuse_changes() {
+    let t = T::with(|c| c.read_only = true);
+    t.s().insert("f", "x");
+    let err =
+        t.fs.create(ROOT, OsStr::new("g"), 0o644, 0, libc::O_WRONLY, 0, 0)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno, libc::EROFS);
+    let ino = t.ino("f").await;
+    assert_eq!(
+        t.fs.open(ino, libc::O_RDWR).await.unwrap_err().errno,
+        libc::EROFS
+    );
+    assert_eq!(
+        t.fs.unlink(ROOT, OsStr::new("f")).await.unwrap_err().errno,
+        libc::EROFS
+    );
+    assert_eq!(t.read_all("f").await, b"x");
+}
+
+#[tokio::test]
+async fn truncate_then_extend_reads_zeros_not_old_bytes() {
+    let t = T::new();
+    t.s().insert("f", "abcdefghij");
+    let ino = t.ino("f").await;
+    let fh = t.fs.open(ino, libc::O_RDWR).await.unwrap();
+    let sa = pailfs::fs::setattr::SetAttr {
+        size: Some(3),
+        fh: Some(fh),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    let sa = pailfs::fs::setattr::SetAttr {
+        size: Some(6),
+        fh: Some(fh),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    assert_eq!(&t.fs.read(fh, 0, 100).await.unwrap()[..], b"abc\0\0\0");
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert_eq!(t.s().peek("f").unwrap(), Bytes::from_static(b"abc\0\0\0"));
+}
+
+#[tokio::test]
+async fn chmod_is_a_self_copy_and_persists() {
+    let t = T::new();
+    t.s().insert("f", "data");
+    let ino = t.ino("f").await;
+    let sa = pailfs::fs::setattr::SetAttr {
+        mode: Some(0o600),
+        uid: Some(42),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    assert_eq!(t.s().count(Op::Copy), 1);
+    assert_eq!(t.s().count(Op::Put), 0);
+    let meta: UserMeta = t.s().peek_meta("f").unwrap();
+    assert_eq!(meta["mode"], (libc::S_IFREG | 0o600).to_string());
+    assert_eq!(meta["uid"], "42");
+    // A fresh mount of the same store sees it.
+    let spool = tempfile::tempdir().unwrap();
+    let fs2 = Fs::new(
+        MemoryStore::new(),
+        FsConfig::new("", spool.path().to_path_buf()),
+    )
+    .unwrap();
+    fs2.store()
+        .put("f", Bytes::from_static(b"data"), &meta)
+        .await
+        .unwrap();
+    let a = fs2.lookup(ROOT, OsStr::new("f")).await.unwrap();
+    assert_eq!((a.stat.perm, a.stat.uid), (0o600, 42));
+}
