@@ -8,7 +8,7 @@ use pailfs::cli::{Cli, Command};
 use pailfs::config::MountConfig;
 
 fn init_logging(level: &str, file: Option<&std::path::Path>) -> Result<(), String> {
-    let default = format!("pailfs={level},warn");
+    let default = format!("pailfs={level},fuser=error,warn");
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
     b.format_timestamp_millis();

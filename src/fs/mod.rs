@@ -30,6 +30,7 @@ pub mod setattr;
 pub mod spool;
 pub mod upload;
 pub mod write;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -126,7 +126,9 @@ impl<S: ObjectStore> Fs<S> {
                 let t = self.table();
                 // A file created here meanwhile wins over the miss.
                 if let Some(c) = t.child(parent, name)
-                    && (!c.remote || c.open.is_some())
+                    && (!c.remote
+                        || c.open.is_some()
+                        || (c.is_dir() && self.has_local_children(&t, c.ino)))
                 {
                     drop(t);
                     return self.resolve_local(parent, name, count);
@@ -198,6 +200,14 @@ impl<S: ObjectStore> Fs<S> {
         inode.validated = Some(Instant::now());
         let ino = inode.ino;
         Ok(self.attr_of(&mut t, ino, count))
+    }
+
+    /// True when a directory holds files created here and not uploaded yet (it exists for us
+    /// even if S3 has nothing under its prefix).
+    pub(crate) fn has_local_children(&self, t: &super::inode::InodeTable, dir: Ino) -> bool {
+        t.children_of(dir)
+            .iter()
+            .any(|c| c.linked && (!c.remote || (c.is_dir() && self.has_local_children(t, c.ino))))
     }
 
     fn resolve_local(&self, parent: Ino, name: &str, count: bool) -> FsResult<Attr> {

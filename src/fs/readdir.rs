@@ -68,6 +68,9 @@ pub struct DirHandle {
     done: bool,
     /// Files waiting to learn whether a directory of the same name shadows them.
     pending: BTreeMap<String, ObjectMeta>,
+    /// Names of files created here and not uploaded yet (and directories holding such files):
+    /// they win over listed names.
+    local: std::collections::HashSet<String>,
 }
 
 impl DirHandle {
@@ -81,6 +84,7 @@ impl DirHandle {
             started: false,
             done: false,
             pending: BTreeMap::new(),
+            local: std::collections::HashSet::new(),
         }
     }
 
@@ -214,8 +218,29 @@ impl<S: ObjectStore> Fs<S> {
         ))
     }
 
+    fn local_children(&self, dir: Ino) -> Vec<(String, Ino)> {
+        let t = self.table();
+        let mut local: Vec<(String, Ino)> = t
+            .children_of(dir)
+            .iter()
+            .filter(|c| {
+                c.linked && (!c.remote || (c.is_dir() && self.has_local_children(&t, c.ino)))
+            })
+            .map(|c| (c.name.clone(), c.ino))
+            .collect();
+        local.sort();
+        local
+    }
+
     /// Fetches one LIST page into the handle.
     async fn next_page(&self, h: &mut DirHandle) -> FsResult<()> {
+        if h.token.is_none() && h.entries.is_empty() && h.base == 2 {
+            h.local = self
+                .local_children(h.ino)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+        }
         let mut req = ListRequest::dir(&h.prefix);
         req.token = h.token.clone();
         let page = self
@@ -247,6 +272,9 @@ impl<S: ObjectStore> Fs<S> {
                         self.skip_log.skipped(&key, why);
                         continue;
                     }
+                    if h.local.contains(rest) {
+                        continue;
+                    }
                     h.pending.insert(rest.to_string(), o);
                 }
                 None => {
@@ -257,6 +285,9 @@ impl<S: ObjectStore> Fs<S> {
                     }
                     if let Some(file) = h.pending.remove(name) {
                         log::debug!("directory {key:?} shadows the object {:?}", file.key);
+                    }
+                    if h.local.contains(name) {
+                        continue;
                     }
                     h.entries.push_back(Listed::Dir(name.to_string()));
                 }
@@ -269,15 +300,7 @@ impl<S: ObjectStore> Fs<S> {
             for (name, meta) in rest {
                 h.entries.push_back(Listed::File(name, meta));
             }
-            let t = self.table();
-            let mut local: Vec<(String, Ino)> = t
-                .children_of(h.ino)
-                .iter()
-                .filter(|c| c.linked && !c.remote)
-                .map(|c| (c.name.clone(), c.ino))
-                .collect();
-            drop(t);
-            local.sort();
+            let local = self.local_children(h.ino);
             for (name, ino) in local {
                 h.entries.push_back(Listed::Local(name, ino));
             }

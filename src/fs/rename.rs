@@ -77,6 +77,13 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         let new_dir_key = self.parent_dir_key(newparent)?;
+        // A file replaced by the rename lives on through its open handles, unlinked: it must
+        // not be uploaded over the renamed file when they close.
+        let replaced = dst.as_ref().and_then(|d| d.open.clone());
+        let _replaced_guard = match &replaced {
+            Some(of) => Some(of.upload.write().await),
+            None => None,
+        };
         if src.is_dir() {
             let new_prefix = child_prefix(&new_dir_key, newname);
             if new_prefix.starts_with(&src.key) {
@@ -91,6 +98,9 @@ impl<S: ObjectStore> Fs<S> {
             let new_key = child_key(&new_dir_key, newname);
             self.rename_file(&src, &new_key).await?;
             self.finish_rename(src.ino, parent, name, newparent, newname, new_key);
+        }
+        if let Some(of) = &replaced {
+            of.lock().unlinked = true;
         }
         Ok(())
     }

@@ -8,7 +8,6 @@
 //! `ftruncate` at the next flush. The bucket root has no object to hold attributes, so changing
 //! them fails with `EPERM` rather than being accepted and lost.
 
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -16,9 +15,9 @@ use bytes::Bytes;
 use super::attr::{Kind, Stat};
 use super::error::{FsError, FsResult};
 use super::inode::{Ino, ROOT};
-use super::openfile::{Base, OpenFile};
+use super::openfile::Base;
 use super::{Attr, Fs};
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, UserMeta};
 
 /// The changes one `setattr` asks for.
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,21 +83,50 @@ impl<S: ObjectStore> Fs<S> {
             ));
         }
         let now = SystemTime::now();
-        if let Some(of) = &inode.open {
-            self.setattr_open(ino, of, sa, now).await?;
-        } else if inode.stat.kind == Kind::Dir {
-            self.setattr_dir(ino, sa, now).await?;
-        } else if sa.size.is_some() {
-            // truncate(2) by path: open, change, upload, close.
-            let fh = self.open(ino, libc::O_RDWR).await?;
-            let h = self.file_handle(fh)?;
-            let r = self.setattr_open(ino, &h.of, sa, now).await;
-            let closed = self.release(fh).await;
-            r?;
-            closed?;
-        } else if sa.touches_meta() {
-            self.setattr_object(ino, sa, now).await?;
+        match (&inode.open, sa.size) {
+            (Some(of), Some(len)) => {
+                self.truncate_open(of, len).await?;
+                if sa.fh.is_none() {
+                    self.flush_file(ino, of).await?;
+                }
+            }
+            (None, Some(len)) => {
+                // truncate(2) by path: open, change, upload, close.
+                let fh = self.open(ino, libc::O_RDWR).await?;
+                let h = self.file_handle(fh)?;
+                let r = self.truncate_open(&h.of, len).await;
+                let r = match r {
+                    Ok(()) if sa.touches_meta() => {
+                        self.modify_meta(ino, sa.fh.is_none(), |st, _| {
+                            sa.apply(st, now);
+                            Ok(())
+                        })
+                        .await
+                    }
+                    other => other,
+                };
+                let r = match r {
+                    Ok(()) => self.flush_file(ino, &h.of).await,
+                    e => e,
+                };
+                let closed = self.release(fh).await;
+                r?;
+                closed?;
+                return self.attr_now(ino);
+            }
+            _ => {}
         }
+        if sa.touches_meta() {
+            self.modify_meta(ino, sa.fh.is_none(), |st, _| {
+                sa.apply(st, now);
+                Ok(())
+            })
+            .await?;
+        }
+        self.attr_now(ino)
+    }
+
+    fn attr_now(&self, ino: Ino) -> FsResult<Attr> {
         let mut t = self.table();
         if t.get(ino).is_none() {
             return Err(FsError::not_found());
@@ -106,57 +134,57 @@ impl<S: ObjectStore> Fs<S> {
         Ok(self.attr_of(&mut t, ino, false))
     }
 
-    async fn setattr_open(
+    /// Changes an inode's attributes and/or stored metadata with `f`, and stores the result:
+    /// with the pending upload of an open file with unflushed data (at once when `by_path`),
+    /// with a self-copy for a file, in the marker object for a directory.
+    pub(crate) async fn modify_meta(
         &self,
         ino: Ino,
-        of: &Arc<OpenFile>,
-        sa: SetAttr,
-        now: SystemTime,
+        by_path: bool,
+        f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
     ) -> FsResult<()> {
-        if let Some(len) = sa.size {
-            self.truncate_open(of, len).await?;
-        }
-        let content_dirty = {
-            let mut s = of.lock();
-            let before = s.stat;
-            sa.apply(&mut s.stat, now);
-            if s.stat != before {
-                s.meta_dirty = true;
+        self.check_writable()?;
+        let inode = self
+            .table()
+            .get(ino)
+            .cloned()
+            .ok_or_else(FsError::not_found)?;
+        if let Some(of) = &inode.open {
+            let content_dirty = {
+                let mut s = of.lock();
+                let (before, before_meta) = (s.stat, s.foreign_meta.clone());
+                let (mut st, mut meta) = (s.stat, s.foreign_meta.clone());
+                f(&mut st, &mut meta)?;
+                s.stat = st;
+                s.foreign_meta = meta;
+                if s.stat != before || s.foreign_meta != before_meta {
+                    s.meta_dirty = true;
+                }
+                s.dirty
+            };
+            // Through a handle, a change rides along with the data's upload at flush.
+            if by_path || !content_dirty {
+                self.flush_file(ino, of).await?;
             }
-            s.dirty
-        };
-        // Changes by path are durable at once; through a handle they wait for the data's flush.
-        if sa.fh.is_none() || !content_dirty {
-            self.flush_file(ino, of).await?;
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// chmod/chown/utimes of a file or symlink that is not open: a self-copy.
-    async fn setattr_object(&self, ino: Ino, sa: SetAttr, now: SystemTime) -> FsResult<()> {
-        let needs_head = {
-            let t = self.table();
-            let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            i.user_meta.is_none() || i.etag.is_none() || !i.fresh(self.config.metadata_ttl)
-        };
-        if needs_head {
-            if let Some(i) = self.table().get_mut(ino) {
-                i.validated = None;
-            }
-            self.getattr(ino).await?;
+        if inode.is_dir() {
+            return self.modify_dir_meta(ino, f).await;
         }
-        let (key, mut stat, etag, meta) = {
+        self.ensure_meta(ino).await?;
+        let (key, mut stat, etag, mut meta) = {
             let t = self.table();
             let i = t.get(ino).ok_or_else(FsError::not_found)?;
             (
                 i.key.clone(),
                 i.stat,
                 i.etag.clone().unwrap_or_default(),
-                i.user_meta.clone(),
+                i.user_meta.clone().unwrap_or_default(),
             )
         };
-        sa.apply(&mut stat, now);
-        let new_meta = stat.to_meta(meta.as_ref());
+        f(&mut stat, &mut meta)?;
+        let new_meta = stat.to_meta(Some(&meta));
+        check_meta_size(&new_meta)?;
         let base = Base {
             key: key.clone(),
             etag,
@@ -173,15 +201,40 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    /// Attributes of a directory live in its marker object.
-    async fn setattr_dir(&self, ino: Ino, sa: SetAttr, now: SystemTime) -> FsResult<()> {
-        if !sa.touches_meta() {
-            return Ok(());
-        }
-        let (key, mut stat, meta) = {
+    /// Makes sure the inode's stored metadata was read (a HEAD when missing or stale).
+    pub(crate) async fn ensure_meta(&self, ino: Ino) -> FsResult<()> {
+        let needs_head = {
             let t = self.table();
             let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            (i.key.clone(), i.stat, i.user_meta.clone())
+            i.open.is_none()
+                && i.remote
+                && (i.user_meta.is_none() || i.etag.is_none() || !i.fresh(self.config.metadata_ttl))
+                && !(i.is_dir() && !i.has_marker)
+        };
+        if needs_head {
+            if let Some(i) = self.table().get_mut(ino) {
+                i.validated = None;
+            }
+            self.getattr(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Attributes of a directory live in its marker object (created for implicit ones).
+    async fn modify_dir_meta(
+        &self,
+        ino: Ino,
+        f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
+    ) -> FsResult<()> {
+        self.ensure_meta(ino).await?;
+        let (key, mut stat, mut meta) = {
+            let t = self.table();
+            let i = t.get(ino).ok_or_else(FsError::not_found)?;
+            (
+                i.key.clone(),
+                i.stat,
+                i.user_meta.clone().unwrap_or_default(),
+            )
         };
         if ino == ROOT && key.is_empty() {
             return Err(FsError::new(
@@ -189,8 +242,9 @@ impl<S: ObjectStore> Fs<S> {
                 "the bucket root has no object to store attributes in",
             ));
         }
-        sa.apply(&mut stat, now);
-        let new_meta = stat.to_meta(meta.as_ref());
+        f(&mut stat, &mut meta)?;
+        let new_meta = stat.to_meta(Some(&meta));
+        check_meta_size(&new_meta)?;
         let put = self
             .store
             .put(&key, Bytes::new(), &new_meta)
@@ -206,4 +260,18 @@ impl<S: ObjectStore> Fs<S> {
         }
         Ok(())
     }
+}
+
+/// S3 allows 2 KiB of user metadata per object (names and values together).
+pub const MAX_META_BYTES: usize = 2048;
+
+fn check_meta_size(m: &UserMeta) -> FsResult<()> {
+    let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_META_BYTES {
+        return Err(FsError::new(
+            libc::E2BIG,
+            format!("attributes need {total} bytes of object metadata; S3 allows {MAX_META_BYTES}"),
+        ));
+    }
+    Ok(())
 }
