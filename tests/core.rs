@@ -220,9 +220,20 @@ async fn a_failed_upload_returns_the_error_and_keeps_the_old_object() {
     );
     let err = t.fs.flush(fh).await.unwrap_err();
     assert_eq!(err.errno, libc::EIO);
-    assert!(
-        t.fs.release(fh).await.is_err(),
-        "the retry at release fails too"
+    // The failure is final for this open file: a second close of a dup'ed descriptor, or a
+    // write through it, gets the error again instead of silently succeeding.
+    assert_eq!(t.fs.flush(fh).await.unwrap_err().errno, libc::EIO);
+    assert_eq!(
+        t.fs.write(fh, 0, b"more").await.unwrap_err().errno,
+        libc::EIO
+    );
+    t.fs.release(fh).await.unwrap();
+    let failed_dir = t._spool.path().join("failed");
+    let kept: Vec<_> = std::fs::read_dir(&failed_dir).unwrap().collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the data that could not be stored is kept aside"
     );
     t.s().clear_faults();
     assert_eq!(t.s().peek("doc").unwrap(), Bytes::from_static(b"version 1"));

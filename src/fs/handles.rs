@@ -221,6 +221,7 @@ impl<S: ObjectStore> Fs<S> {
             i.validated = Some(Instant::now());
             i.ino
         };
+        self.touch_dir(parent);
         let fh = self.handle_table().insert(Handle::File(FileHandle {
             ino,
             of,
@@ -249,8 +250,7 @@ impl<S: ObjectStore> Fs<S> {
         let mut result = Ok(());
         if last && h.of.is_dirty() {
             if let Err(e) = self.flush_file(h.ino, &h.of).await {
-                self.keep_failed(&h.of, &e);
-                self.discard_local(h.ino, &h.of);
+                self.give_up(h.ino, &h.of, &e);
                 result = Err(e);
             }
         }
@@ -276,18 +276,33 @@ impl<S: ObjectStore> Fs<S> {
         t.maybe_drop(ino);
     }
 
-    /// Forgets unuploaded changes: the inode shows S3's state again at the next access.
-    fn discard_local(&self, ino: Ino, of: &Arc<OpenFile>) {
+    /// An upload failed for good: keeps the data aside, poisons the open file so every
+    /// descriptor still on it gets the error, and detaches it from the inode so the next open
+    /// sees what S3 holds. A file that never reached S3 disappears.
+    pub(crate) fn give_up(&self, ino: Ino, of: &Arc<OpenFile>, e: &FsError) {
+        if of.failure().is_some() {
+            return;
+        }
+        self.keep_failed(of, e);
         {
             let mut s = of.lock();
+            s.failed = Some(FsError::new(
+                e.errno,
+                format!("an earlier upload of this file failed: {}", e.message),
+            ));
             s.dirty = false;
             s.meta_dirty = false;
+            if let Some(spool) = s.spool.take() {
+                self.spool_budget.release(&spool);
+            }
         }
         let mut t = self.table();
         let Some(i) = t.get_mut(ino) else { return };
+        if i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
+            i.open = None;
+        }
         i.validated = None;
         if !i.remote && i.linked {
-            // It never reached S3, so it does not exist.
             let (p, n) = (i.parent, i.name.clone());
             t.unlink(p, &n);
         }

@@ -95,6 +95,15 @@ impl FsConfig {
 pub struct Attr {
     pub ino: Ino,
     pub stat: Stat,
+    /// 0 once the name was removed while the file is still open; else 1 (2 for directories).
+    pub nlink: u32,
+}
+
+impl Attr {
+    pub fn new(ino: Ino, stat: Stat) -> Self {
+        let nlink = if stat.kind == Kind::Dir { 2 } else { 1 };
+        Attr { ino, stat, nlink }
+    }
 }
 
 /// Filesystem-wide numbers for `statfs`.

@@ -226,7 +226,21 @@ impl<S: ObjectStore> Fs<S> {
             Some(of) => of.stat(),
             None => i.stat,
         };
-        Attr { ino, stat }
+        let mut a = Attr::new(ino, stat);
+        if !i.linked {
+            a.nlink = 0;
+        }
+        a
+    }
+
+    /// A name in `dir` was added or removed: its mtime and ctime move to now. Kept in memory
+    /// only: storing them would cost a PUT of the marker for every change in the directory.
+    pub(crate) fn touch_dir(&self, dir: Ino) {
+        let now = SystemTime::now();
+        if let Some(i) = self.table().get_mut(dir) {
+            i.stat.mtime = now;
+            i.stat.ctime = now;
+        }
     }
 
     /// When the mount started: the times of directories that have no marker object.
@@ -260,8 +274,14 @@ impl<S: ObjectStore> Fs<S> {
                     if i.etag.as_deref() != Some(m.etag.as_str()) {
                         i.target = None;
                     }
-                    i.stat =
+                    let mut st =
                         Stat::from_object(kind, size, m.last_modified, m.user_meta.as_ref(), &d);
+                    if kind == Kind::Dir {
+                        // Keep times moved forward here by changes to its entries.
+                        st.mtime = st.mtime.max(i.stat.mtime);
+                        st.ctime = st.ctime.max(i.stat.ctime);
+                    }
+                    i.stat = st;
                     i.etag = Some(m.etag);
                     i.user_meta = m.user_meta;
                 }
@@ -330,7 +350,10 @@ impl<S: ObjectStore> Fs<S> {
         i.user_meta = Some(meta);
         i.validated = Some(Instant::now());
         let ino = i.ino;
-        Ok(self.attr_of(&mut t, ino, true))
+        let attr = self.attr_of(&mut t, ino, true);
+        drop(t);
+        self.touch_dir(parent);
+        Ok(attr)
     }
 
     /// Fails with EEXIST when `name` exists in `parent`.
@@ -383,6 +406,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         drop(t);
         self.negative_insert(parent, name);
+        self.touch_dir(parent);
         Ok(())
     }
 
@@ -407,6 +431,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         drop(t);
         self.negative_insert(parent, name);
+        self.touch_dir(parent);
         Ok(())
     }
 
@@ -470,7 +495,10 @@ impl<S: ObjectStore> Fs<S> {
         i.target = Some(target);
         i.validated = Some(Instant::now());
         let ino = i.ino;
-        Ok(self.attr_of(&mut t, ino, true))
+        let attr = self.attr_of(&mut t, ino, true);
+        drop(t);
+        self.touch_dir(parent);
+        Ok(attr)
     }
 
     /// The target of a symlink.

@@ -82,6 +82,9 @@ pub struct FileState {
     pub inflight: HashSet<u64>,
     /// The name was removed: nothing is uploaded any more.
     pub unlinked: bool,
+    /// An upload failed for good and the data was set aside: every further use of this
+    /// open file answers this error, so nothing written through it is silently lost.
+    pub failed: Option<super::error::FsError>,
 }
 
 impl FileState {
@@ -224,6 +227,7 @@ impl OpenFile {
             mp: None,
             inflight: HashSet::new(),
             unlinked: false,
+            failed: None,
         })
     }
 
@@ -244,6 +248,7 @@ impl OpenFile {
             mp: None,
             inflight: HashSet::new(),
             unlinked: false,
+            failed: None,
         })
     }
 
@@ -286,7 +291,12 @@ impl OpenFile {
 
     pub fn is_dirty(&self) -> bool {
         let s = self.lock();
-        (s.dirty || s.meta_dirty) && !s.unlinked
+        (s.dirty || s.meta_dirty) && !s.unlinked && s.failed.is_none()
+    }
+
+    /// The error this open file is poisoned with, if any.
+    pub fn failure(&self) -> Option<super::error::FsError> {
+        self.lock().failed.clone()
     }
 
     pub fn etag(&self) -> Option<String> {

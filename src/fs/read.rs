@@ -18,6 +18,9 @@ impl<S: ObjectStore> Fs<S> {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.file_handle(fh)?;
+        if let Some(e) = h.of.failure() {
+            return Err(e);
+        }
         let mut retried = false;
         loop {
             let (pieces, base, spool) = {

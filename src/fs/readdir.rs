@@ -209,13 +209,7 @@ impl<S: ObjectStore> Fs<S> {
         let t = self.table();
         let i = t.get(ino).ok_or_else(FsError::not_found)?;
         let parent = t.get(i.parent).map(|p| p.stat).unwrap_or(i.stat);
-        Ok((
-            Attr { ino, stat: i.stat },
-            Attr {
-                ino: i.parent,
-                stat: parent,
-            },
-        ))
+        Ok((Attr::new(ino, i.stat), Attr::new(i.parent, parent)))
     }
 
     fn local_children(&self, dir: Ino) -> Vec<(String, Ino)> {
@@ -325,14 +319,13 @@ impl<S: ObjectStore> Fs<S> {
                         _ => Kind::File,
                     };
                     match existing {
-                        Some(c) if c.stat.kind == kind || matches!(l, Listed::Local(..)) => Attr {
-                            ino: c.ino,
-                            stat: c.stat,
-                        },
-                        _ => Attr {
-                            ino: synthetic_ino(dir, l.name()),
-                            stat: Stat::new(kind, &d, self.started()),
-                        },
+                        Some(c) if c.stat.kind == kind || matches!(l, Listed::Local(..)) => {
+                            Attr::new(c.ino, c.stat)
+                        }
+                        _ => Attr::new(
+                            synthetic_ino(dir, l.name()),
+                            Stat::new(kind, &d, self.started()),
+                        ),
                     }
                 })
                 .collect());

@@ -122,6 +122,12 @@ impl<S: ObjectStore> Fs<S> {
         drop(t);
         self.negative_remove(newparent, newname);
         self.negative_insert(parent, name);
+        self.touch_dir(parent);
+        self.touch_dir(newparent);
+        // rename(2) may update the moved inode's ctime; Linux file systems do.
+        if let Some(i) = self.table().get_mut(ino) {
+            i.stat.ctime = std::time::SystemTime::now();
+        }
     }
 
     async fn rename_file(&self, src: &Inode, new_key: &str) -> FsResult<()> {

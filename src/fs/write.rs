@@ -24,6 +24,9 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::new(libc::EBADF, "file not open for writing"));
         }
         self.check_writable()?;
+        if let Some(e) = h.of.failure() {
+            return Err(e);
+        }
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= self.layout.max_object_size())
@@ -57,18 +60,33 @@ impl<S: ObjectStore> Fs<S> {
         Ok(sp)
     }
 
-    /// `close()`: uploads pending changes and returns the upload's error.
+    /// `close()`: uploads pending changes and returns the upload's error. When this was the
+    /// file's last handle, a failure is final: the data is set aside (see `give_up`).
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.file_handle(fh)?;
+        if let Some(e) = h.of.failure() {
+            return Err(e);
+        }
         if !h.of.is_dirty() {
             return Ok(());
         }
-        self.flush_file(h.ino, &h.of).await
+        let r = self.flush_file(h.ino, &h.of).await;
+        if let Err(e) = &r {
+            let last = self.table().get(h.ino).is_none_or(|i| i.handles <= 1);
+            if last {
+                self.give_up(h.ino, &h.of, e);
+            }
+        }
+        r
     }
 
-    /// `fsync()`: returns once the file's content and attributes are stored in S3.
+    /// `fsync()`: returns once the file's content and attributes are stored in S3. A failure
+    /// leaves the data in place, so the application can retry.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.file_handle(fh)?;
+        if let Some(e) = h.of.failure() {
+            return Err(e);
+        }
         self.flush_file(h.ino, &h.of).await
     }
 

@@ -77,10 +77,11 @@ fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
 
 pub(crate) fn file_attr(a: &Attr) -> FileAttr {
     let s = &a.stat;
-    let (kind, nlink, size) = match s.kind {
-        Kind::File => (FileType::RegularFile, 1, s.size),
-        Kind::Dir => (FileType::Directory, 2, 4096),
-        Kind::Symlink => (FileType::Symlink, 1, s.size),
+    let nlink = a.nlink;
+    let (kind, size) = match s.kind {
+        Kind::File => (FileType::RegularFile, s.size),
+        Kind::Dir => (FileType::Directory, 4096),
+        Kind::Symlink => (FileType::Symlink, s.size),
     };
     FileAttr {
         ino: INodeNo(a.ino),

@@ -95,6 +95,7 @@ pub struct Mount {
     child: Option<Child>,
     pub log: PathBuf,
     extra: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Mount {
@@ -103,6 +104,11 @@ impl Mount {
     }
 
     pub fn with_args(prefix: &str, extra: &[&str]) -> Mount {
+        Self::with_env(prefix, extra, &[])
+    }
+
+    /// A mount whose process gets `envs` on top of the server's settings (other credentials).
+    pub fn with_env(prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Mount {
         let env = S3Env::get();
         let dir = tempfile::Builder::new()
             .prefix("pailfs-mnt-")
@@ -121,6 +127,10 @@ impl Mount {
             child: None,
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         m.start();
         m
@@ -156,6 +166,7 @@ impl Mount {
             .env("AWS_ACCESS_KEY_ID", &self.env.key)
             .env("AWS_SECRET_ACCESS_KEY", &self.env.secret)
             .env("AWS_REGION", &self.env.region)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
