@@ -355,7 +355,7 @@ async fn unrepresentable_keys_are_skipped_and_reported() {
         "bad//x",
         "./dot",
         "../up",
-        &format!("{}", "n".repeat(300)),
+        &"n".repeat(300),
         "d/",
         "d/in",
     ] {
@@ -545,4 +545,52 @@ async fn chmod_is_a_self_copy_and_persists() {
         .unwrap();
     let a = fs2.lookup(ROOT, OsStr::new("f")).await.unwrap();
     assert_eq!((a.stat.perm, a.stat.uid), (0o600, 42));
+}
+
+#[tokio::test]
+async fn objects_over_the_single_copy_limit_are_copied_in_parts() {
+    // S3 copies at most 5 GiB at once; the limit is lowered here to exercise the other path.
+    let t = T::with(|c| c.max_single_copy = 6 * MIB as u64);
+    let data = common::pseudo_random(13 * MIB, 5);
+    t.s().insert("big", data.clone());
+    t.fs.rename(ROOT, OsStr::new("big"), ROOT, OsStr::new("moved"), 0)
+        .await
+        .unwrap();
+    assert_eq!(t.s().count(Op::Copy), 0);
+    assert_eq!(t.s().count(Op::UploadPartCopy), 3);
+    assert_eq!(t.s().peek("moved").unwrap(), Bytes::from(data.clone()));
+    assert!(t.s().peek("big").is_none());
+    let ino = t.ino("moved").await;
+    let sa = pailfs::fs::setattr::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    assert_eq!(
+        t.s().count(Op::UploadPartCopy),
+        6,
+        "chmod is a multipart self-copy too"
+    );
+    assert_eq!(t.s().peek("moved").unwrap(), Bytes::from(data));
+    assert_eq!(t.s().open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn a_full_spool_makes_writes_wait_then_fail_with_enospc() {
+    let t = T::with(|c| {
+        c.max_spool_bytes = 64 * 1024;
+        c.spool_wait = std::time::Duration::from_millis(200);
+    });
+    let a = t.create("a").await;
+    t.fs.write(a, 0, &[1u8; 60 * 1024]).await.unwrap();
+    let b = t.create("b").await;
+    let err = t.fs.write(b, 0, &[2u8; 8 * 1024]).await.unwrap_err();
+    assert_eq!(err.errno, libc::ENOSPC);
+    // Closing the first file uploads it and frees its spool; the second can write now.
+    t.fs.flush(a).await.unwrap();
+    t.fs.release(a).await.unwrap();
+    t.fs.write(b, 0, &[2u8; 8 * 1024]).await.unwrap();
+    t.fs.flush(b).await.unwrap();
+    t.fs.release(b).await.unwrap();
+    assert_eq!(t.s().peek("b").unwrap().len(), 8 * 1024);
 }

@@ -253,6 +253,7 @@ fn an_unlinked_open_file_keeps_working() {
     let m = Mount::new(&unique_prefix("unlinked"));
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.p("tmp"))

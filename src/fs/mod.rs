@@ -65,6 +65,8 @@ pub struct FsConfig {
     pub spool_wait: Duration,
     /// Directories with more objects than this are not renamed (EPERM).
     pub max_rename_objects: u64,
+    /// Objects larger than this are copied part by part (S3 allows single copies up to 5 GiB).
+    pub max_single_copy: u64,
 }
 
 impl FsConfig {
@@ -86,6 +88,7 @@ impl FsConfig {
             max_spool_bytes: 16 * 1024 * 1024 * 1024,
             spool_wait: Duration::from_secs(60),
             max_rename_objects: 10_000,
+            max_single_copy: crate::store::MAX_SINGLE_COPY,
         }
     }
 }

@@ -25,7 +25,7 @@ use super::error::{FsError, FsResult};
 use super::inode::{Ino, Inode};
 use super::names::{self, child_key, child_prefix};
 use super::openfile::{Base, OpenFile};
-use crate::store::{ListRequest, MAX_SINGLE_COPY, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ListRequest, ObjectMeta, ObjectStore, StoreError};
 
 const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
@@ -179,7 +179,7 @@ impl<S: ObjectStore> Fs<S> {
         size: u64,
         meta: Option<&crate::store::UserMeta>,
     ) -> FsResult<String> {
-        if size <= MAX_SINGLE_COPY {
+        if size <= self.config.max_single_copy {
             return self
                 .store
                 .copy(src, dst, None, etag)

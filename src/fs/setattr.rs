@@ -209,7 +209,7 @@ impl<S: ObjectStore> Fs<S> {
             i.open.is_none()
                 && i.remote
                 && (i.user_meta.is_none() || i.etag.is_none() || !i.fresh(self.config.metadata_ttl))
-                && !(i.is_dir() && !i.has_marker)
+                && (!i.is_dir() || i.has_marker)
         };
         if needs_head {
             if let Some(i) = self.table().get_mut(ino) {

@@ -25,7 +25,7 @@ use super::error::{FsError, FsResult};
 use super::openfile::{Base, Multipart, OpenFile, UploadedPart};
 use super::ranges::RangeSet;
 use super::spool::Spool;
-use crate::store::{MAX_SINGLE_COPY, ObjectStore, UserMeta};
+use crate::store::{ObjectStore, UserMeta};
 
 /// What an upload stored.
 #[derive(Clone, Debug)]
@@ -293,7 +293,7 @@ impl<S: ObjectStore> Fs<S> {
         base: &Base,
         meta: &UserMeta,
     ) -> FsResult<String> {
-        if base.len <= MAX_SINGLE_COPY {
+        if base.len <= self.config.max_single_copy {
             return self
                 .store
                 .copy(key, key, Some(meta), Some(&base.etag))
