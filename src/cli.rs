@@ -19,15 +19,119 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mount a bucket, or the keys under a prefix, at a directory.
+    /// Mount a bucket, the keys under a prefix, or a saved connection, at a directory.
     Mount(MountArgs),
+    /// Save, list, show, remove and test named connections.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
+    /// Check which S3 permissions the credentials have, and print the minimal IAM policy.
+    Check(CheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConnectionCommand {
+    /// Save a connection under LABEL. The secret key is read from a prompt (without echo),
+    /// from standard input (--secret-stdin) or from an environment variable (--secret-env),
+    /// never from the command line.
+    Add(ConnectionAddArgs),
+    /// List saved connections.
+    List(SystemArg),
+    /// Show one connection, with its secret masked.
+    Show(LabelArg),
+    /// Remove a connection.
+    Remove(LabelArg),
+    /// Check the connection's permissions (same as `pailfs check LABEL`).
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SystemArg {
+    /// Use the system-wide file /etc/pailfs/connections.toml (for fstab and systemd mounts).
+    #[arg(long)]
+    pub system: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArg {
+    pub label: String,
+    #[command(flatten)]
+    pub system: SystemArg,
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    pub label: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectionAddArgs {
+    /// A name for this connection: letters, digits, '.', '-', '_'.
+    pub label: String,
+    #[arg(long)]
+    pub bucket: String,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3-compatible endpoint, e.g. https://minio.example.org.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Use path-style addressing (ENDPOINT/BUCKET).
+    #[arg(long)]
+    pub path_style: bool,
+    /// The part of the bucket the credentials are restricted to; it becomes the mount's root.
+    #[arg(long, value_name = "PATH")]
+    pub subfolder: Option<String>,
+    /// Mount read-only and check for read-only permissions only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Match names ignoring case when mounted.
+    #[arg(long)]
+    pub case_insensitive: bool,
+    /// Take credentials from this AWS profile.
+    #[arg(long, value_name = "NAME", conflicts_with = "access_key_id")]
+    pub profile: Option<String>,
+    /// Store this access key id (the secret is asked for separately).
+    #[arg(long, value_name = "ID")]
+    pub access_key_id: Option<String>,
+    /// Read the secret key from standard input (one line).
+    #[arg(long, requires = "access_key_id", conflicts_with = "secret_env")]
+    pub secret_stdin: bool,
+    /// Read the secret key from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "access_key_id")]
+    pub secret_env: Option<String>,
+    /// Replace an existing connection with the same label.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub system: SystemArg,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// A connection LABEL, or BUCKET[:PREFIX] (the prefix is treated as the subfolder the
+    /// credentials are restricted to).
+    pub source: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// The credentials are restricted to this subfolder: probe there, not at the root.
+    #[arg(long, value_name = "PATH")]
+    pub subfolder: Option<String>,
+    /// Only read access is needed.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the bucket is and how to reach it.
 #[derive(Args, Debug, Clone, Default)]
 pub struct S3Args {
-    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900 (default: AWS, or AWS_ENDPOINT_URL).
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900 (default: the connection's, then
+    /// AWS_ENDPOINT_URL, then AWS).
+    #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Region of the bucket (default: AWS_REGION or the profile's region).
     #[arg(long, value_name = "REGION")]
@@ -46,7 +150,7 @@ pub struct S3Args {
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX.
+    /// A saved connection's LABEL, or BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX.
     pub source: String,
     /// An existing, empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -55,8 +159,12 @@ pub struct MountArgs {
     pub s3: S3Args,
 
     /// Refuse every change (EROFS).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "read_write")]
     pub read_only: bool,
+    /// Insist on a writable mount: fail if the credentials can only read (without it, such
+    /// credentials give a read-only mount and a notice).
+    #[arg(long)]
+    pub read_write: bool,
     /// Owner of files without stored attributes (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,

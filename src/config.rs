@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, S3Args};
+use crate::connections::{self, Connection};
 use crate::fs::FsConfig;
 use crate::fs::attr::Defaults;
 use crate::fs::names::normalize_prefix;
@@ -101,12 +102,79 @@ pub fn default_cache_dir() -> PathBuf {
     std::env::temp_dir().join("pailfs")
 }
 
+/// What a SOURCE argument names: a saved connection, or a bucket and prefix.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub source: Source,
+    pub connection: Option<(String, Connection)>,
+}
+
+/// Resolves `LABEL`, `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX`. A saved connection
+/// wins over a bucket of the same name.
+pub fn resolve_source(s: &str) -> Result<Resolved, String> {
+    let plain = !s.contains(':') && !s.contains('/');
+    if plain
+        && connections::validate_label(s).is_ok()
+        && let Some((c, _path)) = connections::file::find(s)?
+    {
+        let c = c
+            .validated()
+            .map_err(|e| format!("connection {s:?}: {e}"))?;
+        return Ok(Resolved {
+            source: Source {
+                bucket: c.bucket.clone(),
+                prefix: c.subfolder.clone(),
+            },
+            connection: Some((s.to_string(), c)),
+        });
+    }
+    Ok(Resolved {
+        source: Source::parse(s)?,
+        connection: None,
+    })
+}
+
+/// S3 settings: the defaults, `AWS_ENDPOINT_URL`, then the connection, then explicit flags.
+pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, String> {
+    let mut s = S3Settings::with_defaults();
+    s.endpoint_url = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|e| !e.is_empty());
+    if let Some(c) = conn {
+        c.apply_to(&mut s);
+    }
+    if let Some(e) = a.endpoint_url.clone().filter(|e| !e.is_empty()) {
+        s.endpoint_url = Some(e);
+    }
+    if a.region.is_some() {
+        s.region = a.region.clone();
+    }
+    if a.profile.is_some() {
+        s.profile = a.profile.clone();
+        s.static_keys = None;
+    }
+    s.force_path_style |= a.force_path_style;
+    s.max_attempts = a.max_attempts.max(1);
+    if let Some(e) = &s.endpoint_url
+        && !(e.starts_with("http://") || e.starts_with("https://"))
+    {
+        return Err(format!(
+            "--endpoint-url {e:?} must start with http:// or https://"
+        ));
+    }
+    Ok(s)
+}
+
 /// Everything `pailfs mount` needs, validated.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     pub source: Source,
+    /// The connection's label, when mounted by label.
+    pub label: Option<String>,
     pub mountpoint: PathBuf,
     pub s3: S3Settings,
+    /// `--read-write`: refuse read-only credentials instead of mounting read-only.
+    pub explicit_rw: bool,
     pub fs: FsConfig,
     pub cache_root: PathBuf,
     pub allow_other: bool,
@@ -117,21 +185,11 @@ pub struct MountConfig {
 
 impl MountConfig {
     pub fn from_args(a: &MountArgs) -> Result<MountConfig, String> {
-        let source = Source::parse(&a.source)?;
+        let resolved = resolve_source(&a.source)?;
+        let conn = resolved.connection.as_ref().map(|(_, c)| c);
+        let source = resolved.source.clone();
         let mountpoint = check_mountpoint(&a.mountpoint)?;
-        let mut s3 = S3Settings::with_defaults();
-        s3.endpoint_url = a.s3.endpoint_url.clone().filter(|e| !e.is_empty());
-        s3.region = a.s3.region.clone();
-        s3.profile = a.s3.profile.clone();
-        s3.force_path_style = a.s3.force_path_style;
-        s3.max_attempts = a.s3.max_attempts.max(1);
-        if let Some(e) = &s3.endpoint_url
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err(format!(
-                "--endpoint-url {e:?} must start with http:// or https://"
-            ));
-        }
+        let s3 = s3_settings(conn, &a.s3)?;
         let ttl = a.metadata_ttl;
         if !(0.0..=86_400.0).contains(&ttl) {
             return Err(format!(
@@ -147,7 +205,7 @@ impl MountConfig {
             file_mode: parse_mode(&a.file_mode).map_err(|e| format!("--file-mode: {e}"))?,
             dir_mode: parse_mode(&a.dir_mode).map_err(|e| format!("--dir-mode: {e}"))?,
         };
-        fs.read_only = a.read_only;
+        fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
         fs.metadata_ttl = Duration::from_secs_f64(ttl);
         fs.max_spool_bytes =
             parse_size(&a.max_cache_size).map_err(|e| format!("--max-cache-size: {e}"))?;
@@ -159,8 +217,10 @@ impl MountConfig {
         fs.max_rename_objects = a.max_rename_objects;
         Ok(MountConfig {
             source,
+            label: resolved.connection.map(|(l, _)| l),
             mountpoint,
             s3,
+            explicit_rw: a.read_write,
             fs,
             cache_root,
             allow_other: a.allow_other,

@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod diagnose;
 pub mod fs;
 pub mod fuse;

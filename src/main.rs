@@ -24,12 +24,20 @@ fn init_logging(level: &str, file: Option<&std::path::Path>) -> Result<(), Strin
         .map_err(|e| format!("cannot set up logging: {e}"))
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
         Command::Mount(args) => {
             init_logging(&args.log_level, args.log_file.as_deref())?;
             let cfg = MountConfig::from_args(&args)?;
-            pailfs::run::mount_command(cfg)
+            pailfs::run::mount_command(cfg).map(|_| 0)
+        }
+        Command::Connection(cmd) => {
+            init_logging("warn", None)?;
+            pailfs::connections::commands::connection(cmd)
+        }
+        Command::Check(args) => {
+            init_logging("warn", None)?;
+            pailfs::connections::commands::check(args)
         }
     }
 }
@@ -43,7 +51,8 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("pailfs: {e}");
             ExitCode::FAILURE

@@ -80,7 +80,17 @@ fn wait_for_report(mut rd: File) -> i32 {
         let _ = rd.read_to_string(&mut s);
         let _ = tx.send(s);
     });
-    match rx.recv_timeout(READY_BOUND) {
+    let report = rx.recv_timeout(READY_BOUND).map(|s| {
+        let mut last = String::new();
+        for line in s.lines() {
+            match line.strip_prefix("NOTE ") {
+                Some(note) => eprintln!("pailfs: notice: {note}"),
+                None => last = line.to_string(),
+            }
+        }
+        last
+    });
+    match report {
         Ok(s) if s.starts_with("OK") => 0,
         Ok(s) if s.starts_with("ERR ") => {
             eprintln!("pailfs: {}", s[4..].trim());
@@ -160,18 +170,24 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let store = rt.block_on(async {
-        let client = build_client(&cfg.s3).await;
-        let store = AwsStore::new(client, cfg.source.bucket.clone());
-        check_access(&store, cfg).await.map(|_| store)
-    })?;
+    let (store, read_only, notices) = rt.block_on(prepare(cfg))?;
+    for n in &notices {
+        log::warn!("{n}");
+        match notify.as_mut() {
+            Some(pipe) => {
+                let _ = writeln!(pipe, "NOTE {n}");
+            }
+            None => eprintln!("pailfs: notice: {n}"),
+        }
+    }
     let mut fs_config = cfg.fs.clone();
     fs_config.spool_dir = spool_dir.join("spool");
+    fs_config.read_only = read_only;
     let fs = Fs::new(store, fs_config).map_err(|e| e.message)?;
     let adapter = Adapter::new(fs.clone(), rt.handle().clone());
     let settings = MountSettings {
         fsname: format!("pailfs:{}", cfg.source.display()),
-        read_only: cfg.fs.read_only,
+        read_only,
         allow_other: cfg.allow_other,
         threads: 4,
     };
@@ -185,6 +201,10 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     if let Some(mut pipe) = notify.take() {
         let _ = pipe.write_all(b"OK\n");
     }
+    match crate::fuse::notify::NotifyThread::spawn(session.notifier()) {
+        Ok(n) => fs.set_kernel_cache(Box::new(n)),
+        Err(e) => log::warn!("kernel cache notifications unavailable: {e}"),
+    }
     let unmounter = session.unmount_callable();
     rt.spawn(unmount_on_signal(unmounter, cfg.mountpoint.clone()));
     let served = session.run();
@@ -193,8 +213,67 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
 }
 
+/// The fast part of the permission check: can we list (finding the region if the configured
+/// one is wrong), and may we write? Returns the store, whether to mount read-only, and notices.
+async fn prepare(cfg: &MountConfig) -> Result<(AwsStore, bool, Vec<String>), String> {
+    let mut s3 = cfg.s3.clone();
+    let mut notices = Vec::new();
+    let mut store = AwsStore::new(build_client(&s3).await, cfg.source.bucket.clone());
+    if let Err(e) = check_access(&store, cfg).await {
+        match e {
+            Access::Redirect(region) => {
+                notices.push(format!(
+                    "bucket {:?} is in region {region}, not {}; using {region} (pass --region {region} to skip this)",
+                    cfg.source.bucket,
+                    s3.region.as_deref().unwrap_or("the default")
+                ));
+                s3.region = Some(region);
+                store = AwsStore::new(build_client(&s3).await, cfg.source.bucket.clone());
+                check_access(&store, cfg).await.map_err(Access::message)?;
+            }
+            other => return Err(other.message()),
+        }
+    }
+    let mut read_only = cfg.fs.read_only;
+    if !read_only {
+        let url = format!("s3://{}", cfg.source.display());
+        match crate::connections::check::can_write(&store, &cfg.source.prefix).await {
+            Ok(true) => {}
+            Ok(false) if cfg.explicit_rw => {
+                return Err(format!(
+                    "the credentials can only read {url} (writing was refused) and --read-write was given; drop it to mount read-only, or run `pailfs check` to see what is missing"
+                ));
+            }
+            Ok(false) => {
+                read_only = true;
+                notices.push(format!(
+                    "the credentials can only read {url}: mounted read-only (run `pailfs check` for details; --read-only skips this probe)"
+                ));
+            }
+            Err(e) => {
+                log::warn!("could not probe write access to {url} ({e}); mounting read-write")
+            }
+        }
+    }
+    Ok((store, read_only, notices))
+}
+
+enum Access {
+    Redirect(String),
+    Failed(String),
+}
+
+impl Access {
+    fn message(self) -> String {
+        match self {
+            Access::Redirect(r) => format!("the bucket is in region {r}; pass --region {r}"),
+            Access::Failed(m) => m,
+        }
+    }
+}
+
 /// Lists one key under the prefix, bounded in time, and explains any failure.
-async fn check_access(store: &AwsStore, cfg: &MountConfig) -> Result<(), String> {
+async fn check_access(store: &AwsStore, cfg: &MountConfig) -> Result<(), Access> {
     let mut req = ListRequest::dir(&cfg.source.prefix);
     req.max_keys = 1;
     let target = Target {
@@ -205,12 +284,13 @@ async fn check_access(store: &AwsStore, cfg: &MountConfig) -> Result<(), String>
     };
     match tokio::time::timeout(CHECK_BOUND, store.list(&req)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(explain(&e, &target)),
-        Err(_) => Err(format!(
+        Ok(Err(crate::store::StoreError::WrongRegion(Some(r)))) => Err(Access::Redirect(r)),
+        Ok(Err(e)) => Err(Access::Failed(explain(&e, &target))),
+        Err(_) => Err(Access::Failed(format!(
             "no answer from {} within {} s: check --endpoint-url and the network",
             target.endpoint.unwrap_or("AWS S3"),
             CHECK_BOUND.as_secs()
-        )),
+        ))),
     }
 }
 

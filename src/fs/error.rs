@@ -44,6 +44,7 @@ impl FsError {
             | StoreError::SignatureMismatch
             | StoreError::ExpiredToken => libc::EACCES,
             StoreError::TooLarge => libc::EFBIG,
+            StoreError::NotImplemented(_) => libc::ENOTSUP,
             StoreError::Timeout(_)
             | StoreError::NoSuchBucket
             | StoreError::WrongRegion(_)

@@ -305,6 +305,11 @@ impl<S: ObjectStore> Fs<S> {
         if !i.remote && i.linked {
             let (p, n) = (i.parent, i.name.clone());
             t.unlink(p, &n);
+            drop(t);
+            self.kernel_forget_name(p, &n);
+        } else {
+            drop(t);
+            self.kernel_forget_data(ino);
         }
     }
 

@@ -120,6 +120,15 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// The kernel's caches of names and data, as the core may need to correct them (FUSE
+/// notifications). Set by the adapter once mounted; absent in tests without a kernel.
+pub trait KernelCache: Send + Sync {
+    /// Forget the name `name` in directory `parent` (a cached positive or negative entry).
+    fn forget_name(&self, parent: Ino, name: &str);
+    /// Forget cached pages and attributes of `ino`.
+    fn forget_data(&self, ino: Ino);
+}
+
 /// The core. Cheap to share: the adapter holds it in an `Arc` and spawns one task per request.
 pub struct Fs<S: ObjectStore> {
     pub(crate) store: Arc<S>,
@@ -135,6 +144,7 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) spool_budget: SpoolBudget,
     /// When the mount started: the times of directories without a marker object.
     pub(crate) started: SystemTime,
+    pub(crate) kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
 
 /// Most names kept in the negative-lookup cache.
@@ -165,8 +175,26 @@ impl<S: ObjectStore> Fs<S> {
             )),
             spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
             started: now,
+            kernel: std::sync::OnceLock::new(),
             config,
         }))
+    }
+
+    /// Connects the kernel's caches (once, after mounting).
+    pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
+        let _ = self.kernel.set(k);
+    }
+
+    pub(crate) fn kernel_forget_name(&self, parent: Ino, name: &str) {
+        if let Some(k) = self.kernel.get() {
+            k.forget_name(parent, name);
+        }
+    }
+
+    pub(crate) fn kernel_forget_data(&self, ino: Ino) {
+        if let Some(k) = self.kernel.get() {
+            k.forget_data(ino);
+        }
     }
 
     pub fn config(&self) -> &FsConfig {

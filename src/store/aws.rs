@@ -59,6 +59,48 @@ impl AwsStore {
         &self.client
     }
 
+    /// The bucket's region from GetBucketLocation (an empty constraint means us-east-1 and
+    /// the legacy `EU` means eu-west-1).
+    pub async fn bucket_region(&self) -> StoreResult<String> {
+        let out = self
+            .client
+            .get_bucket_location()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(match out.location_constraint().map(|c| c.as_str()) {
+            None | Some("") => "us-east-1".to_string(),
+            Some("EU") => "eu-west-1".to_string(),
+            Some(r) => r.to_string(),
+        })
+    }
+
+    /// GetObjectAcl (only to probe the permission).
+    pub async fn get_object_acl(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .get_object_acl()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// PutObjectAcl with the canned `private` ACL (only to probe the permission).
+    pub async fn put_object_acl_private(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .put_object_acl()
+            .bucket(&self.bucket)
+            .key(key)
+            .acl(aws_sdk_s3::types::ObjectCannedAcl::Private)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     fn copy_source(&self, key: &str) -> String {
         format!("{}/{}", self.bucket, utf8_percent_encode(key, COPY_SOURCE))
     }
@@ -144,6 +186,7 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
             return StoreError::WrongRegion(region);
         }
         "NoSuchUpload" => return StoreError::NoSuchUpload,
+        "NotImplemented" | "MethodNotAllowed" => return StoreError::NotImplemented(message),
         "EntityTooLarge" => return StoreError::TooLarge,
         "SlowDown"
         | "Throttling"

@@ -114,6 +114,8 @@ pub enum StoreError {
     NoSuchUpload,
     #[error("entity too large")]
     TooLarge,
+    #[error("the server does not implement this request: {0}")]
+    NotImplemented(String),
     #[error("the server is throttling requests: {0}")]
     Throttled(String),
     #[error("{0}")]

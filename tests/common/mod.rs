@@ -96,6 +96,8 @@ pub struct Mount {
     pub log: PathBuf,
     extra: Vec<String>,
     envs: Vec<(String, String)>,
+    /// What is mounted: `BUCKET:PREFIX` or a connection label.
+    pub source: String,
 }
 
 impl Mount {
@@ -109,6 +111,13 @@ impl Mount {
 
     /// A mount whose process gets `envs` on top of the server's settings (other credentials).
     pub fn with_env(prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Mount {
+        let source = format!("{}:{}", S3Env::get().bucket, prefix);
+        Self::custom(&source, prefix, extra, envs)
+    }
+
+    /// Mounts `source` (a bucket, `BUCKET:PREFIX` or a connection label); `prefix` is where
+    /// its files are in S3, for the test's own checks.
+    pub fn custom(source: &str, prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Mount {
         let env = S3Env::get();
         let dir = tempfile::Builder::new()
             .prefix("pailfs-mnt-")
@@ -131,6 +140,7 @@ impl Mount {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            source: source.to_string(),
         };
         m.start();
         m
@@ -149,18 +159,20 @@ impl Mount {
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: the mount tests need FUSE (run as root with /dev/fuse)"
         );
-        let source = format!("{}:{}", self.env.bucket, self.prefix);
         let child = Command::new(pailfs_bin())
             .arg("mount")
-            .arg(&source)
+            .arg(&self.source)
             .arg(self.dir.path())
             .arg("--foreground")
             .arg("--cache-dir")
             .arg(self.cache.path())
             .arg("--log-file")
             .arg(&self.log)
-            .arg("--log-level")
-            .arg("debug")
+            .args(if self.extra.iter().any(|a| a == "--log-level") {
+                vec![]
+            } else {
+                vec!["--log-level", "debug"]
+            })
             .args(&self.extra)
             .env("AWS_ENDPOINT_URL", &self.env.endpoint)
             .env("AWS_ACCESS_KEY_ID", &self.env.key)

@@ -1,0 +1,626 @@
+//! The permission self-check: which S3 actions the credentials may perform where pailfs will
+//! work, probed with real requests, in order, with a result line each.
+//!
+//! 1. credentials and bucket (GetBucketLocation, which also gives the region; a wrong
+//!    configured region is corrected with a notice and the rest runs in the right one);
+//! 2. listing, at the bucket root or, for credentials restricted to a subfolder, at that
+//!    subfolder only (the root is then never probed);
+//! 3. reading an existing object (or the probe object);
+//! 4. writing, reading ACLs, deleting and aborting a multipart upload, with a unique temporary
+//!    key `SUBFOLDER.pailfs-check-<random>` that is removed afterwards. It never writes to,
+//!    deletes or changes the ACL of an existing key.
+//!
+//! The result is a classification (full access, read-only, insufficient), the actions that are
+//! missing for the mode the connection needs, and the minimal policy for that mode. Servers that
+//! do not implement an action (ACLs on some S3-compatible stores) are reported as such and do
+//! not count against the credentials. Error kinds are told apart where the server does:
+//! AWS and moto answer `InvalidAccessKeyId`, `SignatureDoesNotMatch` and `ExpiredToken`;
+//! Garage answers `AccessDenied` for all of them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::policy::{FULL_ACTIONS, Mode, READ_ONLY_ACTIONS, minimal_policy};
+use crate::store::aws::AwsStore;
+use crate::store::client::{S3Settings, build_client};
+use crate::store::{ListRequest, ObjectStore, StoreError, UserMeta};
+
+/// What to check.
+#[derive(Clone, Debug)]
+pub struct CheckTarget {
+    pub label: Option<String>,
+    pub bucket: String,
+    /// "" or ending in `/`.
+    pub subfolder: String,
+    pub s3: S3Settings,
+    pub need: Mode,
+    /// Describes where the credentials come from (never the secret).
+    pub credentials: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    Warning,
+    Denied,
+    Failed,
+    Skipped,
+    Unsupported,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Allowed,
+    Denied,
+    Untested,
+    Unsupported,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Classification {
+    FullAccess,
+    ReadOnly,
+    Insufficient,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionInfo {
+    pub configured: Option<String>,
+    pub detected: Option<String>,
+    pub corrected: bool,
+}
+
+/// Everything `pailfs check` found out.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    pub connection: Option<String>,
+    pub bucket: String,
+    pub subfolder: String,
+    pub endpoint: Option<String>,
+    pub credentials: String,
+    pub region: RegionInfo,
+    pub steps: Vec<Step>,
+    pub actions: BTreeMap<String, Access>,
+    pub classification: Classification,
+    pub required: Mode,
+    pub missing: Vec<String>,
+    pub untested: Vec<String>,
+    pub policy: serde_json::Value,
+    /// A probe key that could not be removed (DeleteObject denied).
+    pub leftover: Option<String>,
+    pub ok: bool,
+}
+
+const ABORT: &str = "s3:AbortMultipartUpload";
+/// Bound on each probe request, retries included.
+const STEP_BOUND: Duration = Duration::from_secs(15);
+
+async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STEP_BOUND, f)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Timeout(format!(
+                "no answer within {} s",
+                STEP_BOUND.as_secs()
+            )))
+        })
+}
+
+fn access_of<T>(r: &Result<T, StoreError>) -> Access {
+    match r {
+        Ok(_) => Access::Allowed,
+        Err(StoreError::AccessDenied(_)) => Access::Denied,
+        Err(StoreError::NotImplemented(_)) => Access::Unsupported,
+        Err(_) => Access::Untested,
+    }
+}
+
+fn is_credential_error(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::InvalidAccessKey => Some("the access key id is not known to the server"),
+        StoreError::SignatureMismatch => Some("the secret key does not match the access key id"),
+        StoreError::ExpiredToken => Some("the session token has expired"),
+        _ => None,
+    }
+}
+
+fn unique_suffix() -> String {
+    let mut b = [0u8; 8];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        ^ (std::process::id() as u128) << 64;
+    let mut x = (seed as u64) ^ ((seed >> 64) as u64) | 1;
+    for v in b.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *v = x as u8;
+    }
+    b.iter().map(|v| format!("{v:02x}")).collect()
+}
+
+struct Probe {
+    store: AwsStore,
+    steps: Vec<Step>,
+    actions: BTreeMap<String, Access>,
+}
+
+impl Probe {
+    fn step(&mut self, name: &'static str, outcome: Outcome, detail: impl Into<String>) {
+        self.steps.push(Step {
+            name,
+            outcome,
+            detail: detail.into(),
+        });
+    }
+
+    fn set(&mut self, action: &str, a: Access) {
+        self.actions.insert(action.to_string(), a);
+    }
+
+    fn get(&self, action: &str) -> Access {
+        self.actions
+            .get(action)
+            .copied()
+            .unwrap_or(Access::Untested)
+    }
+}
+
+/// Runs the whole check.
+pub async fn run(target: &CheckTarget) -> CheckReport {
+    let mut s3 = target.s3.clone();
+    s3.max_attempts = s3.max_attempts.clamp(1, 2);
+    s3.connect_timeout = Duration::from_secs(5);
+    s3.attempt_timeout = Duration::from_secs(10);
+    let mut p = Probe {
+        store: AwsStore::new(build_client(&s3).await, target.bucket.clone()),
+        steps: Vec::new(),
+        actions: FULL_ACTIONS
+            .iter()
+            .chain([ABORT].iter())
+            .map(|a| (a.to_string(), Access::Untested))
+            .collect(),
+    };
+    let mut region = RegionInfo {
+        configured: s3.region.clone(),
+        detected: None,
+        corrected: false,
+    };
+    let mut leftover = None;
+    let stopped = probe_all(target, &mut s3, &mut p, &mut region, &mut leftover).await;
+    if stopped {
+        for name in ["list", "read", "write", "delete", "multipart"] {
+            if !p.steps.iter().any(|s| s.name == name) {
+                p.step(name, Outcome::Skipped, "not probed after the failure above");
+            }
+        }
+    }
+    finish(target, p, region, leftover)
+}
+
+/// The probes in order; returns true when they had to stop early.
+async fn probe_all(
+    target: &CheckTarget,
+    s3: &mut S3Settings,
+    p: &mut Probe,
+    region: &mut RegionInfo,
+    leftover: &mut Option<String>,
+) -> bool {
+    let sub = target.subfolder.as_str();
+    // 1. Credentials, bucket, region.
+    let loc = bounded(p.store.bucket_region()).await;
+    p.set("s3:GetBucketLocation", access_of(&loc));
+    let mut creds_proven = false;
+    match &loc {
+        Ok(r) => {
+            region.detected = Some(r.clone());
+            creds_proven = true;
+        }
+        Err(StoreError::WrongRegion(Some(r))) => region.detected = Some(r.clone()),
+        Err(e) if is_credential_error(e).is_some() => {
+            p.step(
+                "credentials",
+                Outcome::Failed,
+                is_credential_error(e).unwrap_or_default(),
+            );
+            return true;
+        }
+        Err(StoreError::NoSuchBucket) => {
+            p.step("credentials", Outcome::Ok, "accepted");
+            p.step(
+                "bucket",
+                Outcome::Failed,
+                format!("bucket {:?} does not exist at this endpoint", target.bucket),
+            );
+            return true;
+        }
+        Err(e @ (StoreError::Unreachable(_) | StoreError::Timeout(_))) => {
+            p.step(
+                "endpoint",
+                Outcome::Failed,
+                format!("cannot reach the endpoint: {e}"),
+            );
+            return true;
+        }
+        Err(_) => {}
+    }
+    if let Some(d) = &region.detected
+        && region.configured.as_deref() != Some(d.as_str())
+    {
+        region.corrected = true;
+        s3.region = Some(d.clone());
+        p.store = AwsStore::new(build_client(s3).await, target.bucket.clone());
+    }
+
+    // 2. Listing, where the credentials are meant to work.
+    let req = ListRequest {
+        prefix: sub.to_string(),
+        delimiter: None,
+        token: None,
+        start_after: None,
+        max_keys: 20,
+    };
+    let list = bounded(p.store.list(&req)).await;
+    p.set("s3:ListBucket", access_of(&list));
+    let where_ = if sub.is_empty() {
+        "the bucket root".to_string()
+    } else {
+        format!("the subfolder {sub:?} (the bucket root is not probed)")
+    };
+    let mut existing = None;
+    match &list {
+        Ok(page) => {
+            creds_proven = true;
+            existing = page
+                .objects
+                .iter()
+                .find(|o| !o.key.ends_with('/') && o.size > 0)
+                .map(|o| o.key.clone());
+            p.step("list", Outcome::Ok, format!("allowed at {where_}"));
+        }
+        Err(e) if is_credential_error(e).is_some() => {
+            p.step(
+                "credentials",
+                Outcome::Failed,
+                is_credential_error(e).unwrap_or_default(),
+            );
+            return true;
+        }
+        Err(StoreError::NoSuchBucket) => {
+            p.step(
+                "bucket",
+                Outcome::Failed,
+                format!("bucket {:?} does not exist", target.bucket),
+            );
+            return true;
+        }
+        Err(StoreError::AccessDenied(_)) => {
+            p.step(
+                "list",
+                Outcome::Denied,
+                format!("denied at {where_} (s3:ListBucket){}", root_hint(sub)),
+            );
+        }
+        Err(e) => {
+            p.step("list", Outcome::Failed, e.to_string());
+            return true;
+        }
+    }
+
+    // 3. Reading an existing object.
+    let mut read_done = false;
+    if let Some(key) = &existing {
+        let r = bounded(p.store.get_range(key, 0..1, None)).await;
+        let a = access_of(&r);
+        if a != Access::Untested {
+            p.set("s3:GetObject", a);
+            creds_proven |= a == Access::Allowed;
+            read_done = true;
+        }
+    }
+
+    // 4. Writing with a probe key nobody else uses.
+    let probe = format!("{sub}.pailfs-check-{}", unique_suffix());
+    let put = bounded(p.store.put(
+        &probe,
+        Bytes::from_static(b"pailfs permission check\n"),
+        &UserMeta::new(),
+    ))
+    .await;
+    p.set("s3:PutObject", access_of(&put));
+    let created = put.is_ok();
+    creds_proven |= created;
+    match &put {
+        Ok(_) => p.step(
+            "write",
+            Outcome::Ok,
+            "allowed (a temporary probe object was written)",
+        ),
+        Err(StoreError::AccessDenied(_)) => {
+            p.step("write", Outcome::Denied, "denied (s3:PutObject)")
+        }
+        Err(e) => p.step("write", Outcome::Failed, e.to_string()),
+    }
+    if !read_done {
+        // The probe object if it was written; otherwise a key that does not exist.
+        let r = bounded(p.store.get_range(&probe, 0..1, None)).await;
+        match &r {
+            Ok(_) => p.set("s3:GetObject", Access::Allowed),
+            // A missing key answers NoSuchKey only to those who may read it (or list).
+            Err(StoreError::NotFound) if p.get("s3:ListBucket") == Access::Allowed => {
+                p.set("s3:GetObject", Access::Allowed)
+            }
+            Err(StoreError::AccessDenied(_))
+                if created || p.get("s3:ListBucket") == Access::Allowed =>
+            {
+                p.set("s3:GetObject", Access::Denied)
+            }
+            _ => {}
+        }
+    }
+    let read = p.get("s3:GetObject");
+    p.step(
+        "read",
+        match read {
+            Access::Allowed => Outcome::Ok,
+            Access::Denied => Outcome::Denied,
+            _ => Outcome::Skipped,
+        },
+        match read {
+            Access::Allowed => "allowed".to_string(),
+            Access::Denied => format!("denied at {where_} (s3:GetObject){}", root_hint(sub)),
+            _ => "could not be tested: no object to read".to_string(),
+        },
+    );
+    creds_proven |= read == Access::Allowed;
+
+    // ACLs: read on the probe or an existing object; write only on our own probe.
+    if let Some(k) = if created {
+        Some(probe.clone())
+    } else {
+        existing.clone()
+    } {
+        let a = access_of(&bounded(p.store.get_object_acl(&k)).await);
+        p.set("s3:GetObjectAcl", a);
+    }
+    if created {
+        let a = access_of(&bounded(p.store.put_object_acl_private(&probe)).await);
+        p.set("s3:PutObjectAcl", a);
+    }
+    let (ga, pa) = (p.get("s3:GetObjectAcl"), p.get("s3:PutObjectAcl"));
+    let acl_outcome = match (ga, pa) {
+        (Access::Unsupported, _) | (_, Access::Unsupported) => Outcome::Unsupported,
+        (Access::Allowed, Access::Allowed) => Outcome::Ok,
+        (Access::Denied, _) | (_, Access::Denied) => Outcome::Denied,
+        _ => Outcome::Skipped,
+    };
+    p.step(
+        "acl",
+        acl_outcome,
+        format!("read ACL: {}, write ACL: {}", describe(ga), describe(pa)),
+    );
+
+    // 5. Deleting: the probe, or a key that does not exist (S3 answers 204 if allowed).
+    let victim = if created {
+        probe.clone()
+    } else {
+        format!("{sub}.pailfs-check-{}", unique_suffix())
+    };
+    let del = bounded(p.store.delete(&victim)).await;
+    p.set("s3:DeleteObject", access_of(&del));
+    match &del {
+        Ok(_) => p.step("delete", Outcome::Ok, "allowed"),
+        Err(StoreError::AccessDenied(_)) => {
+            if created {
+                *leftover = Some(probe.clone());
+                p.step(
+                    "delete",
+                    Outcome::Denied,
+                    format!("denied (s3:DeleteObject); the probe object {probe:?} is left behind: remove it with credentials that may delete"),
+                );
+            } else {
+                p.step("delete", Outcome::Denied, "denied (s3:DeleteObject)");
+            }
+        }
+        Err(e) => p.step("delete", Outcome::Failed, e.to_string()),
+    }
+
+    // 6. Aborting a multipart upload (what pailfs does when an upload fails).
+    if created || p.get("s3:PutObject") == Access::Allowed {
+        let key = format!("{sub}.pailfs-check-{}", unique_suffix());
+        match bounded(p.store.create_multipart(&key, &UserMeta::new())).await {
+            Ok(id) => {
+                let r = bounded(p.store.abort_multipart(&key, &id)).await;
+                p.set(ABORT, access_of(&r));
+                match r {
+                    Ok(()) => p.step("multipart", Outcome::Ok, "create and abort allowed"),
+                    Err(_) => p.step(
+                        "multipart",
+                        Outcome::Warning,
+                        format!("abort denied (s3:AbortMultipartUpload, not in the minimal policy): failed large uploads leave incomplete parts until a lifecycle rule removes them (upload {key:?})"),
+                    ),
+                }
+            }
+            Err(e) => p.step(
+                "multipart",
+                Outcome::Skipped,
+                format!("could not start one: {e}"),
+            ),
+        }
+    } else {
+        p.step("multipart", Outcome::Skipped, "writing is denied");
+    }
+
+    let creds_step = if creds_proven {
+        Step {
+            name: "credentials",
+            outcome: Outcome::Ok,
+            detail: "accepted".into(),
+        }
+    } else {
+        Step {
+            name: "credentials",
+            outcome: Outcome::Warning,
+            detail: "every request was refused (AccessDenied): the key or secret may be wrong, or the key has no access here".into(),
+        }
+    };
+    let region_step = Step {
+        name: "region",
+        outcome: if region.corrected {
+            Outcome::Warning
+        } else {
+            Outcome::Ok
+        },
+        detail: match (&region.detected, &region.configured, region.corrected) {
+            (Some(d), Some(c), true) => {
+                format!("{d} (configured {c}: corrected; save --region {d})")
+            }
+            (Some(d), None, true) => format!("{d} (found from the bucket; none was configured)"),
+            (Some(d), _, _) => d.clone(),
+            (None, c, _) => format!(
+                "{} (not detectable: GetBucketLocation {})",
+                c.as_deref().unwrap_or("default"),
+                describe(p.get("s3:GetBucketLocation"))
+            ),
+        },
+    };
+    let bucket_step = if creds_proven {
+        Step {
+            name: "bucket",
+            outcome: Outcome::Ok,
+            detail: format!("{:?} exists", target.bucket),
+        }
+    } else {
+        Step {
+            name: "bucket",
+            outcome: Outcome::Skipped,
+            detail: "unknown: every request was refused".into(),
+        }
+    };
+    p.steps.splice(0..0, [creds_step, bucket_step, region_step]);
+    false
+}
+
+/// At the bucket root, a denial may just mean the credentials are meant for a subfolder.
+fn root_hint(sub: &str) -> &'static str {
+    if sub.is_empty() {
+        "; if these credentials are restricted to a subfolder, check with --subfolder PATH"
+    } else {
+        ""
+    }
+}
+
+fn describe(a: Access) -> &'static str {
+    match a {
+        Access::Allowed => "allowed",
+        Access::Denied => "denied",
+        Access::Untested => "not tested",
+        Access::Unsupported => "not supported by this server",
+    }
+}
+
+/// The order steps are reported in, whatever order the probes ran in.
+const STEP_ORDER: [&str; 11] = [
+    "credentials",
+    "endpoint",
+    "bucket",
+    "region",
+    "list",
+    "read",
+    "write",
+    "acl",
+    "delete",
+    "multipart",
+    "",
+];
+
+fn finish(
+    target: &CheckTarget,
+    mut p: Probe,
+    region: RegionInfo,
+    leftover: Option<String>,
+) -> CheckReport {
+    p.steps.sort_by_key(|s| {
+        STEP_ORDER
+            .iter()
+            .position(|n| *n == s.name)
+            .unwrap_or(STEP_ORDER.len())
+    });
+    let fine = |a: &str| matches!(p.get(a), Access::Allowed | Access::Unsupported);
+    let classification = if FULL_ACTIONS.iter().all(|a| fine(a)) {
+        Classification::FullAccess
+    } else if READ_ONLY_ACTIONS.iter().all(|a| fine(a)) {
+        Classification::ReadOnly
+    } else {
+        Classification::Insufficient
+    };
+    let missing: Vec<String> = target
+        .need
+        .actions()
+        .iter()
+        .filter(|a| p.get(a) == Access::Denied)
+        .map(|a| a.to_string())
+        .collect();
+    let untested: Vec<String> = target
+        .need
+        .actions()
+        .iter()
+        .filter(|a| p.get(a) == Access::Untested)
+        .map(|a| a.to_string())
+        .collect();
+    let ok = match target.need {
+        Mode::Full => classification == Classification::FullAccess,
+        Mode::ReadOnly => classification != Classification::Insufficient,
+    };
+    CheckReport {
+        connection: target.label.clone(),
+        bucket: target.bucket.clone(),
+        subfolder: target.subfolder.clone(),
+        endpoint: target.s3.endpoint_url.clone(),
+        credentials: target.credentials.clone(),
+        region,
+        steps: p.steps,
+        actions: p.actions,
+        classification,
+        required: target.need,
+        missing,
+        untested,
+        policy: minimal_policy(target.need, &target.bucket, &target.subfolder),
+        leftover,
+        ok,
+    }
+}
+
+/// The fast part of the check, run by `mount`: may these credentials write here? A zero-byte
+/// probe object is written and deleted under the mount's prefix. `Ok(false)` means S3 refused
+/// the write (read-only credentials).
+pub async fn can_write(store: &AwsStore, prefix: &str) -> Result<bool, StoreError> {
+    let probe = format!("{prefix}.pailfs-write-check-{}", unique_suffix());
+    match bounded(store.put(&probe, Bytes::new(), &UserMeta::new())).await {
+        Ok(_) => {
+            if let Err(e) = bounded(store.delete(&probe)).await {
+                log::warn!("could not remove the write probe {probe:?}: {e}");
+            }
+            Ok(true)
+        }
+        Err(StoreError::AccessDenied(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

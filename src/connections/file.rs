@@ -1,0 +1,214 @@
+//! The connections file: TOML under `$XDG_CONFIG_HOME/pailfs/connections.toml` (or
+//! `~/.config/pailfs/`), and `/etc/pailfs/connections.toml` for system mounts (fstab, systemd).
+//!
+//! A file that holds a secret and can be read by group or others is refused with the `chmod`
+//! to run, rather than used: a leaked key is worse than a mount that does not start. Writes are
+//! atomic (a temporary file renamed over the old one) and create the file with mode 0600.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Connection, validate_label};
+
+pub const FILE_NAME: &str = "connections.toml";
+pub const SYSTEM_DIR: &str = "/etc/pailfs";
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    #[serde(default)]
+    connections: BTreeMap<String, Connection>,
+}
+
+/// The user's configuration directory: `$PAILFS_CONFIG_DIR`, `$XDG_CONFIG_HOME/pailfs` or
+/// `~/.config/pailfs`.
+pub fn user_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PAILFS_CONFIG_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("pailfs");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".config").join("pailfs")
+}
+
+/// One connections file and what it holds.
+pub struct ConnectionFile {
+    pub path: PathBuf,
+    pub connections: BTreeMap<String, Connection>,
+}
+
+impl ConnectionFile {
+    /// The user's file (`system`: the system-wide one).
+    pub fn path_for(system: bool) -> PathBuf {
+        if system {
+            PathBuf::from(SYSTEM_DIR).join(FILE_NAME)
+        } else {
+            user_dir().join(FILE_NAME)
+        }
+    }
+
+    /// Reads `path`; a missing file is an empty one.
+    pub fn load(path: &Path) -> Result<ConnectionFile, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ConnectionFile {
+                    path: path.to_path_buf(),
+                    connections: BTreeMap::new(),
+                });
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let doc: Doc = toml::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not a valid connections file: {}",
+                path.display(),
+                first_line(&e.to_string())
+            )
+        })?;
+        let file = ConnectionFile {
+            path: path.to_path_buf(),
+            connections: doc.connections,
+        };
+        if file.connections.values().any(Connection::has_secret) {
+            check_private(path)?;
+        }
+        for label in file.connections.keys() {
+            validate_label(label).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(file)
+    }
+
+    /// Writes the file atomically with mode 0600 (its directory 0700 when created).
+    pub fn save(&self) -> Result<(), String> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let doc = Doc {
+            connections: self.connections.clone(),
+        };
+        let text =
+            toml::to_string_pretty(&doc).map_err(|e| format!("cannot encode connections: {e}"))?;
+        let tmp = dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let written = f
+            .write_all(
+                b"# pailfs connections (pailfs connection add/remove). Keep this file private.\n",
+            )
+            .and_then(|_| f.write_all(text.as_bytes()))
+            .and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot write {}: {e}", tmp.display()));
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot replace {}: {e}", self.path.display())
+        })
+    }
+}
+
+/// Refuses a secret-holding file that group or others can read.
+pub fn check_private(path: &Path) -> Result<(), String> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} holds secrets and is readable by group or others (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Finds `label` in the user's file, then in the system file.
+pub fn find(label: &str) -> Result<Option<(Connection, PathBuf)>, String> {
+    for system in [false, true] {
+        let path = ConnectionFile::path_for(system);
+        if system && !path.exists() {
+            continue;
+        }
+        let file = ConnectionFile::load(&path)?;
+        if let Some(c) = file.connections.get(label) {
+            return Ok(Some((c.clone(), path)));
+        }
+    }
+    Ok(None)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Connection {
+        Connection {
+            bucket: "photos".into(),
+            subfolder: "team/".into(),
+            access_key_id: Some("AKIAIOSFODNN7EXAMPLE".into()),
+            secret_access_key: Some("s3cr3t".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(FILE_NAME);
+        let mut f = ConnectionFile::load(&path).unwrap();
+        assert!(f.connections.is_empty());
+        f.connections.insert("work".into(), sample());
+        f.save().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let back = ConnectionFile::load(&path).unwrap();
+        assert_eq!(back.connections["work"], sample());
+    }
+
+    #[test]
+    fn readable_secrets_are_refused_with_the_chmod_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut f = ConnectionFile::load(&path).unwrap();
+        f.connections.insert("work".into(), sample());
+        f.save().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ConnectionFile::load(&path).err().unwrap();
+        assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+        assert!(!e.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_files_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, "[connections.x]\nbukket = 'b'\n").unwrap();
+        let e = ConnectionFile::load(&path).err().unwrap();
+        assert!(e.contains("not a valid connections file"), "{e}");
+    }
+}

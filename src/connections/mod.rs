@@ -1,0 +1,184 @@
+//! Named connections: a label for a bucket (or a subfolder of one), where it is, and which
+//! credentials reach it.
+//!
+//! Users keep several S3 endpoints side by side, sometimes two connections to one bucket with
+//! different keys; the label is how they tell them apart. A connection can say its credentials
+//! only reach a subfolder: then the subfolder becomes the mount's root and `check` probes
+//! permissions there, never at the bucket root. Secrets are stored only in files no one else can
+//! read ([`file`]), never taken from the command line, and never printed ([`Connection::masked`]).
+
+pub mod check;
+pub mod commands;
+pub mod file;
+pub mod policy;
+pub mod report;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::names::normalize_prefix;
+use crate::store::client::{S3Settings, StaticKeys};
+
+/// One saved connection, as stored in `connections.toml` under `[connections.LABEL]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_style: bool,
+    /// The part of the bucket the credentials are restricted to ("" = the whole bucket).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subfolder: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_insensitive: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+}
+
+/// Labels are short and safe to use as file names and in fstab: `[A-Za-z0-9._-]{1,64}`.
+pub fn validate_label(label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "connection label {label:?} must be 1 to 64 letters, digits, '.', '-' or '_'"
+        ))
+    }
+}
+
+impl Connection {
+    /// Checks the fields and normalizes the subfolder (no leading `/`, one trailing `/`).
+    pub fn validated(mut self) -> Result<Connection, String> {
+        crate::config::Source::parse(&self.bucket).map_err(|e| format!("bucket: {e}"))?;
+        self.subfolder = normalize_prefix(&self.subfolder)?;
+        if let Some(e) = &self.endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(format!(
+                "endpoint {e:?} must start with http:// or https://"
+            ));
+        }
+        if self.profile.is_some() && self.access_key_id.is_some() {
+            return Err("use either a profile or an access key, not both".into());
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err("an access key id needs its secret access key".into());
+        }
+        Ok(self)
+    }
+
+    pub fn has_secret(&self) -> bool {
+        self.secret_access_key.is_some()
+    }
+
+    /// The S3 settings this connection implies (before command-line overrides).
+    pub fn apply_to(&self, s: &mut S3Settings) {
+        if self.endpoint_url.is_some() {
+            s.endpoint_url = self.endpoint_url.clone();
+        }
+        if self.region.is_some() {
+            s.region = self.region.clone();
+        }
+        s.force_path_style |= self.path_style;
+        if self.profile.is_some() {
+            s.profile = self.profile.clone();
+        }
+        if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
+            s.static_keys = Some(StaticKeys {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+                session_token: None,
+            });
+        }
+    }
+
+    /// A copy safe to print: the secret replaced by a mask.
+    pub fn masked(&self) -> Connection {
+        let mut c = self.clone();
+        if c.secret_access_key.is_some() {
+            c.secret_access_key = Some("********".into());
+        }
+        c
+    }
+
+    /// How the credentials are found, for messages.
+    pub fn credentials_source(&self) -> String {
+        match (&self.profile, &self.access_key_id) {
+            (Some(p), _) => format!("profile {p:?}"),
+            (None, Some(id)) => format!("access key {}", mask_key_id(id)),
+            (None, None) => "the default AWS credential chain".into(),
+        }
+    }
+}
+
+/// Shows the first and last 4 characters of an access key id.
+pub fn mask_key_id(id: &str) -> String {
+    if id.len() <= 10 {
+        return "****".into();
+    }
+    format!("{}…{}", &id[..4], &id[id.len() - 4..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(validate_label("work-photos_2.0").is_ok());
+        assert!(validate_label("").is_err());
+        assert!(validate_label("a b").is_err());
+        assert!(validate_label(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn validation_normalizes_and_refuses_mixups() {
+        let c = Connection {
+            bucket: "b-1".into(),
+            subfolder: "/team/2024".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.validated().unwrap().subfolder, "team/2024/");
+        let both = Connection {
+            bucket: "b-1".into(),
+            profile: Some("p".into()),
+            access_key_id: Some("AKIA".into()),
+            secret_access_key: Some("s".into()),
+            ..Default::default()
+        };
+        assert!(both.validated().is_err());
+        let no_secret = Connection {
+            bucket: "b-1".into(),
+            access_key_id: Some("AKIA".into()),
+            ..Default::default()
+        };
+        assert!(no_secret.validated().is_err());
+    }
+
+    #[test]
+    fn masking_hides_the_secret() {
+        let c = Connection {
+            bucket: "b-1".into(),
+            access_key_id: Some("AKIAIOSFODNN7EXAMPLE".into()),
+            secret_access_key: Some("wJalrXUtnFEMI/K7MDENG".into()),
+            ..Default::default()
+        };
+        let shown = format!("{:?} {}", c.masked(), c.credentials_source());
+        assert!(!shown.contains("wJalrXUtnFEMI"));
+        assert!(shown.contains("AKIA…MPLE"));
+    }
+}

@@ -1,0 +1,607 @@
+//! Named connections and the permission check, against Garage (its own keys) and moto's
+//! server with IAM user policies enforced (`scripts/moto-server`): classification, missing
+//! actions, printed policies, subfolder-restricted credentials, mounts by label, read-only
+//! fallback, and secrets never printed or logged.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+
+use bytes::Bytes;
+use common::{Mount, S3Env, rt, unique_prefix};
+use pailfs::store::{ObjectStore, UserMeta};
+use serde_json::Value;
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run through scripts/test (it starts scripts/moto-server and scripts/s3-server)")
+    })
+}
+
+/// Runs pailfs with a private config dir and the given environment (nothing inherited from
+/// the server variables unless passed).
+fn pailfs(
+    config: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Output {
+    let mut c = Command::new(common::pailfs_bin());
+    c.args(args)
+        .env("PAILFS_CONFIG_DIR", config)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_REGION")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn garage_env() -> Vec<(&'static str, String)> {
+    let e = S3Env::get();
+    vec![
+        ("AWS_ENDPOINT_URL", e.endpoint),
+        ("AWS_ACCESS_KEY_ID", e.key),
+        ("AWS_SECRET_ACCESS_KEY", e.secret),
+        ("AWS_REGION", e.region),
+    ]
+}
+
+fn moto_env(user: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", var("PAILFS_MOTO_ENDPOINT")),
+        ("AWS_ACCESS_KEY_ID", var(&format!("PAILFS_MOTO_{user}_KEY"))),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            var(&format!("PAILFS_MOTO_{user}_SECRET")),
+        ),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, s)| (*k, s.as_str())).collect()
+}
+
+/// `pailfs check ... --json`: (exit code, parsed report, and the text run's output).
+fn check(args: &[&str], env: &[(&'static str, String)]) -> (i32, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = vec!["check"];
+    a.extend_from_slice(args);
+    let human = pailfs(dir.path(), &a, &refs(env), None);
+    a.push("--json");
+    let out = pailfs(dir.path(), &a, &refs(env), None);
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json did not print JSON ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), human.status.code());
+    (out.status.code().unwrap_or(-1), json, text(&human))
+}
+
+fn actions(policy: &Value) -> Vec<String> {
+    let mut v: Vec<String> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+// ----- connections on disk -----
+
+#[test]
+fn connections_are_saved_privately_and_secrets_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "SuperSecretValue/1234567890abcdefEXAMPLE";
+    let add = pailfs(
+        dir.path(),
+        &[
+            "connection",
+            "add",
+            "work",
+            "--bucket",
+            "team-bucket",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--access-key-id",
+            "AKIAIOSFODNN7EXAMPLE",
+            "--secret-stdin",
+            "--subfolder",
+            "/projects/x",
+        ],
+        &[],
+        Some(&format!("{secret}\n")),
+    );
+    assert!(add.status.success(), "{}", text(&add));
+    let file = dir.path().join("connections.toml");
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        fs::read_to_string(&file).unwrap().contains(secret),
+        "the secret is stored in the file"
+    );
+    let again = pailfs(
+        dir.path(),
+        &["connection", "add", "work", "--bucket", "other"],
+        &[],
+        None,
+    );
+    assert!(!again.status.success() && text(&again).contains("--force"));
+    let env_add = pailfs(
+        dir.path(),
+        &[
+            "connection",
+            "add",
+            "second",
+            "--bucket",
+            "team-bucket",
+            "--access-key-id",
+            "AKIA2222222222222222",
+            "--secret-env",
+            "MY_SECRET",
+        ],
+        &[("MY_SECRET", secret)],
+        None,
+    );
+    assert!(env_add.status.success(), "{}", text(&env_add));
+    let no_source = pailfs(
+        dir.path(),
+        &[
+            "connection",
+            "add",
+            "third",
+            "--bucket",
+            "b-3",
+            "--access-key-id",
+            "AKIA3333333333333333",
+        ],
+        &[],
+        None,
+    );
+    assert!(!no_source.status.success());
+    assert!(
+        text(&no_source).contains("--secret-stdin"),
+        "{}",
+        text(&no_source)
+    );
+
+    let list = pailfs(dir.path(), &["connection", "list"], &[], None);
+    let list_text = text(&list);
+    assert!(
+        list_text.contains("work") && list_text.contains("s3://team-bucket/projects/x/"),
+        "{list_text}"
+    );
+    let show = pailfs(dir.path(), &["connection", "show", "work"], &[], None);
+    let show_text = text(&show);
+    assert!(
+        show.status.success() && show_text.contains("********"),
+        "{show_text}"
+    );
+    for out in [&add, &env_add, &list, &show, &no_source] {
+        assert!(!text(out).contains(secret), "secret printed: {}", text(out));
+    }
+
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = pailfs(dir.path(), &["connection", "list"], &[], None);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains(&format!("chmod 600 {}", file.display())),
+        "{}",
+        text(&refused)
+    );
+    let mount_refused = pailfs(dir.path(), &["mount", "work", "/tmp"], &[], None);
+    assert!(
+        text(&mount_refused).contains("chmod 600"),
+        "{}",
+        text(&mount_refused)
+    );
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let rm = pailfs(dir.path(), &["connection", "remove", "work"], &[], None);
+    assert!(rm.status.success());
+    let show = pailfs(dir.path(), &["connection", "show", "work"], &[], None);
+    assert!(!show.status.success());
+}
+
+// ----- the check against Garage -----
+
+#[test]
+fn garage_keys_are_classified() {
+    let e = S3Env::get();
+    let rw = garage_env();
+    let (code, r, human) = check(&[&e.bucket], &rw);
+    assert_eq!(code, 0, "{human}");
+    assert_eq!(r["classification"], "full-access");
+    assert!(human.contains("Result: full access"));
+
+    let mut ro = garage_env();
+    ro[1].1 = var("PAILFS_RO_ACCESS_KEY_ID");
+    ro[2].1 = var("PAILFS_RO_SECRET_ACCESS_KEY");
+    let (code, r, _) = check(&[&e.bucket], &ro);
+    assert_eq!(code, 1, "read-only keys do not allow full access");
+    assert_eq!(r["classification"], "read-only");
+    assert!(strs(&r["missing"]).contains(&"s3:PutObject".to_string()));
+    let (code, r, _) = check(&[&e.bucket, "--read-only"], &ro);
+    assert_eq!(code, 0, "they do allow read-only");
+    assert_eq!(
+        actions(&r["policy"]),
+        vec!["s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket"]
+    );
+
+    let mut wrong = garage_env();
+    wrong[2].1 = "0".repeat(64);
+    let (code, r, human) = check(&[&e.bucket], &wrong);
+    assert_eq!(code, 1);
+    assert_eq!(r["classification"], "insufficient");
+    assert!(
+        human.contains("credentials") && human.contains("refused"),
+        "{human}"
+    );
+
+    let (code, r, human) = check(&["no-such-bucket-pailfs"], &rw);
+    assert_eq!(code, 1);
+    assert!(human.contains("does not exist"), "{human}");
+    assert_eq!(r["classification"], "insufficient");
+    assert!(!human.contains(&e.secret));
+}
+
+// ----- the check against moto's IAM -----
+
+#[test]
+fn moto_full_access_user_and_its_policy() {
+    let bucket = var("PAILFS_MOTO_BUCKET");
+    let env = moto_env("FULL");
+    let (code, r, human) = check(&[&bucket], &env);
+    assert_eq!(code, 0, "{human}");
+    assert_eq!(r["classification"], "full-access");
+    assert!(strs(&r["missing"]).is_empty());
+    let mut want: Vec<String> = pailfs::connections::policy::FULL_ACTIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(actions(&r["policy"]), want);
+    assert_eq!(
+        r["policy"]["Statement"][1]["Resource"],
+        format!("arn:aws:s3:::{bucket}/*")
+    );
+    assert!(human.contains("\"Version\": \"2012-10-17\""), "{human}");
+    assert!(!human.contains(&env[2].1), "secret printed");
+}
+
+#[test]
+fn moto_subfolder_restricted_read_only_user() {
+    let bucket = var("PAILFS_MOTO_BUCKET");
+    let env = moto_env("ROSUB");
+    // At the bucket root the restriction shows: reading is denied there.
+    let (code, r, human) = check(&[&bucket], &env);
+    assert_eq!(code, 1);
+    assert_eq!(r["classification"], "insufficient");
+    assert!(
+        human.contains("denied at the bucket root (s3:GetObject)"),
+        "{human}"
+    );
+    assert!(human.contains("--subfolder"), "{human}");
+    // At the subfolder it is read-only; the root is not probed.
+    let (code, r, human) = check(
+        &[&bucket, "--subfolder", "path/to/subfolder", "--read-only"],
+        &env,
+    );
+    assert_eq!(code, 0, "{human}");
+    assert_eq!(r["classification"], "read-only");
+    assert!(human.contains("the bucket root is not probed"), "{human}");
+    assert_eq!(
+        actions(&r["policy"]),
+        vec!["s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket"]
+    );
+    assert_eq!(
+        r["policy"]["Statement"][2]["Resource"],
+        format!("arn:aws:s3:::{bucket}/path/to/subfolder/*")
+    );
+    // Needing full access there, the missing write actions are named.
+    let (code, r, _) = check(&[&format!("{bucket}:path/to/subfolder")], &env);
+    assert_eq!(code, 1);
+    assert_eq!(r["classification"], "read-only");
+    let missing = strs(&r["missing"]);
+    assert!(
+        missing.contains(&"s3:PutObject".to_string())
+            && missing.contains(&"s3:DeleteObject".to_string()),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn moto_write_only_user_is_insufficient() {
+    let bucket = var("PAILFS_MOTO_BUCKET");
+    let env = moto_env("WO");
+    let (code, r, human) = check(&[&bucket], &env);
+    assert_eq!(code, 1);
+    assert_eq!(r["classification"], "insufficient");
+    let missing = strs(&r["missing"]);
+    for a in ["s3:ListBucket", "s3:GetObject", "s3:DeleteObject"] {
+        assert!(
+            missing.contains(&a.to_string()),
+            "{a} not reported missing: {missing:?}"
+        );
+    }
+    assert!(!missing.contains(&"s3:PutObject".to_string()));
+    assert!(
+        human.contains("left behind"),
+        "the undeletable probe is reported: {human}"
+    );
+    let (_, r2, _) = check(&[&bucket, "--read-only"], &env);
+    assert_eq!(r2["classification"], "insufficient");
+}
+
+#[test]
+fn moto_bad_keys_are_told_apart() {
+    let bucket = var("PAILFS_MOTO_BUCKET");
+    let mut env = moto_env("FULL");
+    env[2].1 = "not-the-secret".into();
+    let (code, _, human) = check(&[&bucket], &env);
+    assert_eq!(code, 1);
+    assert!(human.contains("secret key does not match"), "{human}");
+    env[1].1 = "AKIAUNKNOWNUNKNOWN00".into();
+    let (_, _, human) = check(&[&bucket], &env);
+    assert!(human.contains("access key id is not known"), "{human}");
+}
+
+// ----- mounts by label and the mount-time check -----
+
+fn save(config: &std::path::Path, label: &str, args: &[&str], secret: &str) {
+    let mut a = vec!["connection", "add", label];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--secret-stdin"]);
+    let out = pailfs(config, &a, &[], Some(&format!("{secret}\n")));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn mount_by_label_of_a_read_only_subfolder_connection() {
+    let config = tempfile::tempdir().unwrap();
+    let env = moto_env("ROSUB");
+    save(
+        config.path(),
+        "moto-sub",
+        &[
+            "--bucket",
+            &var("PAILFS_MOTO_BUCKET"),
+            "--endpoint-url",
+            &env[0].1,
+            "--region",
+            "us-east-1",
+            "--subfolder",
+            "path/to/subfolder",
+            "--read-only",
+            "--access-key-id",
+            &env[1].1,
+        ],
+        &env[2].1,
+    );
+    let test = pailfs(
+        config.path(),
+        &["connection", "test", "moto-sub"],
+        &[],
+        None,
+    );
+    assert!(test.status.success(), "{}", text(&test));
+    assert!(text(&test).contains("Result: read-only"));
+    let cfg = config.path().to_str().unwrap();
+    let m = Mount::custom(
+        "moto-sub",
+        "path/to/subfolder/",
+        &[],
+        &[
+            ("PAILFS_CONFIG_DIR", cfg),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(m.p("hello.txt")).unwrap(),
+        "hello from the subfolder\n"
+    );
+    let err = fs::write(m.p("new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+}
+
+#[test]
+fn read_only_credentials_mount_read_only_with_a_notice_or_are_refused() {
+    let e = S3Env::get();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let mut ro = garage_env();
+    ro[1].1 = var("PAILFS_RO_ACCESS_KEY_ID");
+    ro[2].1 = var("PAILFS_RO_SECRET_ACCESS_KEY");
+    let refused = pailfs(
+        config.path(),
+        &["mount", &e.bucket, d, "--read-write"],
+        &refs(&ro),
+        None,
+    );
+    assert!(!refused.status.success());
+    let msg = text(&refused);
+    assert_eq!(msg.trim().lines().count(), 1, "{msg}");
+    assert!(
+        msg.contains("can only read") && msg.contains("--read-write"),
+        "{msg}"
+    );
+    assert!(!common::is_mounted(dir.path()));
+
+    let ok = pailfs(config.path(), &["mount", &e.bucket, d], &refs(&ro), None);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(
+        text(&ok).contains("notice") && text(&ok).contains("read-only"),
+        "{}",
+        text(&ok)
+    );
+    let err = fs::write(dir.path().join("x"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    Command::new("umount").arg(dir.path()).status().unwrap();
+}
+
+#[test]
+fn a_write_refused_by_s3_fails_at_close_and_keeps_the_old_object() {
+    let env = moto_env("PARTIAL");
+    let bucket = var("PAILFS_MOTO_BUCKET");
+    let envs = refs(&env);
+    // The probe objects may be written under partial/, so the mount is read-write; real
+    // files may not.
+    let m = Mount::custom(
+        &format!("{bucket}:partial"),
+        "partial/",
+        &["--read-write"],
+        &envs,
+    );
+    assert_eq!(fs::read(m.p("doc.txt")).unwrap(), b"version 1");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.p("doc.txt"))
+        .unwrap();
+    f.write_all(b"version 2 that S3 refuses").unwrap();
+    let rc = unsafe { libc::close(f.into_raw_fd()) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "close() must report the refused upload");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert_eq!(
+        fs::read(m.p("doc.txt")).unwrap(),
+        b"version 1",
+        "nothing of the refused write is served"
+    );
+    let mut f = fs::File::create(m.p("new.txt")).unwrap();
+    f.write_all(b"new").unwrap();
+    let rc = unsafe { libc::close(f.into_raw_fd()) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EACCES)
+    );
+    assert!(
+        !m.p("new.txt").exists(),
+        "a refused new file does not appear"
+    );
+}
+
+#[test]
+fn mount_by_label_uses_the_subfolder_as_root() {
+    let e = S3Env::get();
+    let prefix = unique_prefix("label");
+    rt().block_on(async {
+        let s = e.store().await;
+        s.put(
+            &format!("{prefix}inside.txt"),
+            Bytes::from_static(b"in the subfolder"),
+            &UserMeta::new(),
+        )
+        .await
+        .unwrap();
+    });
+    let config = tempfile::tempdir().unwrap();
+    save(
+        config.path(),
+        "garage-sub",
+        &[
+            "--bucket",
+            &e.bucket,
+            "--endpoint-url",
+            &e.endpoint,
+            "--region",
+            &e.region,
+            "--subfolder",
+            &prefix,
+            "--access-key-id",
+            &e.key,
+        ],
+        &e.secret,
+    );
+    let cfg = config.path().to_str().unwrap();
+    let m = Mount::custom(
+        "garage-sub",
+        &prefix,
+        &[],
+        &[
+            ("PAILFS_CONFIG_DIR", cfg),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ],
+    );
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["inside.txt"]);
+    fs::write(m.p("written.txt"), b"through the label").unwrap();
+    let stored = rt().block_on(async {
+        e.store()
+            .await
+            .get_range(&format!("{prefix}written.txt"), 0..100, None)
+            .await
+            .unwrap()
+    });
+    assert_eq!(&stored[..], b"through the label");
+}
+
+#[test]
+fn a_full_trace_log_holds_no_secret() {
+    let e = S3Env::get();
+    let mut m = Mount::with_env(
+        &unique_prefix("secrets"),
+        &["--log-level", "trace"],
+        &[("RUST_LOG", "trace")],
+    );
+    fs::write(m.p("a.txt"), b"hello").unwrap();
+    assert_eq!(fs::read(m.p("a.txt")).unwrap(), b"hello");
+    fs::create_dir(m.p("d")).unwrap();
+    fs::rename(m.p("a.txt"), m.p("d/b.txt")).unwrap();
+    let _ = fs::read_dir(m.path()).unwrap().count();
+    m.unmount();
+    let log = m.log_text();
+    assert!(
+        log.len() > 1000,
+        "the trace log is not empty ({} bytes)",
+        log.len()
+    );
+    assert!(
+        !log.contains(&e.secret),
+        "the secret key appears in the log"
+    );
+}
