@@ -272,63 +272,6 @@ fn an_unlinked_open_file_keeps_working() {
     assert!(gone.is_err());
 }
 
-// ----- failures surface at close() and lose nothing -----
-
-#[test]
-fn a_refused_upload_fails_close_and_keeps_the_old_object() {
-    let env = S3Env::get();
-    let prefix = unique_prefix("refused");
-    let key = format!("{prefix}doc.txt");
-    rt().block_on(async {
-        env.store()
-            .await
-            .put(&key, Bytes::from_static(b"version 1"), &UserMeta::new())
-            .await
-            .unwrap();
-    });
-    // Mount with a key that may read but not write.
-    let ro_key = std::env::var("PAILFS_RO_ACCESS_KEY_ID")
-        .expect("PAILFS_RO_ACCESS_KEY_ID from scripts/s3-server");
-    let ro_secret =
-        std::env::var("PAILFS_RO_SECRET_ACCESS_KEY").expect("PAILFS_RO_SECRET_ACCESS_KEY");
-    let m = Mount::with_env(
-        &prefix,
-        &[],
-        &[
-            ("AWS_ACCESS_KEY_ID", &ro_key),
-            ("AWS_SECRET_ACCESS_KEY", &ro_secret),
-        ],
-    );
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(m.p("doc.txt"))
-        .unwrap();
-    f.write_all(b"version 2 that cannot be stored").unwrap();
-    let fd = f.into_raw_fd();
-    let rc = unsafe { libc::close(fd) };
-    let err = std::io::Error::last_os_error();
-    assert_eq!(rc, -1, "close() must report the failed upload");
-    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
-    assert_eq!(
-        fs::read(m.p("doc.txt")).unwrap(),
-        b"version 1",
-        "nothing of the failed write is served"
-    );
-    let stored = rt().block_on(async {
-        env.store()
-            .await
-            .get_range(&key, 0..100, None)
-            .await
-            .unwrap()
-    });
-    assert_eq!(&stored[..], b"version 1");
-    assert!(
-        m.log_text().contains("doc.txt"),
-        "the failure is logged with the key"
-    );
-}
-
 // ----- differential: the same operations on the mount and on a local directory -----
 
 #[derive(Debug, PartialEq)]
