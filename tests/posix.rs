@@ -6,14 +6,12 @@ mod common;
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bytes::Bytes;
 use common::{Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
-use pailfs::store::{ObjectStore, UserMeta};
+use pailfs::store::ObjectStore;
 
 // ----- applications -----
 
