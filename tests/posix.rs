@@ -419,14 +419,23 @@ fn pjdfstest_passes_every_group_that_applies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = m.cache.path().join("pjdfstest.out");
     fs::write(&report, format!("{stdout}\n{stderr}")).unwrap();
+    // Each failure with the lines of detail pjdfstest prints under it.
+    let mut failures = Vec::new();
+    let mut in_failure = false;
+    for line in stdout.lines() {
+        if line.trim_end().ends_with("FAILED") || line.contains("PASSED UNEXPECTEDLY") {
+            in_failure = true;
+            failures.push(line.to_string());
+        } else if in_failure && line.starts_with(char::is_whitespace) {
+            failures.push(line.to_string());
+        } else {
+            in_failure = false;
+        }
+    }
     assert!(
         out.status.success(),
         "pjdfstest failed:\n{}\n{}",
-        stdout
-            .lines()
-            .filter(|l| l.contains("FAILED") || l.contains("failed"))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        failures.join("\n"),
         stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
 }
