@@ -26,6 +26,22 @@ pub enum Command {
     Connection(ConnectionCommand),
     /// Check which S3 permissions the credentials have, and print the minimal IAM policy.
     Check(CheckArgs),
+    /// Report keys that would collide on a case-insensitive file system (exit 1 if any).
+    Collisions(CollisionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CollisionsArgs {
+    /// A connection LABEL, or BUCKET[:PREFIX].
+    pub source: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Also report names that differ only in Unicode normalization (NFC and NFD).
+    #[arg(long)]
+    pub normalization: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,6 +199,14 @@ pub struct MountArgs {
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
     pub foreground: bool,
+
+    /// Match names ignoring case (Unicode case folding), keeping the case they were written in.
+    #[arg(long)]
+    pub case_insensitive: bool,
+    /// With --case-insensitive: `resolve` (a name differing only in case opens the existing
+    /// file) or `error` (creating such a name fails with EEXIST).
+    #[arg(long, value_name = "MODE", default_value = "resolve", value_parser = ["resolve", "error"])]
+    pub case_collision: String,
 
     /// Seconds attributes, names and directory listings are trusted without asking S3.
     #[arg(long, value_name = "SECONDS", default_value = "1")]

@@ -214,6 +214,11 @@ impl MountConfig {
             return Err("--part-size must be at least 5M (S3's smallest part)".into());
         }
         fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
+        fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
+        fs.case_collision = match a.case_collision.as_str() {
+            "error" => crate::fs::case::CaseCollision::Error,
+            _ => crate::fs::case::CaseCollision::Resolve,
+        };
         fs.max_rename_objects = a.max_rename_objects;
         Ok(MountConfig {
             source,

@@ -14,6 +14,7 @@
 //!   [`diagnose`] explains S3 failures to people.
 
 pub mod cli;
+pub mod collisions;
 pub mod config;
 pub mod connections;
 pub mod diagnose;

@@ -39,6 +39,10 @@ fn run(cli: Cli) -> Result<i32, String> {
             init_logging("warn", None)?;
             pailfs::connections::commands::check(args)
         }
+        Command::Collisions(args) => {
+            init_logging("warn", None)?;
+            pailfs::collisions::command(args)
+        }
     }
 }
 

@@ -118,6 +118,10 @@ impl<S: ObjectStore> Fs<S> {
         if mode.writable || mode.truncate {
             self.check_writable()?;
         }
+        if self.config.case_insensitive && (mode.writable || mode.truncate) {
+            self.ci_note_open(ino);
+        }
+        let ino = self.canon(ino);
         // Refresh size and ETag first if they are older than the TTL, so a reader is pinned
         // to the object as it is now.
         let needs_refresh = {
@@ -184,7 +188,10 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let name = names::name_from_os(name)?;
+        let parent = self.canon(parent);
         let open_mode = OpenMode::from_flags(flags);
+        // In case-insensitive mode another spelling may exist: refused (error mode) or used.
+        self.ci_check_create(parent, name, "create").await?;
         match self.resolve(parent, name, false).await {
             Ok(attr) => {
                 if open_mode.exclusive {
@@ -193,9 +200,10 @@ impl<S: ObjectStore> Fs<S> {
                 if attr.stat.kind == Kind::Dir {
                     return Err(FsError::new(libc::EISDIR, "is a directory"));
                 }
-                let fh = self.open(attr.ino, flags).await?;
+                let ino = self.canon(attr.ino);
+                let fh = self.open(ino, flags).await?;
                 let mut t = self.table();
-                let attr = self.attr_of(&mut t, attr.ino, true);
+                let attr = self.attr_of(&mut t, ino, true);
                 return Ok((attr, fh));
             }
             Err(e) if e.errno == libc::ENOENT => {}
@@ -221,7 +229,7 @@ impl<S: ObjectStore> Fs<S> {
             i.validated = Some(Instant::now());
             i.ino
         };
-        self.touch_dir(parent);
+        self.name_added(parent, name, Kind::File);
         let fh = self.handle_table().insert(Handle::File(FileHandle {
             ino,
             of,

@@ -50,6 +50,8 @@ pub struct Inode {
     pub open: Option<Arc<OpenFile>>,
     /// Symlink target, once read.
     pub target: Option<String>,
+    /// Case-insensitive mode: this inode is another spelling of that one (see `case`).
+    pub alias_of: Option<Ino>,
 }
 
 impl Inode {
@@ -68,6 +70,8 @@ pub struct InodeTable {
     inodes: HashMap<Ino, Inode>,
     /// parent -> name -> child.
     children: HashMap<Ino, HashMap<String, Ino>>,
+    /// (parent, spelling) -> alias inode, in case-insensitive mode.
+    aliases: HashMap<(Ino, String), Ino>,
     next: Ino,
 }
 
@@ -92,11 +96,13 @@ impl InodeTable {
                 handles: 0,
                 open: None,
                 target: None,
+                alias_of: None,
             },
         );
         InodeTable {
             inodes,
             children: HashMap::new(),
+            aliases: HashMap::new(),
             next: ROOT + 1,
         }
     }
@@ -178,9 +184,69 @@ impl InodeTable {
                 handles: 0,
                 open: None,
                 target: None,
+                alias_of: None,
             },
         );
         self.inodes.get_mut(&ino).expect("just inserted")
+    }
+
+    /// The inode an alias stands for (itself when it is not an alias).
+    pub fn canon(&self, ino: Ino) -> Ino {
+        self.inodes
+            .get(&ino)
+            .and_then(|i| i.alias_of)
+            .unwrap_or(ino)
+    }
+
+    /// The alias inode for spelling `name` of `target` in `parent`, created if needed.
+    pub fn alias(&mut self, parent: Ino, name: &str, target: Ino) -> Ino {
+        let key = (parent, name.to_string());
+        if let Some(&a) = self.aliases.get(&key)
+            && self
+                .inodes
+                .get(&a)
+                .is_some_and(|i| i.alias_of == Some(target))
+        {
+            return a;
+        }
+        let Some(t) = self.inodes.get(&target).cloned() else {
+            return target;
+        };
+        let ino = self.next;
+        self.next += 1;
+        let mut alias = t;
+        alias.ino = ino;
+        alias.parent = parent;
+        alias.name = name.to_string();
+        alias.lookups = 0;
+        alias.handles = 0;
+        alias.open = None;
+        alias.alias_of = Some(target);
+        self.inodes.insert(ino, alias);
+        self.aliases.insert(key, ino);
+        ino
+    }
+
+    /// Drops the aliases of `target` (it was renamed or removed); returns their names.
+    pub fn drop_aliases_of(&mut self, target: Ino) -> Vec<(Ino, String)> {
+        let gone: Vec<((Ino, String), Ino)> = self
+            .aliases
+            .iter()
+            .filter(|(_, a)| {
+                self.inodes
+                    .get(a)
+                    .is_some_and(|i| i.alias_of == Some(target))
+            })
+            .map(|(k, a)| (k.clone(), *a))
+            .collect();
+        for (k, a) in &gone {
+            self.aliases.remove(k);
+            if let Some(i) = self.inodes.get_mut(a) {
+                i.linked = false;
+            }
+            self.maybe_drop(*a);
+        }
+        gone.into_iter().map(|(k, _)| k).collect()
     }
 
     /// Removes the name; the inode stays while the kernel or a handle holds it.
@@ -244,6 +310,14 @@ impl InodeTable {
             return;
         };
         if ino == ROOT || i.lookups > 0 || i.handles > 0 || i.open.is_some() {
+            return;
+        }
+        if i.alias_of.is_some() {
+            let key = (i.parent, i.name.clone());
+            if self.aliases.get(&key) == Some(&ino) {
+                self.aliases.remove(&key);
+            }
+            self.inodes.remove(&ino);
             return;
         }
         if i.linked && !i.remote {

@@ -15,9 +15,11 @@
 //! across an `.await`.
 
 pub mod attr;
+pub mod case;
 pub mod error;
 pub mod handles;
 pub mod inode;
+pub mod listing;
 pub mod names;
 pub mod namespace;
 pub mod openfile;
@@ -67,6 +69,11 @@ pub struct FsConfig {
     pub max_rename_objects: u64,
     /// Objects larger than this are copied part by part (S3 allows single copies up to 5 GiB).
     pub max_single_copy: u64,
+    /// Names match ignoring case (see `case`).
+    pub case_insensitive: bool,
+    pub case_collision: case::CaseCollision,
+    /// In case-insensitive mode, also match names that differ only in Unicode normalization.
+    pub normalize_names: bool,
 }
 
 impl FsConfig {
@@ -89,6 +96,9 @@ impl FsConfig {
             spool_wait: Duration::from_secs(60),
             max_rename_objects: 10_000,
             max_single_copy: crate::store::MAX_SINGLE_COPY,
+            case_insensitive: false,
+            case_collision: case::CaseCollision::Resolve,
+            normalize_names: false,
         }
     }
 }
@@ -100,12 +110,19 @@ pub struct Attr {
     pub stat: Stat,
     /// 0 once the name was removed while the file is still open; else 1 (2 for directories).
     pub nlink: u32,
+    /// Another spelling of an existing name (case-insensitive mode): never cached by the kernel.
+    pub alias: bool,
 }
 
 impl Attr {
     pub fn new(ino: Ino, stat: Stat) -> Self {
         let nlink = if stat.kind == Kind::Dir { 2 } else { 1 };
-        Attr { ino, stat, nlink }
+        Attr {
+            ino,
+            stat,
+            nlink,
+            alias: false,
+        }
     }
 }
 
@@ -145,6 +162,10 @@ pub struct Fs<S: ObjectStore> {
     /// When the mount started: the times of directories without a marker object.
     pub(crate) started: SystemTime,
     pub(crate) kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
+    /// Whole directory listings (see `listing`).
+    pub(crate) listings: Mutex<lru::LruCache<Ino, Arc<Mutex<listing::DirListing>>>>,
+    pub(crate) collisions: std::sync::atomic::AtomicU64,
+    pub(crate) collision_groups: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Most names kept in the negative-lookup cache.
@@ -176,6 +197,11 @@ impl<S: ObjectStore> Fs<S> {
             spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
             started: now,
             kernel: std::sync::OnceLock::new(),
+            listings: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(listing::LISTING_CACHE_DIRS).expect("non-zero"),
+            )),
+            collisions: std::sync::atomic::AtomicU64::new(0),
+            collision_groups: Mutex::new(std::collections::HashSet::new()),
             config,
         }))
     }

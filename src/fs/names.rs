@@ -100,6 +100,19 @@ pub fn normalize_prefix(p: &str) -> Result<String, String> {
     Ok(format!("{trimmed}/"))
 }
 
+/// The key names are compared by in case-insensitive mode: Unicode full case folding
+/// (`Straße` and `STRASSE` both fold to `strasse`, final and medial sigma to `σ`), and with
+/// `normalize` also Unicode NFC, so a precomposed `é` and `e` + combining accent match.
+pub fn fold(name: &str, normalize: bool) -> String {
+    let folded = caseless::default_case_fold_str(name);
+    if normalize {
+        use unicode_normalization::UnicodeNormalization;
+        folded.nfc().collect()
+    } else {
+        folded
+    }
+}
+
 /// Remembers which keys were already reported, so each is logged once (bounded).
 pub struct SkipLog {
     seen: Mutex<HashSet<String>>,
@@ -182,6 +195,20 @@ mod tests {
         assert_eq!(normalize_prefix("/photos/2024/").unwrap(), "photos/2024/");
         assert!(normalize_prefix("a//b").is_err());
         assert!(normalize_prefix("a/../b").is_err());
+    }
+
+    #[test]
+    fn folding_is_unicode_case_folding() {
+        assert_eq!(fold("Straße", false), fold("STRASSE", false));
+        assert_eq!(fold("MyFile.TXT", false), "myfile.txt");
+        // Greek: capital, medial and final sigma all match.
+        assert_eq!(fold("ΟΔΟΣ", false), fold("οδος", false));
+        assert_eq!(fold("οδος", false), fold("οδοσ", false));
+        // NFC and NFD spellings of é differ unless normalization is asked for.
+        let (nfc, nfd) = ("caf\u{e9}", "cafe\u{301}");
+        assert_ne!(fold(nfc, false), fold(nfd, false));
+        assert_eq!(fold(nfc, true), fold(nfd, true));
+        assert_eq!(fold("CAF\u{c9}", true), fold(nfd, true));
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Looks `name` up in `parent` and counts one kernel lookup on the result.
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
         let name = names::name_from_os(name)?;
+        let parent = self.canon(parent);
         self.resolve(parent, name, true).await
     }
 
@@ -57,8 +58,22 @@ impl<S: ObjectStore> Fs<S> {
         Ok(p.key.clone())
     }
 
-    /// Finds `name` in `parent`, from the cache when fresh, else from S3.
+    /// Finds `name` in `parent` (ignoring case in case-insensitive mode).
     pub(crate) async fn resolve(&self, parent: Ino, name: &str, count: bool) -> FsResult<Attr> {
+        if self.config.case_insensitive {
+            self.ci_resolve(parent, name, count).await
+        } else {
+            self.resolve_exact(parent, name, count).await
+        }
+    }
+
+    /// Finds exactly `name` in `parent`, from the cache when fresh, else from S3.
+    pub(crate) async fn resolve_exact(
+        &self,
+        parent: Ino,
+        name: &str,
+        count: bool,
+    ) -> FsResult<Attr> {
         let ttl = self.config.metadata_ttl;
         let dir_key = {
             let mut t = self.table();
@@ -235,6 +250,24 @@ impl<S: ObjectStore> Fs<S> {
 
     /// A name in `dir` was added or removed: its mtime and ctime move to now. Kept in memory
     /// only: storing them would cost a PUT of the marker for every change in the directory.
+    /// A name was added to `dir` here: the directory's times move and a cached listing learns it.
+    pub(crate) fn name_added(&self, dir: Ino, name: &str, kind: Kind) {
+        self.touch_dir(dir);
+        let key = self
+            .table()
+            .get(dir)
+            .map(|d| child_key(&d.key, name))
+            .unwrap_or_default();
+        self.listing_add(dir, name, kind, &key);
+    }
+
+    /// A name was removed from `dir` here.
+    pub(crate) fn name_removed(&self, dir: Ino, name: &str, ino: Ino) {
+        self.touch_dir(dir);
+        self.listing_remove(dir, name);
+        self.ci_drop_aliases(ino);
+    }
+
     pub(crate) fn touch_dir(&self, dir: Ino) {
         let now = SystemTime::now();
         if let Some(i) = self.table().get_mut(dir) {
@@ -250,6 +283,7 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Attributes of `ino`, checked against S3 when older than the TTL.
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let ino = self.canon(ino);
         let ttl = self.config.metadata_ttl;
         let (key, kind, has_marker) = {
             let mut t = self.table();
@@ -326,7 +360,8 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<Attr> {
         self.check_writable()?;
         let name = names::name_from_os(name)?;
-        self.ensure_absent(parent, name).await?;
+        let parent = self.canon(parent);
+        self.ensure_absent(parent, name, "mkdir").await?;
         let dir_key = self.parent_dir_key(parent)?;
         let prefix = child_prefix(&dir_key, name);
         let mut stat = Stat::new(Kind::Dir, &self.config.defaults, SystemTime::now());
@@ -352,12 +387,15 @@ impl<S: ObjectStore> Fs<S> {
         let ino = i.ino;
         let attr = self.attr_of(&mut t, ino, true);
         drop(t);
-        self.touch_dir(parent);
+        self.name_added(parent, name, Kind::Dir);
         Ok(attr)
     }
 
-    /// Fails with EEXIST when `name` exists in `parent`.
-    pub(crate) async fn ensure_absent(&self, parent: Ino, name: &str) -> FsResult<()> {
+    /// Fails with EEXIST when `name` exists in `parent` (in any case, in case-insensitive mode).
+    pub(crate) async fn ensure_absent(&self, parent: Ino, name: &str, what: &str) -> FsResult<()> {
+        if self.ci_check_create(parent, name, what).await?.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("{name:?} exists")));
+        }
         match self.resolve(parent, name, false).await {
             Ok(_) => Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
             Err(e) if e.errno == libc::ENOENT => Ok(()),
@@ -368,10 +406,9 @@ impl<S: ObjectStore> Fs<S> {
     /// The child `name` of `parent`, resolved (from cache or S3).
     pub(crate) async fn child_inode(&self, parent: Ino, name: &str) -> FsResult<Inode> {
         let attr = self.resolve(parent, name, false).await?;
-        self.table()
-            .get(attr.ino)
-            .cloned()
-            .ok_or_else(FsError::not_found)
+        let t = self.table();
+        let ino = t.canon(attr.ino);
+        t.get(ino).cloned().ok_or_else(FsError::not_found)
     }
 
     /// Removes a file or symlink. An open file stays readable and writable through its
@@ -379,7 +416,9 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn unlink(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
         self.check_writable()?;
         let name = names::name_from_os(name)?;
+        let parent = self.canon(parent);
         let inode = self.child_inode(parent, name).await?;
+        let name = inode.name.as_str();
         if inode.is_dir() {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
@@ -406,7 +445,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         drop(t);
         self.negative_insert(parent, name);
-        self.touch_dir(parent);
+        self.name_removed(parent, name, inode.ino);
         Ok(())
     }
 
@@ -414,7 +453,9 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn rmdir(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
         self.check_writable()?;
         let name = names::name_from_os(name)?;
+        let parent = self.canon(parent);
         let inode = self.child_inode(parent, name).await?;
+        let name = inode.name.as_str();
         if !inode.is_dir() {
             return Err(FsError::new(libc::ENOTDIR, "not a directory"));
         }
@@ -431,7 +472,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         drop(t);
         self.negative_insert(parent, name);
-        self.touch_dir(parent);
+        self.name_removed(parent, name, inode.ino);
         Ok(())
     }
 
@@ -471,7 +512,8 @@ impl<S: ObjectStore> Fs<S> {
             .to_str()
             .ok_or_else(|| FsError::new(libc::EINVAL, "symlink targets must be UTF-8"))?
             .to_string();
-        self.ensure_absent(parent, name).await?;
+        let parent = self.canon(parent);
+        self.ensure_absent(parent, name, "symlink").await?;
         let dir_key = self.parent_dir_key(parent)?;
         let key = child_key(&dir_key, name);
         let mut stat = Stat::new(Kind::Symlink, &self.config.defaults, SystemTime::now());
@@ -497,12 +539,13 @@ impl<S: ObjectStore> Fs<S> {
         let ino = i.ino;
         let attr = self.attr_of(&mut t, ino, true);
         drop(t);
-        self.touch_dir(parent);
+        self.name_added(parent, name, Kind::Symlink);
         Ok(attr)
     }
 
     /// The target of a symlink.
     pub async fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let ino = self.canon(ino);
         let (key, etag, size) = {
             let t = self.table();
             let i = t.get(ino).ok_or_else(FsError::not_found)?;

@@ -14,11 +14,16 @@
 //!    skipped and reported once each, never a failed listing.
 //! 4. The directory's own marker (`dir/` inside `dir/`) is not an entry.
 //! 5. Files created here and not uploaded yet are not in S3; they are appended at the end.
+//! 6. In case-insensitive mode, names equal but for case would show twice; only the winner
+//!    (see `listing::winner`) is shown, so the whole directory is listed before the first
+//!    entry is returned.
+//!
+//! Paging and the rules 2 to 4 live in `listing`; this file keeps the per-handle state.
 //!
 //! `readdirplus` needs real attributes for every entry, including modes stored in metadata
 //! that LIST does not return; those entries are HEADed concurrently, batch by batch.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,9 +32,10 @@ use futures::stream::{self, StreamExt};
 use super::attr::{Kind, Stat, kind_from_meta};
 use super::error::{FsError, FsResult};
 use super::inode::Ino;
-use super::names::{self, Unrepresentable};
+use super::listing::{ListState, Listed};
+use super::names;
 use super::{Attr, Fs};
-use crate::store::{ListRequest, ObjectMeta, ObjectStore};
+use crate::store::{ObjectMeta, ObjectStore};
 
 /// One entry as returned to the adapter. `offset` is the cookie of the next entry.
 #[derive(Clone, Debug)]
@@ -39,82 +45,42 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-/// An entry produced by the listing, before it has an inode.
-#[derive(Clone, Debug)]
-enum Listed {
-    Dir(String),
-    File(String, ObjectMeta),
-    /// A child known only here (created, not uploaded yet).
-    Local(String, Ino),
-}
-
-impl Listed {
-    fn name(&self) -> &str {
-        match self {
-            Listed::Dir(n) | Listed::File(n, _) | Listed::Local(n, _) => n,
-        }
-    }
-}
-
 /// The state of one open directory.
 pub struct DirHandle {
     ino: Ino,
-    prefix: String,
     /// Entries not yet acknowledged; `entries[0]` has index `base` (0 and 1 are `.`, `..`).
     entries: VecDeque<Listed>,
     base: u64,
-    token: Option<String>,
     started: bool,
-    done: bool,
-    /// Files waiting to learn whether a directory of the same name shadows them.
-    pending: BTreeMap<String, ObjectMeta>,
-    /// Names of files created here and not uploaded yet (and directories holding such files):
-    /// they win over listed names.
-    local: std::collections::HashSet<String>,
+    list: ListState,
+    local_added: bool,
 }
 
 impl DirHandle {
     pub fn new(ino: Ino, prefix: String) -> Self {
         DirHandle {
             ino,
-            prefix,
             entries: VecDeque::new(),
             base: 2,
-            token: None,
             started: false,
-            done: false,
-            pending: BTreeMap::new(),
-            local: std::collections::HashSet::new(),
+            list: ListState::new(prefix, HashSet::new()),
+            local_added: false,
         }
     }
 
     fn restart(&mut self) {
-        *self = DirHandle::new(self.ino, std::mem::take(&mut self.prefix));
+        *self = DirHandle::new(self.ino, std::mem::take(&mut self.list.prefix));
     }
 
     fn available_end(&self) -> u64 {
         self.base + self.entries.len() as u64
-    }
-
-    /// Emits held-back files that sort before `key` once their directory would have.
-    fn release_pending_before(&mut self, key: &str) {
-        let ready: Vec<String> = self
-            .pending
-            .keys()
-            .filter(|name| format!("{}{}/", self.prefix, name).as_str() < key)
-            .cloned()
-            .collect();
-        for name in ready {
-            if let Some(meta) = self.pending.remove(&name) {
-                self.entries.push_back(Listed::File(name, meta));
-            }
-        }
     }
 }
 
 impl<S: ObjectStore> Fs<S> {
     /// Opens a directory for listing.
     pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let ino = self.canon(ino);
         let prefix = {
             let t = self.table();
             let i = t.get(ino).ok_or_else(FsError::not_found)?;
@@ -150,7 +116,22 @@ impl<S: ObjectStore> Fs<S> {
         if offset == 0 && h.started {
             h.restart();
         }
-        h.started = true;
+        if !h.started {
+            h.started = true;
+            if self.config.case_insensitive {
+                // Winners among case variants need the whole directory at once.
+                let all = self.ci_entries(h.ino).await?;
+                h.entries.extend(all);
+                h.list.done = true;
+                h.local_added = true;
+            } else {
+                h.list.local = self
+                    .local_children(h.ino)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+            }
+        }
         let mut out = Vec::new();
         let mut idx = offset;
         if idx < 2 {
@@ -170,8 +151,16 @@ impl<S: ObjectStore> Fs<S> {
             idx = 2;
         }
         let want_end = idx.saturating_add(max.saturating_sub(out.len()) as u64);
-        while h.available_end() < want_end && !h.done {
-            self.next_page(&mut h).await?;
+        while h.available_end() < want_end && !(h.list.done && h.local_added) {
+            if !h.list.done {
+                let DirHandle { list, entries, .. } = &mut *h;
+                self.list_page(list, entries).await?;
+            } else {
+                for (name, ino) in self.local_children(h.ino) {
+                    h.entries.push_back(Listed::Local(name, ino));
+                }
+                h.local_added = true;
+            }
         }
         // Everything before `offset` was acknowledged by the kernel.
         while h.base < idx && !h.entries.is_empty() {
@@ -212,7 +201,8 @@ impl<S: ObjectStore> Fs<S> {
         Ok((Attr::new(ino, i.stat), Attr::new(i.parent, parent)))
     }
 
-    fn local_children(&self, dir: Ino) -> Vec<(String, Ino)> {
+    /// Files created here and not uploaded yet (and directories holding such files).
+    pub(crate) fn local_children(&self, dir: Ino) -> Vec<(String, Ino)> {
         let t = self.table();
         let mut local: Vec<(String, Ino)> = t
             .children_of(dir)
@@ -224,83 +214,6 @@ impl<S: ObjectStore> Fs<S> {
             .collect();
         local.sort();
         local
-    }
-
-    /// Fetches one LIST page into the handle.
-    async fn next_page(&self, h: &mut DirHandle) -> FsResult<()> {
-        if h.token.is_none() && h.entries.is_empty() && h.base == 2 {
-            h.local = self
-                .local_children(h.ino)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-        }
-        let mut req = ListRequest::dir(&h.prefix);
-        req.token = h.token.clone();
-        let page = self
-            .store
-            .list(&req)
-            .await
-            .map_err(|e| FsError::from_store(e, &h.prefix))?;
-        // Objects and prefixes share one key order; merge them.
-        let mut items: Vec<(String, Option<ObjectMeta>)> = page
-            .objects
-            .into_iter()
-            .map(|o| (o.key.clone(), Some(o)))
-            .chain(page.prefixes.into_iter().map(|p| (p, None)))
-            .collect();
-        items.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, obj) in items {
-            h.release_pending_before(&key);
-            let rest = &key[h.prefix.len().min(key.len())..];
-            match obj {
-                Some(o) => {
-                    if rest.is_empty() {
-                        if o.size > 0 {
-                            self.skip_log
-                                .skipped(&key, Unrepresentable::ContentInDirectoryMarker);
-                        }
-                        continue;
-                    }
-                    if let Err(why) = names::check_segment(rest) {
-                        self.skip_log.skipped(&key, why);
-                        continue;
-                    }
-                    if h.local.contains(rest) {
-                        continue;
-                    }
-                    h.pending.insert(rest.to_string(), o);
-                }
-                None => {
-                    let name = rest.strip_suffix('/').unwrap_or(rest);
-                    if let Err(why) = names::check_segment(name) {
-                        self.skip_log.skipped(&key, why);
-                        continue;
-                    }
-                    if let Some(file) = h.pending.remove(name) {
-                        log::debug!("directory {key:?} shadows the object {:?}", file.key);
-                    }
-                    if h.local.contains(name) {
-                        continue;
-                    }
-                    h.entries.push_back(Listed::Dir(name.to_string()));
-                }
-            }
-        }
-        h.token = page.next_token;
-        if h.token.is_none() {
-            let rest: Vec<(String, ObjectMeta)> =
-                std::mem::take(&mut h.pending).into_iter().collect();
-            for (name, meta) in rest {
-                h.entries.push_back(Listed::File(name, meta));
-            }
-            let local = self.local_children(h.ino);
-            for (name, ino) in local {
-                h.entries.push_back(Listed::Local(name, ino));
-            }
-            h.done = true;
-        }
-        Ok(())
     }
 
     /// Attributes for listed entries. Without `plus`, existing inodes keep their numbers and

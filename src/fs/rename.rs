@@ -52,11 +52,33 @@ impl<S: ObjectStore> Fs<S> {
         }
         let name = names::name_from_os(name)?;
         let newname = names::name_from_os(newname)?;
+        let (parent, newparent) = (self.canon(parent), self.canon(newparent));
         let src = self.child_inode(parent, name).await?;
-        let dst = match self.child_inode(newparent, newname).await {
-            Ok(d) => Some(d),
-            Err(e) if e.errno == libc::ENOENT => None,
-            Err(e) => return Err(e),
+        let name = src.name.clone();
+        let name = name.as_str();
+        // Case-insensitive mode: the target may be another spelling of the source itself (a
+        // rename that only changes case), or of an existing entry, which it replaces.
+        let mut case_only = false;
+        if self.config.case_insensitive {
+            let existing = self.ci_existing(newparent, newname).await?;
+            if parent == newparent && existing.as_deref() == Some(name) {
+                case_only = newname != name;
+                if !case_only {
+                    return Ok(());
+                }
+            } else if let Some(other) = existing.filter(|o| o != newname) {
+                self.ci_check_create(newparent, newname, "rename").await?;
+                log::debug!("rename onto {newname:?} replaces {other:?}");
+            }
+        }
+        let dst = if case_only {
+            None
+        } else {
+            match self.child_inode(newparent, newname).await {
+                Ok(d) => Some(d),
+                Err(e) if e.errno == libc::ENOENT => None,
+                Err(e) => return Err(e),
+            }
         };
         if let Some(d) = &dst {
             if d.ino == src.ino {
@@ -102,6 +124,17 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(of) = &replaced {
             of.lock().unlinked = true;
         }
+        if let Some(d) = &dst {
+            if d.name != newname {
+                // A target of another spelling keeps its own key: remove it.
+                if d.remote {
+                    let _ = self.store.delete(&d.key).await;
+                }
+                self.name_removed(newparent, &d.name, d.ino);
+            } else {
+                self.ci_drop_aliases(d.ino);
+            }
+        }
         Ok(())
     }
 
@@ -122,8 +155,13 @@ impl<S: ObjectStore> Fs<S> {
         drop(t);
         self.negative_remove(newparent, newname);
         self.negative_insert(parent, name);
-        self.touch_dir(parent);
-        self.touch_dir(newparent);
+        self.name_removed(parent, name, ino);
+        let kind = self
+            .table()
+            .get(ino)
+            .map(|i| i.stat.kind)
+            .unwrap_or(super::attr::Kind::File);
+        self.name_added(newparent, newname, kind);
         // rename(2) may update the moved inode's ctime; Linux file systems do.
         if let Some(i) = self.table().get_mut(ino) {
             i.stat.ctime = std::time::SystemTime::now();

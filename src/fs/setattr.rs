@@ -67,6 +67,7 @@ impl SetAttr {
 impl<S: ObjectStore> Fs<S> {
     pub async fn setattr(&self, ino: Ino, sa: SetAttr) -> FsResult<Attr> {
         self.check_writable()?;
+        let ino = self.canon(ino);
         let inode = self
             .table()
             .get(ino)
@@ -144,6 +145,7 @@ impl<S: ObjectStore> Fs<S> {
         f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
     ) -> FsResult<()> {
         self.check_writable()?;
+        let ino = self.canon(ino);
         let inode = self
             .table()
             .get(ino)

@@ -12,9 +12,10 @@ use std::time::{Instant, SystemTime};
 use super::Fs;
 use super::error::{FsError, FsResult};
 use super::inode::Ino;
+use super::listing::Listed;
 use super::openfile::OpenFile;
 use super::spool::Spool;
-use crate::store::ObjectStore;
+use crate::store::{ObjectMeta, ObjectStore};
 
 impl<S: ObjectStore> Fs<S> {
     /// Writes `data` at `offset` through handle `fh`.
@@ -95,15 +96,30 @@ impl<S: ObjectStore> Fs<S> {
         let stored = self.upload(of).await?;
         let Some(stored) = stored else { return Ok(()) };
         let mut t = self.table();
+        let mut listed = None;
         if let Some(i) = t.get_mut(ino)
             && i.open.as_ref().is_none_or(|o| Arc::ptr_eq(o, of))
         {
             i.remote = true;
-            i.etag = Some(stored.etag);
-            i.user_meta = Some(stored.meta);
+            i.etag = Some(stored.etag.clone());
+            i.user_meta = Some(stored.meta.clone());
             i.stat = stored.stat;
             i.validated = Some(Instant::now());
             i.target = None;
+            if i.linked {
+                let meta = ObjectMeta {
+                    key: i.key.clone(),
+                    size: stored.stat.size,
+                    etag: stored.etag,
+                    last_modified: std::time::SystemTime::now(),
+                    user_meta: None,
+                };
+                listed = Some((i.parent, Listed::File(i.name.clone(), meta)));
+            }
+        }
+        drop(t);
+        if let Some((dir, entry)) = listed {
+            self.listing_put(dir, entry);
         }
         Ok(())
     }

@@ -83,6 +83,7 @@ fn user_name(name: &OsStr) -> FsResult<String> {
 
 impl<S: ObjectStore> Fs<S> {
     async fn current_xattrs(&self, ino: Ino) -> FsResult<BTreeMap<String, Vec<u8>>> {
+        let ino = self.canon(ino);
         self.ensure_meta(ino).await?;
         let t = self.table();
         let i = t.get(ino).ok_or_else(FsError::not_found)?;

@@ -136,6 +136,9 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
+                // Another spelling (case-insensitive mode) is never cached: it must resolve
+                // afresh each time, as the name it stands for may change.
+                Ok(a) if a.alias => reply.entry(&Duration::ZERO, &file_attr(&a), Generation(0)),
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) if e.errno == libc::ENOENT => {
                     // A negative entry with a TTL spares the kernel asking again at once.
@@ -154,7 +157,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Ok(mut a) => {
+                    a.ino = ino.0;
+                    reply.attr(&ttl, &file_attr(&a))
+                }
                 Err(e) => reply.error(fail("getattr", &e)),
             }
         });
@@ -190,7 +196,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         };
         self.rt.spawn(async move {
             match fs.setattr(ino.0, sa).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Ok(mut a) => {
+                    a.ino = ino.0;
+                    reply.attr(&ttl, &file_attr(&a))
+                }
                 Err(e) => reply.error(fail("setattr", &e)),
             }
         });

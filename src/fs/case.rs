@@ -1,0 +1,247 @@
+//! Case-insensitive mode: names match ignoring case (Unicode case folding), are stored as first
+//! written, and names that already collide in the bucket are shown once, never merged.
+//!
+//! * Lookup folds the name and looks for it among the directory's entries (the cached whole
+//!   listing, patched by local changes, plus files not uploaded yet). S3 cannot look a key up
+//!   ignoring case, so this needs the listing; it is cached for the metadata TTL.
+//! * When several names fold alike (`MyFile.txt` and `myfile.txt`, or `Docs/` and `docs/`),
+//!   the winner of `listing::winner` is shown (directories first, then byte order) and the
+//!   others are hidden, with their contents. Each such group is logged once with every key
+//!   and counted.
+//! * A different spelling of an existing name resolves to an *alias inode*: its own inode
+//!   number for the kernel, standing for the real one in every operation. The kernel needs
+//!   that: its dentry cache is case-sensitive, and `rename("a.txt", "A.TXT")` on one inode
+//!   would be a no-op for it, so the case-only rename would never reach us. Alias entries are
+//!   never cached by the kernel (zero TTL), so a spelling always resolves afresh.
+//! * With `--case-collision=error`, only the exact stored spelling resolves, and creating,
+//!   making a directory, a symlink or renaming onto a name that differs only in case from an
+//!   existing one fails with `EEXIST`: for users who want to be stopped rather than merged.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use super::error::{FsError, FsResult};
+use super::inode::Ino;
+use super::listing::{Listed, lock, winner};
+use super::names::fold;
+use super::{Attr, Fs};
+use crate::store::ObjectStore;
+
+/// What to do when a name being created differs only in case from an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CaseCollision {
+    /// Use the existing file or directory (as macOS and Windows do).
+    #[default]
+    Resolve,
+    /// Refuse with EEXIST.
+    Error,
+}
+
+impl<S: ObjectStore> Fs<S> {
+    /// The inode an alias stands for.
+    pub(crate) fn canon(&self, ino: Ino) -> Ino {
+        if !self.config.case_insensitive {
+            return ino;
+        }
+        self.table().canon(ino)
+    }
+
+    pub(crate) fn folded(&self, name: &str) -> String {
+        fold(name, self.config.normalize_names)
+    }
+
+    /// Collisions detected so far (groups in listings, and creates or renames that resolved
+    /// to an existing name of another case).
+    pub fn collision_count(&self) -> u64 {
+        self.collisions.load(Ordering::Relaxed)
+    }
+
+    /// Logs a group of colliding keys, once per group.
+    fn note_group(&self, dir_key: &str, names: &[String]) {
+        let mut keys: Vec<String> = names.iter().map(|n| format!("{dir_key}{n}")).collect();
+        keys.sort();
+        let id = keys.join("\u{0}");
+        let mut seen = self
+            .collision_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.len() < 100_000 && seen.insert(id) {
+            self.collisions.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "case collision: {} are the same name ignoring case; showing {:?}, hiding the others",
+                keys.iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                keys.first().map(String::as_str).unwrap_or("")
+            );
+        }
+    }
+
+    /// Logs a create or rename that met an existing name of another case.
+    pub(crate) fn note_resolved(&self, what: &str, dir_key: &str, asked: &str, existing: &str) {
+        self.collisions.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "case collision: {what} of {:?} met the existing {:?}",
+            format!("{dir_key}{asked}"),
+            format!("{dir_key}{existing}")
+        );
+    }
+
+    /// Every entry of `dir` whose name folds like `name` (listed, and known here), by name.
+    async fn variants(&self, dir: Ino, name: &str) -> FsResult<Vec<(String, bool)>> {
+        let folded = self.folded(name);
+        let listing = self.dir_listing(dir).await?;
+        let mut group: Vec<(String, bool)> = lock(&listing)
+            .group(&folded)
+            .iter()
+            .map(|l| (l.name().to_string(), l.is_dir()))
+            .collect();
+        let t = self.table();
+        for c in t.children_of(dir) {
+            if c.linked
+                && c.alias_of.is_none()
+                && self.folded(&c.name) == folded
+                && !group.iter().any(|(n, _)| *n == c.name)
+            {
+                group.push((c.name.clone(), c.is_dir()));
+            }
+        }
+        Ok(group)
+    }
+
+    /// The stored name `name` resolves to in `dir` ignoring case, if any (the group winner).
+    pub(crate) async fn ci_existing(&self, dir: Ino, name: &str) -> FsResult<Option<String>> {
+        let group = self.variants(dir, name).await?;
+        if group.len() > 1 {
+            let dir_key = self
+                .table()
+                .get(dir)
+                .map(|d| d.key.clone())
+                .unwrap_or_default();
+            let names: Vec<String> = group.iter().map(|(n, _)| n.clone()).collect();
+            self.note_group(&dir_key, &names);
+        }
+        Ok(winner(&group, |e| e.1, |e| e.0.as_str()).map(|w| w.0.clone()))
+    }
+
+    /// Lookup in case-insensitive mode (see the module documentation).
+    pub(crate) async fn ci_resolve(&self, parent: Ino, name: &str, count: bool) -> FsResult<Attr> {
+        let Some(stored) = self.ci_existing(parent, name).await? else {
+            return Err(FsError::not_found());
+        };
+        if stored != name && self.config.case_collision == CaseCollision::Error {
+            return Err(FsError::not_found());
+        }
+        let attr = self
+            .resolve_exact(parent, &stored, count && stored == name)
+            .await?;
+        if stored == name || !count {
+            return Ok(attr);
+        }
+        log::debug!("{name:?} resolves to {stored:?} ignoring case");
+        let mut t = self.table();
+        let alias = t.alias(parent, name, attr.ino);
+        if let Some(a) = t.get_mut(alias) {
+            a.lookups += 1;
+        }
+        let mut a = attr;
+        a.ino = alias;
+        a.alias = true;
+        Ok(a)
+    }
+
+    /// Refuses to create `name` in `dir` when another spelling exists (error mode), or logs
+    /// that the create resolves to it (resolve mode). Returns the existing spelling.
+    pub(crate) async fn ci_check_create(
+        &self,
+        dir: Ino,
+        name: &str,
+        what: &str,
+    ) -> FsResult<Option<String>> {
+        if !self.config.case_insensitive {
+            return Ok(None);
+        }
+        let Some(existing) = self.ci_existing(dir, name).await? else {
+            return Ok(None);
+        };
+        if existing == name {
+            return Ok(Some(existing));
+        }
+        let dir_key = self
+            .table()
+            .get(dir)
+            .map(|d| d.key.clone())
+            .unwrap_or_default();
+        self.note_resolved(what, &dir_key, name, &existing);
+        if self.config.case_collision == CaseCollision::Error {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!(
+                    "{name:?} differs only in case from the existing {existing:?} (--case-collision=error)"
+                ),
+            ));
+        }
+        Ok(Some(existing))
+    }
+
+    /// A file opened for writing through another spelling: a copy from a case-sensitive
+    /// system is about to merge two files into one.
+    pub(crate) fn ci_note_open(&self, ino: Ino) {
+        let t = self.table();
+        if let Some(a) = t.get(ino)
+            && let Some(target) = a.alias_of.and_then(|x| t.get(x))
+        {
+            let dir_key = t.get(a.parent).map(|d| d.key.clone()).unwrap_or_default();
+            let (asked, existing) = (a.name.clone(), target.name.clone());
+            drop(t);
+            self.note_resolved("open for writing", &dir_key, &asked, &existing);
+        }
+    }
+
+    /// The entries `readdir` shows: one winner per group of names equal ignoring case.
+    pub(crate) async fn ci_entries(&self, dir: Ino) -> FsResult<Vec<Listed>> {
+        let listing = self.dir_listing(dir).await?;
+        let local = self.local_children(dir);
+        let local_names: BTreeSet<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
+        let mut all: Vec<Listed> = lock(&listing)
+            .names
+            .values()
+            .filter(|l| !local_names.contains(l.name()))
+            .cloned()
+            .collect();
+        all.extend(local.iter().map(|(n, i)| Listed::Local(n.clone(), *i)));
+        let mut groups: std::collections::BTreeMap<String, Vec<Listed>> = Default::default();
+        for l in all {
+            groups.entry(self.folded(l.name())).or_default().push(l);
+        }
+        let dir_key = self
+            .table()
+            .get(dir)
+            .map(|d| d.key.clone())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups.values() {
+            if g.len() > 1 {
+                let names: Vec<String> = g.iter().map(|l| l.name().to_string()).collect();
+                self.note_group(&dir_key, &names);
+            }
+            if let Some(w) = winner(g, |l| l.is_dir(), |l| l.name()) {
+                out.push(w.clone());
+            }
+        }
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(out)
+    }
+
+    /// `target` was renamed or removed: its other spellings must not resolve to it any more.
+    pub(crate) fn ci_drop_aliases(&self, target: Ino) {
+        if !self.config.case_insensitive {
+            return;
+        }
+        let gone = self.table().drop_aliases_of(target);
+        for (parent, name) in gone {
+            self.kernel_forget_name(parent, &name);
+        }
+    }
+}
