@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pailfs::fs::attr::Kind;
 use pailfs::fs::inode::ROOT;
+use pailfs::fs::names::fold;
 use pailfs::fs::setattr::SetAttr;
 use pailfs::fs::{Fs, FsConfig};
 use pailfs::store::memory::MemoryStore;
@@ -118,6 +119,8 @@ struct Held {
 struct Model {
     s3: BTreeMap<String, Obj>,
     held: Option<Held>,
+    /// Case-insensitive mode: names resolve to the winner of their case-folded group.
+    ci: bool,
 }
 
 /// What the mount shows at a path.
@@ -153,9 +156,86 @@ impl Model {
         v
     }
 
+    fn folded(&self, s: &str) -> String {
+        if self.ci {
+            fold(s, false)
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// The names in stored directory `dir` ("" is the root), each with "is a directory".
+    fn children(&self, dir: &str) -> BTreeMap<String, bool> {
+        let pre = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut out: BTreeMap<String, bool> = BTreeMap::new();
+        for k in self.view().keys() {
+            let Some(rest) = k.strip_prefix(&pre) else {
+                continue;
+            };
+            if rest.is_empty() {
+                continue;
+            }
+            let (seg, deeper) = match rest.split_once('/') {
+                Some((a, _)) => (a, true),
+                None => (rest, false),
+            };
+            *out.entry(seg.to_string()).or_default() |= deeper;
+        }
+        // A file being written here wins over a directory another client made of its name
+        // (the mount knows better than S3 until the file is closed).
+        if let Some(h) = &self.held
+            && !h.unlinked
+            && parent_of(&h.path) == dir
+        {
+            let name = h.path.rsplit('/').next().unwrap_or(&h.path).to_string();
+            out.insert(name, false);
+        }
+        out
+    }
+
+    /// The stored name `name` resolves to in stored directory `dir`: itself, or in
+    /// case-insensitive mode the winner among the names that fold alike.
+    fn stored_child(&self, dir: &str, name: &str) -> Option<(String, bool)> {
+        let kids = self.children(dir);
+        if !self.ci {
+            return kids.get(name).map(|d| (name.to_string(), *d));
+        }
+        let f = fold(name, false);
+        kids.into_iter()
+            .filter(|(n, _)| fold(n, false) == f)
+            .min_by(|a, b| {
+                b.1.cmp(&a.1)
+                    .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+            })
+    }
+
+    /// `path` with every existing component replaced by its stored spelling.
+    fn canon_path(&self, path: &str) -> String {
+        let mut cur = String::new();
+        for seg in path.split('/') {
+            let name = match self.stored_child(&cur, seg) {
+                Some((n, _)) => n,
+                None => seg.to_string(),
+            };
+            cur = if cur.is_empty() {
+                name
+            } else {
+                format!("{cur}/{name}")
+            };
+        }
+        cur
+    }
+
     fn kind(&self, path: &str) -> Option<Kind> {
         if path.is_empty() {
             return Some(Kind::Dir);
+        }
+        if self.is_held(path) {
+            return Some(Kind::File);
         }
         let v = self.view();
         let pre = format!("{path}/");
@@ -219,11 +299,22 @@ impl Model {
     /// changing those while a file is held is not modelled: which of its view and S3's wins
     /// is unspecified until the file is closed.
     fn touches_held(&self, path: &str) -> bool {
+        if self.ci {
+            // Another spelling of any directory above the held file changes which one is
+            // shown; keep another client out of the held file's whole top-level directory.
+            let top = |p: &str| self.folded(p.split('/').next().unwrap_or(""));
+            return self
+                .held
+                .as_ref()
+                .is_some_and(|h| !h.unlinked && top(&h.path) == top(path));
+        }
+        let path = self.folded(path);
         self.held.as_ref().is_some_and(|h| {
+            let hp = self.folded(&h.path);
             !h.unlinked
-                && (h.path == path
-                    || h.path.starts_with(&format!("{path}/"))
-                    || path.starts_with(&format!("{}/", h.path)))
+                && (hp == path
+                    || hp.starts_with(&format!("{path}/"))
+                    || path.starts_with(&format!("{hp}/")))
         })
     }
 
@@ -284,7 +375,47 @@ impl Model {
         if self.skip(op) {
             return None;
         }
-        Some(self.apply_inner(op))
+        let op = self.canonical(op);
+        Some(self.apply_inner(&op))
+    }
+
+    /// The op with its paths in stored spelling (another client's ops use raw keys).
+    fn canonical(&self, op: &Op) -> Op {
+        let c = |p: &String| self.canon_path(p);
+        match op.clone() {
+            Op::Write { path, data } => Op::Write {
+                path: c(&path),
+                data,
+            },
+            Op::WriteAt { path, off, data } => Op::WriteAt {
+                path: c(&path),
+                off,
+                data,
+            },
+            Op::Append { path, data } => Op::Append {
+                path: c(&path),
+                data,
+            },
+            Op::Truncate { path, len } => Op::Truncate {
+                path: c(&path),
+                len,
+            },
+            Op::Mkdir { path } => Op::Mkdir { path: c(&path) },
+            Op::Rmdir { path } => Op::Rmdir { path: c(&path) },
+            Op::Unlink { path } => Op::Unlink { path: c(&path) },
+            Op::Chmod { path, mode } => Op::Chmod {
+                path: c(&path),
+                mode,
+            },
+            Op::Symlink { path, target } => Op::Symlink {
+                path: c(&path),
+                target,
+            },
+            Op::Open { path } => Op::Open { path: c(&path) },
+            // The target keeps its spelling; `rename` resolves it.
+            Op::Rename { from, to } => Op::Rename { from: c(&from), to },
+            other => other,
+        }
     }
 
     fn apply_inner(&mut self, op: &Op) -> R {
@@ -472,7 +603,91 @@ impl Model {
         }
     }
 
-    fn rename(&mut self, from: &str, to: &str) -> R {
+    fn rename(&mut self, from: &str, to_raw: &str) -> R {
+        // The target's parent in stored spelling, its name as given.
+        let to_parent = self.canon_path(parent_of(to_raw));
+        let to_name = to_raw.rsplit('/').next().unwrap_or(to_raw);
+        let to_owned = if to_parent.is_empty() || !to_raw.contains('/') {
+            to_name.to_string()
+        } else {
+            format!("{to_parent}/{to_name}")
+        };
+        let to = to_owned.as_str();
+        if self.ci {
+            self.parent_err(from)?;
+            self.parent_err(to)?;
+            if self.kind(from).is_none() {
+                return Err(libc::ENOENT);
+            }
+            if let Some((stored, _)) = self.stored_child(&to_parent, to_name) {
+                let stored_path = if to_parent.is_empty() {
+                    stored.clone()
+                } else {
+                    format!("{to_parent}/{stored}")
+                };
+                if stored_path == from {
+                    // Only the case changes (or nothing at all). Whatever hidden entry has
+                    // the new spelling exactly is not a target.
+                    if stored == to_name {
+                        return Ok(());
+                    }
+                    return self.rename_checked(from, to, true);
+                } else if stored != to_name {
+                    // Another spelling of an existing entry: it is replaced (its own key, or
+                    // its marker, goes away) and the result has the spelling given.
+                    let mut dry = self.clone();
+                    dry.rename_exact(from, &stored_path)?;
+                    let held_local = self.held.as_ref().is_some_and(|h| {
+                        !h.unlinked && h.path == from && !self.s3.contains_key(from)
+                    });
+                    self.s3.remove(&format!("{stored_path}/"));
+                    self.rename_exact(from, &stored_path)?;
+                    if held_local {
+                        // A file not uploaded yet moves in memory; the replaced key goes.
+                        self.s3.remove(&stored_path);
+                        if let Some(h) = self.held.as_mut() {
+                            h.path = to.to_string();
+                        }
+                    } else {
+                        self.move_entry(&stored_path, to);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.rename_exact(from, to)
+    }
+
+    /// Moves the keys of entry `from` to `to` (after a rename that landed on another spelling).
+    fn move_entry(&mut self, from: &str, to: &str) {
+        if let Some(o) = self.s3.remove(from) {
+            self.s3.insert(to.to_string(), o);
+        }
+        let pre = format!("{from}/");
+        let moved: Vec<(String, Obj)> = self
+            .s3
+            .iter()
+            .filter(|(k, _)| k.starts_with(&pre))
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (k, o) in moved {
+            self.s3.remove(&k);
+            self.s3.insert(format!("{to}/{}", &k[pre.len()..]), o);
+        }
+        if let Some(h) = self.held.as_mut() {
+            if h.path == from {
+                h.path = to.to_string();
+            } else if let Some(rest) = h.path.strip_prefix(&pre) {
+                h.path = format!("{to}/{rest}");
+            }
+        }
+    }
+
+    fn rename_exact(&mut self, from: &str, to: &str) -> R {
+        self.rename_checked(from, to, false)
+    }
+
+    fn rename_checked(&mut self, from: &str, to: &str, target_absent: bool) -> R {
         (|| {
             self.parent_err(from)?;
             self.parent_err(to)?;
@@ -480,7 +695,7 @@ impl Model {
             if from == to {
                 return Ok(());
             }
-            let dst = self.kind(to);
+            let dst = if target_absent { None } else { self.kind(to) };
             match (src, dst) {
                 (Kind::Dir, Some(Kind::Dir)) if !self.dir_empty(to) => return Err(libc::ENOTEMPTY),
                 (Kind::Dir, Some(Kind::File | Kind::Symlink)) => return Err(libc::ENOTDIR),
@@ -535,7 +750,8 @@ impl Model {
                 {
                     h.path = to.to_string();
                     if !self.s3.contains_key(from) {
-                        // Never stored: renamed in memory only.
+                        // Never stored: renamed in memory only; what it replaces is deleted.
+                        self.s3.remove(to);
                         return Ok(());
                     }
                     if h.dirty {
@@ -556,26 +772,41 @@ impl Model {
         })()
     }
 
-    /// The tree the mount must show.
+    /// The tree the mount must show: every name, or in case-insensitive mode one winner per
+    /// group of names that fold alike (the others hidden with what is under them).
     fn expected_tree(&self) -> BTreeMap<String, Seen> {
         let v = self.view();
         let mut out = BTreeMap::new();
-        for (k, o) in &v {
-            // Every prefix of a key is a directory.
-            let segs: Vec<&str> = k.split('/').collect();
-            for i in 1..segs.len() {
-                let dir = segs[..i].join("/");
-                if !dir.is_empty() {
-                    let mode = v.get(&format!("{dir}/")).map_or(0o755, |m| m.mode);
-                    out.insert(dir, Seen::Dir(mode));
+        let mut stack = vec![String::new()];
+        while let Some(dir) = stack.pop() {
+            let kids = self.children(&dir);
+            let mut shown: BTreeMap<String, (String, bool)> = BTreeMap::new();
+            for (name, is_dir) in kids {
+                let key = self.folded(&name);
+                let better = match shown.get(&key) {
+                    None => true,
+                    Some((n, d)) => {
+                        (is_dir, std::cmp::Reverse(name.as_bytes()))
+                            > (*d, std::cmp::Reverse(n.as_bytes()))
+                    }
+                };
+                if better {
+                    shown.insert(key, (name, is_dir));
                 }
             }
-            if o.kind != ObjKind::Marker && !k.ends_with('/') {
-                let pre = format!("{k}/");
-                let shadowed = v.keys().any(|x| x.starts_with(&pre));
-                if !shadowed {
+            for (name, is_dir) in shown.into_values() {
+                let path = if dir.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                if is_dir {
+                    let mode = v.get(&format!("{path}/")).map_or(0o755, |m| m.mode);
+                    out.insert(path.clone(), Seen::Dir(mode));
+                    stack.push(path);
+                } else if let Some(o) = v.get(&path) {
                     out.insert(
-                        k.clone(),
+                        path,
                         match o.kind {
                             ObjKind::Symlink => {
                                 Seen::Symlink(String::from_utf8_lossy(&o.data).into_owned())
@@ -610,9 +841,10 @@ fn errno(e: pailfs::fs::error::FsError) -> i32 {
 }
 
 impl Sut {
-    fn new() -> Sut {
+    fn new(ci: bool) -> Sut {
         let spool = tempfile::tempdir().unwrap();
         let mut cfg = FsConfig::new("", spool.path().to_path_buf());
+        cfg.case_insensitive = ci;
         cfg.metadata_ttl = std::time::Duration::ZERO;
         cfg.part_size = 5 * MIB;
         Sut {
@@ -882,17 +1114,28 @@ fn describe(t: &BTreeMap<String, Seen>) -> Vec<String> {
 }
 
 fn check(ops: &[Op]) {
+    check_mode(ops, false);
+}
+
+fn check_ci(ops: &[Op]) {
+    check_mode(ops, true);
+}
+
+fn check_mode(ops: &[Op], ci: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut sut = Sut::new();
-        let mut model = Model::default();
+        let mut sut = Sut::new(ci);
+        let mut model = Model {
+            ci,
+            ..Model::default()
+        };
         for (step, op) in ops.iter().enumerate() {
             // Symlinks refuse chmod in the kernel; the model does not generate that.
             if let Op::Chmod { path, .. } = op
-                && model.kind(path) == Some(Kind::Symlink)
+                && model.kind(&model.canon_path(path)) == Some(Kind::Symlink)
             {
                 continue;
             }
@@ -933,9 +1176,13 @@ fn check(ops: &[Op]) {
 
 // ----- the search -----
 
-fn path() -> impl Strategy<Value = String> {
-    let seg = prop::sample::select(vec!["a", "b", "c"]);
+fn path_from(segs: Vec<&'static str>) -> impl Strategy<Value = String> {
+    let seg = prop::sample::select(segs);
     prop::collection::vec(seg, 1..=3).prop_map(|v| v.join("/"))
+}
+
+fn path() -> impl Strategy<Value = String> {
+    path_from(vec!["a", "b", "c"])
 }
 
 fn data() -> impl Strategy<Value = Vec<u8>> {
@@ -949,7 +1196,7 @@ fn offset() -> impl Strategy<Value = u64> {
     prop_oneof![9 => 0u64..64, 1 => (5 * MIB - 3)..(11 * MIB)]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op_with(path: fn() -> BoxedStrategy<String>) -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (path(), data()).prop_map(|(path, data)| Op::Write { path, data }),
         2 => (path(), offset(), data()).prop_map(|(path, off, data)| Op::WriteAt { path, off, data }),
@@ -970,6 +1217,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn op() -> impl Strategy<Value = Op> {
+    op_with(|| path().boxed())
+}
+
+/// Names that collide ignoring case, and one that does not.
+fn ci_path() -> impl Strategy<Value = String> {
+    path_from(vec!["a", "A", "b"])
+}
+
+fn ci_op() -> impl Strategy<Value = Op> {
+    op_with(|| ci_path().boxed())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
@@ -981,6 +1241,11 @@ proptest! {
     #[test]
     fn the_core_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
         check(&ops);
+    }
+
+    #[test]
+    fn the_case_insensitive_core_matches_the_model(ops in prop::collection::vec(ci_op(), 1..40)) {
+        check_ci(&ops);
     }
 }
 
@@ -1014,5 +1279,169 @@ fn regression_directory_kept_alive_by_an_unflushed_file() {
         },
         Op::Open { path: p("c/a") },
         Op::OobDelete { path: p("c/c") },
+    ]);
+}
+
+#[test]
+fn regression_ci_create_after_another_client_deleted_a_spelling() {
+    check_ci(&[
+        Op::OobPut {
+            path: p("A"),
+            data: vec![],
+        },
+        Op::OobDelete { path: p("A") },
+        Op::Open { path: p("a") },
+    ]);
+}
+
+#[test]
+fn regression_ci_open_in_a_directory_with_a_hidden_twin() {
+    check_ci(&[
+        Op::Mkdir { path: p("A") },
+        Op::OobPut {
+            path: p("a/a"),
+            data: vec![],
+        },
+        Op::Open { path: p("a/a") },
+    ]);
+}
+
+#[test]
+fn regression_ci_rename_onto_itself_when_a_directory_wins() {
+    check_ci(&[
+        Op::OobPut {
+            path: p("a"),
+            data: vec![],
+        },
+        Op::OobPut {
+            path: p("A/a"),
+            data: vec![],
+        },
+        Op::Rename {
+            from: p("a"),
+            to: p("a"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_ci_rename_a_hidden_directory_onto_its_winner() {
+    check_ci(&[
+        Op::OobPut {
+            path: p("a/a"),
+            data: vec![],
+        },
+        Op::OobPut {
+            path: p("A"),
+            data: vec![],
+        },
+        Op::Rename {
+            from: p("a"),
+            to: p("A"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_rmdir_of_a_directory_holding_only_an_unflushed_file_deeper_down() {
+    let ops = [
+        Op::OobPut {
+            path: p("a/a/a"),
+            data: vec![],
+        },
+        Op::Open { path: p("a/a/b") },
+        Op::Unlink { path: p("a/a/a") },
+        Op::Rmdir { path: p("a") },
+    ];
+    check(&ops);
+    check_ci(&ops);
+}
+
+#[test]
+fn regression_ci_rename_an_unflushed_file_onto_another_spelling() {
+    check_ci(&[
+        Op::Open { path: p("b") },
+        Op::Symlink {
+            path: p("A"),
+            target: p("a"),
+        },
+        Op::Rename {
+            from: p("b"),
+            to: p("a"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_unlink_next_to_an_unflushed_file_when_a_file_shares_the_directory_name() {
+    check(&[
+        Op::OobPut {
+            path: p("b/c"),
+            data: vec![],
+        },
+        Op::Write {
+            path: p("b/a"),
+            data: vec![],
+        },
+        Op::OobDelete { path: p("b/c") },
+        Op::OobPut {
+            path: p("b"),
+            data: vec![],
+        },
+        Op::Open { path: p("b/b") },
+        Op::Unlink { path: p("b/a") },
+    ]);
+}
+
+#[test]
+fn regression_shadowed_file_reappears_under_an_unflushed_file() {
+    check(&[
+        Op::Write {
+            path: p("a"),
+            data: vec![],
+        },
+        Op::OobPut {
+            path: p("a/b/a"),
+            data: vec![],
+        },
+        Op::Open { path: p("a/c") },
+        Op::OobDelete { path: p("a/b/a") },
+    ]);
+}
+
+#[test]
+fn regression_unlink_an_unflushed_file_renamed_over_a_symlink() {
+    let ops = [
+        Op::Symlink {
+            path: p("a"),
+            target: p("a"),
+        },
+        Op::Open { path: p("b") },
+        Op::Rename {
+            from: p("b"),
+            to: p("a"),
+        },
+        Op::Unlink { path: p("a") },
+    ];
+    check(&ops);
+    check_ci(&ops);
+}
+
+#[test]
+fn regression_ci_case_only_rename_onto_a_hidden_twin_that_holds_a_file() {
+    check_ci(&[
+        Op::OobPut {
+            path: p("a/b/a"),
+            data: vec![],
+        },
+        Op::OobPut {
+            path: p("A/a"),
+            data: vec![],
+        },
+        Op::Open { path: p("a/b") },
+        Op::Rename {
+            from: p("a"),
+            to: p("a"),
+        },
     ]);
 }

@@ -97,14 +97,12 @@ impl<S: ObjectStore> Fs<S> {
             .iter()
             .map(|l| (l.name().to_string(), l.is_dir()))
             .collect();
-        let t = self.table();
-        for c in t.children_of(dir) {
-            if c.linked
-                && c.alias_of.is_none()
-                && self.folded(&c.name) == folded
-                && !group.iter().any(|(n, _)| *n == c.name)
-            {
-                group.push((c.name.clone(), c.is_dir()));
+        // Entries not in S3 yet: files created here (the listing covers everything else;
+        // other inodes in the table may be stale).
+        for (name, ino) in self.local_children(dir) {
+            if self.folded(&name) == folded && !group.iter().any(|(n, _)| *n == name) {
+                let is_dir = self.table().get(ino).is_some_and(|i| i.is_dir());
+                group.push((name, is_dir));
             }
         }
         Ok(group)
@@ -226,7 +224,11 @@ impl<S: ObjectStore> Fs<S> {
                 let names: Vec<String> = g.iter().map(|l| l.name().to_string()).collect();
                 self.note_group(&dir_key, &names);
             }
-            if let Some(w) = winner(g, |l| l.is_dir(), |l| l.name()) {
+            let is_dir = |l: &Listed| match l {
+                Listed::Local(_, ino) => self.table().get(*ino).is_some_and(|i| i.is_dir()),
+                other => other.is_dir(),
+            };
+            if let Some(w) = winner(g, is_dir, |l| l.name()) {
                 out.push(w.clone());
             }
         }

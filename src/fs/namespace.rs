@@ -83,7 +83,7 @@ impl<S: ObjectStore> Fs<S> {
             }
             let dir_key = p.key.clone();
             if let Some(c) = t.child(parent, name)
-                && (!c.remote || c.open.is_some() || c.fresh(ttl))
+                && (self.is_local(&t, c) || c.fresh(ttl))
             {
                 let ino = c.ino;
                 return Ok(self.attr_of(&mut t, ino, count));
@@ -141,9 +141,7 @@ impl<S: ObjectStore> Fs<S> {
                 let t = self.table();
                 // A file created here meanwhile wins over the miss.
                 if let Some(c) = t.child(parent, name)
-                    && (!c.remote
-                        || c.open.is_some()
-                        || (c.is_dir() && self.has_local_children(&t, c.ino)))
+                    && self.is_local(&t, c)
                 {
                     drop(t);
                     return self.resolve_local(parent, name, count);
@@ -194,7 +192,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::not_found());
         }
         let reuse = match t.child(parent, name) {
-            Some(c) if !c.remote || c.open.is_some() => {
+            Some(c) if self.is_local(&t, c) => {
                 let ino = c.ino;
                 return Ok(self.attr_of(&mut t, ino, count));
             }
@@ -215,6 +213,12 @@ impl<S: ObjectStore> Fs<S> {
         inode.validated = Some(Instant::now());
         let ino = inode.ino;
         Ok(self.attr_of(&mut t, ino, count))
+    }
+
+    /// True when this mount knows better than S3 about the entry: a file created or open
+    /// here, or a directory holding such files.
+    pub(crate) fn is_local(&self, t: &super::inode::InodeTable, c: &Inode) -> bool {
+        !c.remote || c.open.is_some() || (c.is_dir() && self.has_local_children(t, c.ino))
     }
 
     /// True when a directory holds files created here and not uploaded yet (it exists for us
@@ -478,11 +482,15 @@ impl<S: ObjectStore> Fs<S> {
 
     /// True when the directory has no entries in S3 (besides its marker) and none pending here.
     pub(crate) async fn dir_is_empty(&self, ino: Ino, prefix: &str) -> FsResult<bool> {
-        let local = self
-            .table()
-            .children_of(ino)
-            .iter()
-            .any(|c| c.linked && (!c.remote || c.open.as_ref().is_some_and(|o| o.is_dirty())));
+        let local = {
+            let t = self.table();
+            t.children_of(ino).iter().any(|c| {
+                c.linked
+                    && (!c.remote
+                        || c.open.as_ref().is_some_and(|o| o.is_dirty())
+                        || (c.is_dir() && self.has_local_children(&t, c.ino)))
+            })
+        };
         if local {
             return Ok(false);
         }

@@ -125,6 +125,14 @@ impl<S: ObjectStore> Fs<S> {
             of.lock().unlinked = true;
         }
         if let Some(d) = &dst {
+            if !src.remote && d.remote && d.name == newname && !d.is_dir() {
+                // A file not uploaded yet replaced an object: the object goes now, as the
+                // name no longer shows it (the new content follows at close).
+                self.store
+                    .delete(&d.key)
+                    .await
+                    .map_err(|e| FsError::from_store(e, &d.key))?;
+            }
             if d.name != newname {
                 // A target of another spelling keeps its own key: remove it.
                 if d.remote {
