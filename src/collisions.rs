@@ -215,6 +215,13 @@ fn groups(sorted: impl Iterator<Item = Rec>) -> Vec<Group> {
         });
     };
     for (folded, original) in sorted {
+        // A new name closes the previous group first: a colliding directory must be open
+        // before its first entry is counted.
+        if cur.as_ref().is_some_and(|(f, _)| *f != folded)
+            && let Some((f, paths)) = cur.take()
+        {
+            finish(f, paths, &mut out, &mut open);
+        }
         while open
             .last()
             .is_some_and(|(p, _)| !folded.starts_with(p.as_str()))
@@ -223,7 +230,7 @@ fn groups(sorted: impl Iterator<Item = Rec>) -> Vec<Group> {
         }
         if !original.ends_with('/') {
             for (p, gi) in &open {
-                if folded.starts_with(p.as_str()) {
+                if folded.starts_with(p.as_str()) && folded != *p {
                     let g = &mut out[*gi];
                     g.merged_total += 1;
                     if g.merged_files.len() < MERGED_LISTED {
@@ -233,13 +240,8 @@ fn groups(sorted: impl Iterator<Item = Rec>) -> Vec<Group> {
             }
         }
         match &mut cur {
-            Some((f, paths)) if *f == folded => paths.push(original),
-            _ => {
-                if let Some((f, paths)) = cur.take() {
-                    finish(f, paths, &mut out, &mut open);
-                }
-                cur = Some((folded, vec![original]));
-            }
+            Some((_, paths)) => paths.push(original),
+            None => cur = Some((folded, vec![original])),
         }
     }
     if let Some((f, paths)) = cur.take() {
@@ -476,6 +478,14 @@ mod tests {
         assert_eq!(r.groups.len(), 2, "{:?}", r.groups);
         let r = scan_keys(&keys, true, 1000).await;
         assert_eq!(r.groups.len(), 3, "{:?}", r.groups);
+    }
+
+    #[tokio::test]
+    async fn the_first_file_of_a_merged_directory_counts() {
+        let r = scan_keys(&["p/Dir/x", "p/dir/y"], false, 1000).await;
+        assert_eq!(r.groups.len(), 1);
+        assert_eq!(r.groups[0].merged_total, 2);
+        assert_eq!(r.groups[0].merged_files, vec!["Dir/x", "dir/y"]);
     }
 
     #[tokio::test]

@@ -43,11 +43,11 @@ impl Listed {
 /// Among names that are equal ignoring case, the one shown: directories before files, then
 /// the smallest in byte order (the first a listing returns). Deterministic, so every mount
 /// and every listing shows the same one.
-pub fn winner<'a, T>(
-    group: &'a [T],
+pub fn winner<T>(
+    group: &[T],
     is_dir: impl Fn(&T) -> bool,
     name: impl Fn(&T) -> &str,
-) -> Option<&'a T> {
+) -> Option<&T> {
     group.iter().min_by(|a, b| {
         is_dir(b)
             .cmp(&is_dir(a))
