@@ -140,8 +140,12 @@ impl<S: ObjectStore> Fs<S> {
         log::debug!("{name:?} resolves to {stored:?} ignoring case");
         let mut t = self.table();
         let alias = t.alias(parent, name, attr.ino);
-        if let Some(a) = t.get_mut(alias) {
-            a.lookups += 1;
+        // The kernel's lookup on the alias also holds the inode it stands for, so the target
+        // stays in the table while the kernel may use the alias.
+        for ino in [alias, attr.ino] {
+            if let Some(a) = t.get_mut(ino) {
+                a.lookups += 1;
+            }
         }
         let mut a = attr;
         a.ino = alias;

@@ -298,10 +298,17 @@ impl InodeTable {
 
     /// The kernel gives back `n` lookups.
     pub fn forget(&mut self, ino: Ino, n: u64) {
+        let mut target = None;
         if let Some(i) = self.inodes.get_mut(&ino) {
-            i.lookups = i.lookups.saturating_sub(n);
+            let n = n.min(i.lookups);
+            i.lookups -= n;
+            target = i.alias_of.map(|t| (t, n));
         }
         self.maybe_drop(ino);
+        // An alias holds its target by as many lookups as the kernel holds on the alias.
+        if let Some((t, n)) = target {
+            self.forget(t, n);
+        }
     }
 
     /// Drops the inode when nobody holds it and it is not a local-only file.
