@@ -640,8 +640,12 @@ impl Model {
                     let held_local = self.held.as_ref().is_some_and(|h| {
                         !h.unlinked && h.path == from && !self.s3.contains_key(from)
                     });
-                    self.s3.remove(&format!("{stored_path}/"));
+                    let src_marker = self.s3.contains_key(&format!("{from}/"));
                     self.rename_exact(from, &stored_path)?;
+                    if !src_marker {
+                        // The replaced directory's own marker goes with it.
+                        self.s3.remove(&format!("{stored_path}/"));
+                    }
                     if held_local {
                         // A file not uploaded yet moves in memory; the replaced key goes.
                         self.s3.remove(&stored_path);
@@ -1442,6 +1446,65 @@ fn regression_ci_case_only_rename_onto_a_hidden_twin_that_holds_a_file() {
         Op::Rename {
             from: p("a"),
             to: p("a"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_ci_rename_onto_a_directory_kept_by_its_marker_only() {
+    check_ci(&[
+        Op::OobPut {
+            path: p("b/A/a"),
+            data: vec![],
+        },
+        Op::OobPut {
+            path: p("a/a/a"),
+            data: vec![],
+        },
+        Op::Chmod {
+            path: p("b/a"),
+            mode: 0o600,
+        },
+        Op::Unlink { path: p("b/a/a") },
+        Op::Rename {
+            from: p("a"),
+            to: p("b/a"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_ci_rename_onto_another_spelling_of_an_unflushed_file() {
+    check_ci(&[
+        Op::OobPut {
+            path: p("b/a"),
+            data: vec![],
+        },
+        Op::Open { path: p("A") },
+        Op::Rename {
+            from: p("b/a"),
+            to: p("a"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_ci_rename_into_a_directory_that_loses_to_a_twin() {
+    check_ci(&[
+        Op::Open { path: p("A") },
+        Op::HClose,
+        Op::OobPut {
+            path: p("a/a"),
+            data: vec![],
+        },
+        Op::Open { path: p("b") },
+        Op::OobPut {
+            path: p("A/a/a"),
+            data: vec![],
+        },
+        Op::Rename {
+            from: p("b"),
+            to: p("a/a/a"),
         },
     ]);
 }

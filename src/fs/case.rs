@@ -99,9 +99,11 @@ impl<S: ObjectStore> Fs<S> {
             .collect();
         // Entries not in S3 yet: files created here (the listing covers everything else;
         // other inodes in the table may be stale).
+        // They win over a listed entry of the same name, as in `readdir`.
         for (name, ino) in self.local_children(dir) {
-            if self.folded(&name) == folded && !group.iter().any(|(n, _)| *n == name) {
+            if self.folded(&name) == folded {
                 let is_dir = self.table().get(ino).is_some_and(|i| i.is_dir());
+                group.retain(|(n, _)| *n != name);
                 group.push((name, is_dir));
             }
         }

@@ -134,9 +134,15 @@ impl<S: ObjectStore> Fs<S> {
                     .map_err(|e| FsError::from_store(e, &d.key))?;
             }
             if d.name != newname {
-                // A target of another spelling keeps its own key: remove it.
+                // A target of another spelling keeps its own key and name: remove both.
                 if d.remote {
                     let _ = self.store.delete(&d.key).await;
+                }
+                {
+                    let mut t = self.table();
+                    if t.child(newparent, &d.name).map(|c| c.ino) == Some(d.ino) {
+                        t.unlink(newparent, &d.name);
+                    }
                 }
                 self.name_removed(newparent, &d.name, d.ino);
             } else {
