@@ -221,6 +221,13 @@ pub struct MountArgs {
     /// Size of the first multipart parts (files up to this size are one PUT), e.g. 8M.
     #[arg(long, value_name = "SIZE", default_value = "8M")]
     pub part_size: String,
+    /// RAM for cached blocks, read-ahead and uploads together (the process needs a few tens
+    /// of MiB more for itself), e.g. 128M.
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    pub memory_limit: String,
+    /// Kernel read-ahead for the mount in KiB (set through sysfs when running as root).
+    #[arg(long, value_name = "KIB", default_value_t = 4096)]
+    pub kernel_readahead_kb: u32,
     /// Parts uploaded at once across the mount.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub upload_concurrency: usize,

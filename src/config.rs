@@ -181,6 +181,7 @@ pub struct MountConfig {
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    pub kernel_readahead_kb: u32,
 }
 
 impl MountConfig {
@@ -214,6 +215,10 @@ impl MountConfig {
             return Err("--part-size must be at least 5M (S3's smallest part)".into());
         }
         fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
+        fs.memory_limit = parse_size(&a.memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
+        if fs.memory_limit < 32 << 20 {
+            return Err("--memory-limit must be at least 32M".into());
+        }
         fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
         fs.case_collision = match a.case_collision.as_str() {
             "error" => crate::fs::case::CaseCollision::Error,
@@ -232,6 +237,7 @@ impl MountConfig {
             foreground: a.foreground,
             log_level: a.log_level.clone(),
             log_file: a.log_file.clone(),
+            kernel_readahead_kb: a.kernel_readahead_kb,
         })
     }
 }

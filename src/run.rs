@@ -165,7 +165,10 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     check_fuse_device()?;
     let (spool_dir, _lock) = lock_spool_dir(cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(env_count(
+            "PAILFS_IO_THREADS",
+            std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
+        ))
         .thread_name("pailfs-io")
         .enable_all()
         .build()
@@ -189,10 +192,11 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         fsname: format!("pailfs:{}", cfg.source.display()),
         read_only,
         allow_other: cfg.allow_other,
-        threads: 4,
+        threads: env_count("PAILFS_FUSE_THREADS", 4),
     };
     let mut session = mount(adapter, &cfg.mountpoint, &settings)
         .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+    set_kernel_readahead(&cfg.mountpoint, cfg.kernel_readahead_kb);
     log::info!(
         "mounted s3://{} at {}",
         cfg.source.display(),
@@ -313,6 +317,35 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
             mountpoint.display()
         );
         lazy_unmount(&mountpoint);
+    }
+}
+
+/// A thread count from the environment (for tuning experiments), else `default`.
+fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0 && *n <= 64)
+        .unwrap_or(default)
+}
+
+/// The kernel reads ahead only 128 KiB for FUSE by default; sequential reads need much more
+/// in flight. The setting lives in the mount's backing device info, writable by root. The
+/// device number comes from /proc/self/mountinfo: a stat of the mountpoint would be answered
+/// by this very process, which is not serving requests yet.
+fn set_kernel_readahead(mountpoint: &Path, kb: u32) {
+    let want = mountpoint.to_string_lossy();
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Some(dev) = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+    }) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => log::debug!("kernel read-ahead set to {kb} KiB"),
+        Err(e) => log::info!("kernel read-ahead stays at its default ({path}: {e})"),
     }
 }
 

@@ -299,12 +299,16 @@ async fn editing_a_large_object_copies_unchanged_parts() {
 #[tokio::test]
 async fn reads_are_pinned_to_the_version_opened() {
     let t = T::new();
-    t.s().insert("f", "first version");
+    let v1 = common::pseudo_random(20 * MIB, 1);
+    t.s().insert("f", v1.clone());
     let ino = t.ino("f").await;
     let fh = t.fs.open(ino, libc::O_RDONLY).await.unwrap();
-    assert_eq!(&t.fs.read(fh, 0, 5).await.unwrap()[..], b"first");
-    t.s().insert("f", "second version");
-    let err = t.fs.read(fh, 6, 7).await.unwrap_err();
+    assert_eq!(&t.fs.read(fh, 0, 5).await.unwrap()[..], &v1[..5]);
+    t.s().insert("f", common::pseudo_random(20 * MIB, 2));
+    // What is cached belongs to the version opened: still that version's bytes.
+    assert_eq!(&t.fs.read(fh, 5, 5).await.unwrap()[..], &v1[5..10]);
+    // What must come from S3 now cannot: the object changed.
+    let err = t.fs.read(fh, 15 * MIB as u64, 7).await.unwrap_err();
     assert_eq!(err.errno, libc::ESTALE);
     t.fs.release(fh).await.unwrap();
 }
@@ -545,6 +549,56 @@ async fn chmod_is_a_self_copy_and_persists() {
         .unwrap();
     let a = fs2.lookup(ROOT, OsStr::new("f")).await.unwrap();
     assert_eq!((a.stat.perm, a.stat.uid), (0o600, 42));
+}
+
+#[tokio::test]
+async fn sequential_reads_prefetch_and_cached_blocks_make_no_request() {
+    let t = T::new();
+    let data = common::pseudo_random(24 * MIB, 4);
+    t.s().insert("big", data.clone());
+    assert_eq!(t.read_all("big").await, data);
+    let gets = t.s().count(Op::Get);
+    // Read-ahead fetches several blocks per GET.
+    assert!(gets < 24, "{gets} GETs for 24 blocks");
+    // A second read of the start is served from the block cache.
+    let ino = t.ino("big").await;
+    let fh = t.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let before = t.s().total_requests();
+    let head = t.fs.read(fh, 0, 4096).await.unwrap();
+    assert_eq!(&head[..], &data[..4096]);
+    assert!(t.fs.block_cache().hits() > 0);
+    assert!(t.fs.block_cache().bytes() <= t.fs.block_cache().cap());
+    t.fs.release(fh).await.unwrap();
+    let _ = before;
+}
+
+#[tokio::test]
+async fn random_reads_fetch_only_what_is_asked() {
+    let t = T::new();
+    let data = common::pseudo_random(16 * MIB, 5);
+    t.s().insert("db", data.clone());
+    let ino = t.ino("db").await;
+    let fh = t.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    for off in [9 * MIB + 123, 3 * MIB + 7, 14 * MIB] {
+        let got = t.fs.read(fh, off as u64, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[off..off + 4096]);
+    }
+    assert_eq!(t.s().count(Op::Get), 3, "one small GET per random read");
+    assert_eq!(t.fs.block_cache().bytes(), 0, "random reads are not cached");
+    t.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_overwrite_is_never_served_from_the_old_cache() {
+    // TTL 0: every open asks S3 for the current ETag.
+    let t = T::with(|c| c.metadata_ttl = std::time::Duration::ZERO);
+    let v1 = common::pseudo_random(3 * MIB, 1);
+    t.s().insert("f", v1.clone());
+    assert_eq!(t.read_all("f").await, v1);
+    assert!(t.fs.block_cache().bytes() > 0, "the first version is cached");
+    let v2 = common::pseudo_random(3 * MIB, 2);
+    t.s().insert("f", v2.clone());
+    assert_eq!(t.read_all("f").await, v2, "the new version, not cached blocks of the old");
 }
 
 #[tokio::test]

@@ -29,6 +29,9 @@ pub struct FileHandle {
     pub ino: Ino,
     pub of: Arc<OpenFile>,
     pub writable: bool,
+    pub reads: Arc<std::sync::Mutex<super::readahead::ReadState>>,
+    /// The kernel may keep its cached pages: they hold this same version.
+    pub keep_cache: bool,
 }
 
 #[derive(Clone)]
@@ -140,9 +143,12 @@ impl<S: ObjectStore> Fs<S> {
             }
             self.getattr(ino).await?;
         }
-        let of = {
+        let (of, keep_cache) = {
             let mut t = self.table();
             let i = t.get_mut(ino).ok_or_else(FsError::not_found)?;
+            // Pages the kernel cached are still good when the object is the same version.
+            let keep_cache = i.etag.is_some() && i.page_cache_etag == i.etag && !mode.truncate;
+            i.page_cache_etag = i.etag.clone();
             let of = match &i.open {
                 Some(of) => of.clone(),
                 None => {
@@ -158,7 +164,7 @@ impl<S: ObjectStore> Fs<S> {
                 }
             };
             i.handles += 1;
-            of
+            (of, keep_cache)
         };
         if mode.truncate && mode.writable {
             let r = self.truncate_open(&of, 0).await;
@@ -171,6 +177,8 @@ impl<S: ObjectStore> Fs<S> {
             ino,
             of,
             writable: mode.writable,
+            reads: Default::default(),
+            keep_cache,
         })))
     }
 
@@ -234,9 +242,16 @@ impl<S: ObjectStore> Fs<S> {
             ino,
             of,
             writable: open_mode.writable,
+            reads: Default::default(),
+            keep_cache: false,
         }));
         let mut t = self.table();
         Ok((self.attr_of(&mut t, ino, true), fh))
+    }
+
+    /// Whether the kernel may keep its page cache for handle `fh` (`FOPEN_KEEP_CACHE`).
+    pub fn keep_cache(&self, fh: u64) -> bool {
+        self.handle_table().file(fh).is_some_and(|h| h.keep_cache)
     }
 
     pub(crate) fn file_handle(&self, fh: u64) -> FsResult<FileHandle> {

@@ -52,6 +52,8 @@ pub struct Inode {
     pub target: Option<String>,
     /// Case-insensitive mode: this inode is another spelling of that one (see `case`).
     pub alias_of: Option<Ino>,
+    /// The ETag whose bytes the kernel may hold in its page cache for this inode.
+    pub page_cache_etag: Option<String>,
 }
 
 impl Inode {
@@ -97,6 +99,7 @@ impl InodeTable {
                 open: None,
                 target: None,
                 alias_of: None,
+                page_cache_etag: None,
             },
         );
         InodeTable {
@@ -185,6 +188,7 @@ impl InodeTable {
                 open: None,
                 target: None,
                 alias_of: None,
+                page_cache_etag: None,
             },
         );
         self.inodes.get_mut(&ino).expect("just inserted")

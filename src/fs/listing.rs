@@ -161,6 +161,8 @@ impl DirListing {
 
 /// How many whole listings are kept.
 pub const LISTING_CACHE_DIRS: usize = 64;
+/// Directories with more entries than this are not kept as whole listings by `readdir`.
+pub const LISTING_CACHE_MAX_ENTRIES: usize = 100_000;
 
 impl<S: ObjectStore> Fs<S> {
     /// Fetches one LIST page into `out`, applying the rules of the module documentation.
@@ -264,6 +266,23 @@ impl<S: ObjectStore> Fs<S> {
         &self,
     ) -> std::sync::MutexGuard<'_, lru::LruCache<Ino, Arc<Mutex<DirListing>>>> {
         self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached listing of `dir`, if still fresh, as entries in name order.
+    pub(crate) fn listing_snapshot(&self, dir: Ino) -> Option<Vec<Listed>> {
+        let ttl = self.config.metadata_ttl;
+        let c = self.listings_lock();
+        let l = c.peek(&dir)?;
+        let l = lock(l);
+        (l.fetched.elapsed() < ttl).then(|| l.names.values().cloned().collect())
+    }
+
+    /// Keeps a listing `readdir` streamed to its end.
+    pub(crate) fn listing_store(&self, dir: Ino, entries: Vec<Listed>) {
+        if entries.len() <= LISTING_CACHE_MAX_ENTRIES && !self.config.metadata_ttl.is_zero() {
+            let l = DirListing::new(entries, self.config.normalize_names);
+            self.listings_lock().put(dir, Arc::new(Mutex::new(l)));
+        }
     }
 
     /// A name appeared in `dir` through the mount: patch a cached listing. Files get a

@@ -26,6 +26,7 @@ pub mod openfile;
 pub mod parts;
 pub mod ranges;
 pub mod read;
+pub mod readahead;
 pub mod readdir;
 pub mod rename;
 pub mod setattr;
@@ -61,6 +62,8 @@ pub struct FsConfig {
     pub part_size: u64,
     /// Parts uploaded at once across the mount (bounds memory: each holds a part in RAM).
     pub upload_concurrency: usize,
+    /// RAM for cached blocks, read-ahead in flight and parts being uploaded, together.
+    pub memory_limit: u64,
     pub spool_dir: PathBuf,
     pub max_spool_bytes: u64,
     /// How long a write waits for spool space before failing with ENOSPC.
@@ -91,6 +94,7 @@ impl FsConfig {
             metadata_ttl: Duration::from_secs(1),
             part_size: 8 * 1024 * 1024,
             upload_concurrency: 8,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             spool_dir,
             max_spool_bytes: 16 * 1024 * 1024 * 1024,
             spool_wait: Duration::from_secs(60),
@@ -166,7 +170,15 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) listings: Mutex<lru::LruCache<Ino, Arc<Mutex<listing::DirListing>>>>,
     pub(crate) collisions: std::sync::atomic::AtomicU64,
     pub(crate) collision_groups: Mutex<std::collections::HashSet<String>>,
+    pub(crate) block_cache: crate::cache::BlockCache,
+    pub(crate) inflight: readahead::InFlight,
+    /// Read-ahead in flight, in blocks.
+    pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// The default `--memory-limit`: what the mount may hold in RAM for data (cache, read-ahead,
+/// uploads). The process's own footprint (code, the S3 client, tables) comes on top.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 
 /// Most names kept in the negative-lookup cache.
 const NEGATIVE_CACHE_MAX: usize = 65_536;
@@ -184,6 +196,11 @@ impl<S: ObjectStore> Fs<S> {
         })?;
         let now = SystemTime::now();
         let root = Stat::new(Kind::Dir, &config.defaults, now);
+        let shares = crate::cache::MemoryShares::split(config.memory_limit, config.part_size);
+        let upload_slots = config
+            .upload_concurrency
+            .min((shares.uploads / config.part_size.max(1)) as usize)
+            .max(1);
         Ok(Arc::new(Fs {
             store: Arc::new(store),
             layout: PartLayout::new(config.part_size),
@@ -191,9 +208,7 @@ impl<S: ObjectStore> Fs<S> {
             handles: Mutex::new(handles::HandleTable::default()),
             negative: Mutex::new(HashMap::new()),
             skip_log: SkipLog::new(10_000),
-            part_slots: Arc::new(tokio::sync::Semaphore::new(
-                config.upload_concurrency.max(1),
-            )),
+            part_slots: Arc::new(tokio::sync::Semaphore::new(upload_slots)),
             spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
             started: now,
             kernel: std::sync::OnceLock::new(),
@@ -202,6 +217,11 @@ impl<S: ObjectStore> Fs<S> {
             )),
             collisions: std::sync::atomic::AtomicU64::new(0),
             collision_groups: Mutex::new(std::collections::HashSet::new()),
+            block_cache: crate::cache::BlockCache::new(shares.cache),
+            inflight: readahead::InFlight::default(),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(
+                (shares.read_ahead / crate::cache::BLOCK).max(readahead::CHUNK_BLOCKS) as usize,
+            )),
             config,
         }))
     }
@@ -221,6 +241,11 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(k) = self.kernel.get() {
             k.forget_data(ino);
         }
+    }
+
+    /// The block cache (for stats and tests).
+    pub fn block_cache(&self) -> &crate::cache::BlockCache {
+        &self.block_cache
     }
 
     pub fn config(&self) -> &FsConfig {

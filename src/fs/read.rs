@@ -12,15 +12,20 @@ use bytes::{Bytes, BytesMut};
 use super::Fs;
 use super::error::{FsError, FsResult};
 use super::openfile::Piece;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::ObjectStore;
 
 impl<S: ObjectStore> Fs<S> {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+    pub async fn read(self: &std::sync::Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.file_handle(fh)?;
         if let Some(e) = h.of.failure() {
             return Err(e);
         }
+        let (seq, window) = h
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(offset, size as u64);
         let mut retried = false;
         loop {
             let (pieces, base, spool) = {
@@ -45,7 +50,7 @@ impl<S: ObjectStore> Fs<S> {
                         let b = base
                             .as_ref()
                             .ok_or_else(|| FsError::new(libc::EIO, "no base object"))?;
-                        match self.store.get_range(&b.key, r.clone(), Some(&b.etag)).await {
+                        match self.read_base(b, r.clone(), seq, window).await {
                             Ok(data) if data.len() as u64 == r.end - r.start => {
                                 if pieces.len() == 1 {
                                     return Ok(data);
@@ -63,11 +68,11 @@ impl<S: ObjectStore> Fs<S> {
                                     ),
                                 ));
                             }
-                            Err(StoreError::PreconditionFailed) | Err(StoreError::NotFound) => {
+                            Err(e) if e.errno == libc::ESTALE || e.errno == libc::ENOENT => {
                                 stale = Some(b.clone());
                                 break;
                             }
-                            Err(e) => return Err(FsError::from_store(e, &b.key)),
+                            Err(e) => return Err(e),
                         }
                     }
                 }

@@ -54,6 +54,8 @@ pub struct DirHandle {
     started: bool,
     list: ListState,
     local_added: bool,
+    /// What the S3 listing returned so far, to keep as a whole listing when it ends.
+    collected: Option<Vec<Listed>>,
 }
 
 impl DirHandle {
@@ -65,6 +67,7 @@ impl DirHandle {
             started: false,
             list: ListState::new(prefix, HashSet::new()),
             local_added: false,
+            collected: Some(Vec::new()),
         }
     }
 
@@ -124,6 +127,12 @@ impl<S: ObjectStore> Fs<S> {
                 h.entries.extend(all);
                 h.list.done = true;
                 h.local_added = true;
+            } else if let Some(cached) = self.listing_snapshot(h.ino) {
+                // Listed less than the metadata TTL ago: no LIST needed.
+                let local: HashSet<String> = self.local_children(h.ino).into_iter().map(|(n, _)| n).collect();
+                h.entries.extend(cached.into_iter().filter(|l| !local.contains(l.name())));
+                h.list.done = true;
+                h.collected = None;
             } else {
                 h.list.local = self
                     .local_children(h.ino)
@@ -153,8 +162,23 @@ impl<S: ObjectStore> Fs<S> {
         let want_end = idx.saturating_add(max.saturating_sub(out.len()) as u64);
         while h.available_end() < want_end && !(h.list.done && h.local_added) {
             if !h.list.done {
-                let DirHandle { list, entries, .. } = &mut *h;
+                let DirHandle {
+                    list,
+                    entries,
+                    collected,
+                    ino,
+                    ..
+                } = &mut *h;
+                let before = entries.len();
                 self.list_page(list, entries).await?;
+                if let Some(c) = collected {
+                    c.extend(entries.iter().skip(before).cloned());
+                    if c.len() > super::listing::LISTING_CACHE_MAX_ENTRIES {
+                        *collected = None;
+                    } else if list.done && list.local.is_empty() {
+                        self.listing_store(*ino, std::mem::take(c));
+                    }
+                }
             } else {
                 for (name, ino) in self.local_children(h.ino) {
                     h.entries.push_back(Listed::Local(name, ino));

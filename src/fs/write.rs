@@ -102,6 +102,8 @@ impl<S: ObjectStore> Fs<S> {
         {
             i.remote = true;
             i.etag = Some(stored.etag.clone());
+            // The kernel's pages hold what was just stored.
+            i.page_cache_etag = i.etag.clone();
             i.user_meta = Some(stored.meta.clone());
             i.stat = stored.stat;
             i.validated = Some(Instant::now());

@@ -355,7 +355,14 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    let keep = if fs.keep_cache(fh) {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), keep)
+                }
                 Err(e) => reply.error(fail("open", &e)),
             }
         });
