@@ -208,6 +208,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "MODE", default_value = "resolve", value_parser = ["resolve", "error"])]
     pub case_collision: String,
 
+    /// Take attributes from listings: `ls -l` costs no request per entry, but objects not
+    /// looked at yet show the default owner and modes and their S3 date instead of what is
+    /// stored in their metadata (chmod, chown, touch from any tool).
+    #[arg(long)]
+    pub fast_listing: bool,
+
     /// Seconds attributes, names and directory listings are trusted without asking S3.
     #[arg(long, value_name = "SECONDS", default_value = "1")]
     pub metadata_ttl: f64,

@@ -219,6 +219,7 @@ impl MountConfig {
         if fs.memory_limit < 32 << 20 {
             return Err("--memory-limit must be at least 32M".into());
         }
+        fs.fast_listing = a.fast_listing;
         fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
         fs.case_collision = match a.case_collision.as_str() {
             "error" => crate::fs::case::CaseCollision::Error,

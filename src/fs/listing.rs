@@ -115,6 +115,10 @@ impl DirListing {
         l
     }
 
+    pub fn is_fresh(&self, ttl: std::time::Duration) -> bool {
+        self.fetched.elapsed() < ttl
+    }
+
     pub fn insert(&mut self, e: Listed) {
         let name = e.name().to_string();
         if self.names.insert(name.clone(), e).is_none() {
@@ -268,6 +272,56 @@ impl<S: ObjectStore> Fs<S> {
         self.listings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Someone is asking for the attributes of a listed file one by one (`ls -l` without
+    /// readdirplus, `stat *`, rsync): fetch the metadata of the directory's other files in the
+    /// background, a few at a time, so the next lookups find it in the listing. Once per
+    /// directory per listing; only in exact mode, where every file's metadata is read anyway.
+    pub(crate) fn prefetch_meta(&self, dir: Ino) {
+        let Some(me) = self.me.upgrade() else { return };
+        {
+            let mut p = self.prefetching.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.insert(dir) {
+                return;
+            }
+        }
+        tokio::spawn(async move {
+            use futures::stream::{self, StreamExt};
+            let todo: Vec<(String, String)> = {
+                let c = me.listings_lock();
+                match c.peek(&dir) {
+                    Some(l) => lock(l)
+                        .names
+                        .values()
+                        .filter_map(|e| match e {
+                            Listed::File(n, m) if m.user_meta.is_none() && !m.etag.is_empty() => {
+                                Some((n.clone(), m.key.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                }
+            };
+            let me2 = me.clone();
+            stream::iter(todo)
+                .map(|(name, key)| {
+                    let me = me2.clone();
+                    async move { (name, me.store.head(&key).await) }
+                })
+                .buffer_unordered(16)
+                .for_each(|(name, r)| {
+                    let me = me2.clone();
+                    async move {
+                        if let Ok(m) = r {
+                            me.listing_upgrade(dir, name, m);
+                        }
+                    }
+                })
+                .await;
+            me.prefetching.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        });
+    }
+
     /// The cached listing of `dir`, if still fresh, as entries in name order.
     pub(crate) fn listing_snapshot(&self, dir: Ino) -> Option<Vec<Listed>> {
         let ttl = self.config.metadata_ttl;
@@ -310,6 +364,17 @@ impl<S: ObjectStore> Fs<S> {
             let mut l = lock(l);
             l.remove(entry.name());
             l.insert(entry);
+        }
+    }
+
+    /// Adds fetched metadata to a listed file, unless the entry changed meanwhile.
+    fn listing_upgrade(&self, dir: Ino, name: String, meta: ObjectMeta) {
+        if let Some(l) = self.listings_lock().get(&dir) {
+            let mut l = lock(l);
+            let same = matches!(l.names.get(&name), Some(Listed::File(_, m)) if m.etag == meta.etag);
+            if same {
+                l.names.insert(name.clone(), Listed::File(name, meta));
+            }
         }
     }
 

@@ -77,6 +77,9 @@ pub struct FsConfig {
     pub case_collision: case::CaseCollision,
     /// In case-insensitive mode, also match names that differ only in Unicode normalization.
     pub normalize_names: bool,
+    /// Trust listings for attributes: `ls -l` costs no request per entry, but objects not yet
+    /// looked at show the mount's default owner and modes and their S3 date.
+    pub fast_listing: bool,
 }
 
 impl FsConfig {
@@ -91,7 +94,7 @@ impl FsConfig {
                 dir_mode: 0o755,
             },
             read_only: false,
-            metadata_ttl: Duration::from_secs(1),
+            metadata_ttl: Duration::from_secs(DEFAULT_METADATA_TTL_SECS),
             part_size: 8 * 1024 * 1024,
             upload_concurrency: 8,
             memory_limit: DEFAULT_MEMORY_LIMIT,
@@ -103,6 +106,7 @@ impl FsConfig {
             case_insensitive: false,
             case_collision: case::CaseCollision::Resolve,
             normalize_names: false,
+            fast_listing: false,
         }
     }
 }
@@ -174,11 +178,18 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) inflight: readahead::InFlight,
     /// Read-ahead in flight, in blocks.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
+    /// Directories whose entries' metadata is being fetched in the background.
+    pub(crate) prefetching: Mutex<std::collections::HashSet<Ino>>,
+    /// This filesystem, for spawning background work from `&self` methods.
+    pub(crate) me: std::sync::Weak<Fs<S>>,
 }
 
 /// The default `--memory-limit`: what the mount may hold in RAM for data (cache, read-ahead,
 /// uploads). The process's own footprint (code, the S3 client, tables) comes on top.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+
+/// The default `--metadata-ttl`, in seconds.
+pub const DEFAULT_METADATA_TTL_SECS: u64 = 5;
 
 /// Most names kept in the negative-lookup cache.
 const NEGATIVE_CACHE_MAX: usize = 65_536;
@@ -201,7 +212,9 @@ impl<S: ObjectStore> Fs<S> {
             .upload_concurrency
             .min((shares.uploads / config.part_size.max(1)) as usize)
             .max(1);
-        Ok(Arc::new(Fs {
+        Ok(Arc::new_cyclic(|me| Fs {
+            me: me.clone(),
+            prefetching: Mutex::new(std::collections::HashSet::new()),
             store: Arc::new(store),
             layout: PartLayout::new(config.part_size),
             inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root)),

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use super::attr::{Kind, Stat, kind_from_meta};
 use super::error::{FsError, FsResult};
 use super::inode::{Ino, Inode, ROOT};
+use super::listing::Listed;
 use super::names::{self, child_key, child_prefix};
 use super::{Attr, Fs};
 use crate::store::{ListRequest, ObjectMeta, ObjectStore, StoreError};
@@ -93,8 +94,37 @@ impl<S: ObjectStore> Fs<S> {
         if self.negative_hit(parent, name) {
             return Err(FsError::not_found());
         }
-        let found = self.probe(&dir_key, name).await?;
+        let found = match self.listed(parent, name) {
+            // A fresh whole listing of the directory answers without asking S3 again where
+            // it can: absent names, directories, and (with --fast-listing) files.
+            Some(None) => Found::Nothing,
+            Some(Some(Listed::Dir(_))) if self.config.fast_listing => Found::Dir { marker: None },
+            Some(Some(Listed::File(_, meta))) if self.config.fast_listing => Found::File(meta),
+            // Metadata fetched in the background for the listing (see `prefetch_meta`).
+            Some(Some(Listed::File(_, meta))) if meta.user_meta.is_some() => Found::File(meta),
+            Some(Some(Listed::File(_, meta))) => match {
+                self.prefetch_meta(parent);
+                self.store.head(&meta.key).await
+            } {
+                Ok(m) => Found::File(m),
+                Err(StoreError::NotFound) => Found::Nothing,
+                Err(e) => return Err(FsError::from_store(e, &meta.key)),
+            },
+            _ => self.probe(&dir_key, name).await?,
+        };
         self.record(parent, name, &dir_key, found, count)
+    }
+
+    /// What a fresh cached listing of `parent` says about `name`: `None` when there is no
+    /// such listing, `Some(None)` when the name is not in it.
+    fn listed(&self, parent: Ino, name: &str) -> Option<Option<Listed>> {
+        let ttl = self.config.metadata_ttl;
+        let cache = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        let l = super::listing::lock(cache.peek(&parent)?);
+        if !l.is_fresh(ttl) {
+            return None;
+        }
+        Some(l.names.get(name).cloned())
     }
 
     /// Asks S3 what `name` is in the directory `dir_key`: HEAD and LIST in parallel.

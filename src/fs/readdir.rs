@@ -274,6 +274,7 @@ impl<S: ObjectStore> Fs<S> {
                 .iter()
                 .enumerate()
                 .filter_map(|(n, l)| match l {
+                    Listed::File(_, _) if self.config.fast_listing => None,
                     Listed::File(name, meta) => {
                         let known = t.child(dir, name).is_some_and(|c| {
                             c.open.is_some()
