@@ -215,7 +215,7 @@ pub struct MountArgs {
     pub fast_listing: bool,
 
     /// Seconds attributes, names and directory listings are trusted without asking S3.
-    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    #[arg(long, value_name = "SECONDS", default_value = "5")]
     pub metadata_ttl: f64,
     /// Directory for spool files of open files (default: $XDG_CACHE_HOME/pailfs, or
     /// /var/cache/pailfs for root).

@@ -31,8 +31,11 @@ use crate::store::ObjectStore;
 pub const CHUNK_BLOCKS: u64 = 8;
 /// Largest read-ahead window of one reader, in blocks.
 pub const MAX_WINDOW_BLOCKS: u64 = 64;
-/// How far before or after the expected offset a read still counts as sequential.
-const REORDER_SLACK: u64 = 32 * BLOCK;
+/// How far before the expected offset a read still counts as sequential (reads the kernel
+/// sent together arrive out of order)...
+const REORDER_BEHIND: u64 = 4 * BLOCK;
+/// ...and how far after it (the kernel's own read-ahead runs ahead of the reader).
+const REORDER_AHEAD: u64 = 8 * BLOCK;
 
 /// What one open file handle has been reading.
 #[derive(Debug, Default)]
@@ -46,7 +49,7 @@ impl ReadState {
     pub fn observe(&mut self, off: u64, len: u64) -> (bool, u64) {
         let seq = match self.next {
             None => off == 0,
-            Some(n) => off + REORDER_SLACK >= n && off <= n + REORDER_SLACK,
+            Some(n) => off + REORDER_BEHIND >= n && off <= n + REORDER_AHEAD,
         };
         self.window = if seq {
             (self.window * 2).clamp(1, MAX_WINDOW_BLOCKS)

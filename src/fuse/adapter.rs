@@ -36,7 +36,9 @@ pub struct Adapter<S: ObjectStore> {
 
 impl<S: ObjectStore> Adapter<S> {
     pub fn new(fs: Arc<Fs<S>>, rt: Handle) -> Self {
-        let ttl = fs.config().metadata_ttl;
+        // The kernel asks again after at most a second; the core answers from its own caches
+        // for the metadata TTL, so a change made elsewhere shows within the TTL plus a second.
+        let ttl = fs.config().metadata_ttl.min(Duration::from_secs(1));
         Adapter { fs, rt, ttl }
     }
 }
