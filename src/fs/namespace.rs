@@ -466,6 +466,7 @@ impl<S: ObjectStore> Fs<S> {
             }
             None => None,
         };
+        log::debug!("unlink {:?} (ino {}, open: {})", inode.key, inode.ino, inode.open.is_some());
         if inode.remote {
             self.store
                 .delete(&inode.key)

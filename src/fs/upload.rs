@@ -107,6 +107,7 @@ impl<S: ObjectStore> Fs<S> {
             self.upload_multipart(&snap).await
         };
         let etag = result?;
+        log::debug!("stored {:?} ({} bytes, ETag {etag})", snap.key, snap.size);
         let mut s = of.lock();
         let old_len = snap.base.as_ref().map_or(0, |b| b.len);
         if snap.size > old_len {
