@@ -28,6 +28,23 @@ pub enum Command {
     Check(CheckArgs),
     /// Report keys that would collide on a case-insensitive file system (exit 1 if any).
     Collisions(CollisionsArgs),
+    /// Report what a mount cannot show or has left behind: unreachable keys, unfinished
+    /// multipart uploads, data kept after a crash or a failed upload (exit 1 if any).
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// A connection LABEL, or BUCKET[:PREFIX].
+    pub source: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// The cache directory the mounts use (as given to `pailfs mount --cache-dir`).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -227,9 +244,9 @@ pub struct MountArgs {
     /// Size of the first multipart parts (files up to this size are one PUT), e.g. 8M.
     #[arg(long, value_name = "SIZE", default_value = "8M")]
     pub part_size: String,
-    /// RAM for cached blocks, read-ahead and uploads together (the process needs a few tens
-    /// of MiB more for itself), e.g. 128M.
-    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    /// Bound on the process's memory: cached blocks, read-ahead and uploads share what is left
+    /// after 40M for the process itself, e.g. 256M (at least 64M).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub memory_limit: String,
     /// Kernel read-ahead for the mount in KiB (set through sysfs when running as root).
     #[arg(long, value_name = "KIB", default_value_t = 4096)]

@@ -216,8 +216,8 @@ impl MountConfig {
         }
         fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
         fs.memory_limit = parse_size(&a.memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
-        if fs.memory_limit < 32 << 20 {
-            return Err("--memory-limit must be at least 32M".into());
+        if fs.memory_limit < 64 << 20 {
+            return Err("--memory-limit must be at least 64M".into());
         }
         fs.fast_listing = a.fast_listing;
         fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);

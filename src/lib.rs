@@ -19,6 +19,7 @@ pub mod collisions;
 pub mod config;
 pub mod connections;
 pub mod diagnose;
+pub mod doctor;
 pub mod fs;
 pub mod fuse;
 pub mod run;

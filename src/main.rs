@@ -43,6 +43,10 @@ fn run(cli: Cli) -> Result<i32, String> {
             init_logging("warn", None)?;
             pailfs::collisions::command(args)
         }
+        Command::Doctor(args) => {
+            init_logging("warn", None)?;
+            pailfs::doctor::command(args)
+        }
     }
 }
 

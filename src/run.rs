@@ -21,6 +21,7 @@ use crate::fs::Fs;
 use crate::fuse::adapter::Adapter;
 use crate::fuse::session::{MountSettings, mount};
 use crate::store::aws::AwsStore;
+use crate::store::journal::Journaled;
 use crate::store::client::build_client;
 use crate::store::{ListRequest, ObjectStore};
 
@@ -148,6 +149,18 @@ fn lock_spool_dir(cfg: &MountConfig) -> Result<(PathBuf, File), String> {
     Ok((dir, lock))
 }
 
+/// Makes freed data buffers go back to the system. glibc raises its mmap threshold each time a
+/// large block is freed, after which 1-8 MiB buffers come from arenas that never shrink: the
+/// process then keeps its peak forever and `--memory-limit` would not bound it. A fixed
+/// threshold keeps every buffer from 256 KiB up in its own mapping, returned on free.
+fn keep_malloc_honest() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn check_fuse_device() -> Result<(), String> {
     match File::options().read(true).write(true).open("/dev/fuse") {
         Ok(_) => Ok(()),
@@ -163,6 +176,7 @@ fn check_fuse_device() -> Result<(), String> {
 
 fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     check_fuse_device()?;
+    keep_malloc_honest();
     let (spool_dir, _lock) = lock_spool_dir(cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env_count(
@@ -173,7 +187,18 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let (store, read_only, notices) = rt.block_on(prepare(cfg))?;
+    let (store, read_only, mut notices) = rt.block_on(prepare(cfg))?;
+    let journal_dir = spool_dir.join("uploads");
+    let spool = spool_dir.join("spool");
+    notices.extend(rt.block_on(clean_up_after_crash(
+        &store,
+        &journal_dir,
+        &spool,
+        &spool_dir.join("recovered"),
+        cfg,
+    )));
+    let store = Journaled::new(store, journal_dir)
+        .map_err(|e| format!("cannot create {}: {e}", spool_dir.display()))?;
     for n in &notices {
         log::warn!("{n}");
         match notify.as_mut() {
@@ -184,7 +209,7 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         }
     }
     let mut fs_config = cfg.fs.clone();
-    fs_config.spool_dir = spool_dir.join("spool");
+    fs_config.spool_dir = spool;
     fs_config.read_only = read_only;
     let fs = Fs::new(store, fs_config).map_err(|e| e.message)?;
     let adapter = Adapter::new(fs.clone(), rt.handle().clone());
@@ -215,6 +240,61 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     drop(fs);
     rt.shutdown_timeout(Duration::from_secs(5));
     served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+}
+
+/// What an earlier pailfs with this cache directory left when it died: multipart uploads it
+/// never finished (aborted now) and written data it never uploaded (rebuilt as local files).
+async fn clean_up_after_crash(
+    store: &AwsStore,
+    journal_dir: &Path,
+    spool_dir: &Path,
+    recovered_dir: &Path,
+    cfg: &MountConfig,
+) -> Vec<String> {
+    let mut notices = Vec::new();
+    let left = crate::store::journal::abort_leftovers(store, journal_dir).await;
+    let failed: Vec<_> = left.iter().filter(|l| l.result.is_err()).collect();
+    for l in &left {
+        match &l.result {
+            Ok(()) => log::info!("aborted multipart upload {} of {:?} left by an earlier pailfs", l.upload_id, l.key),
+            Err(e) => log::warn!("cannot abort multipart upload {} of {:?} left by an earlier pailfs: {e}", l.upload_id, l.key),
+        }
+    }
+    if left.len() > failed.len() {
+        notices.push(format!(
+            "aborted {} unfinished multipart upload(s) left by an earlier pailfs that stopped uncleanly",
+            left.len() - failed.len()
+        ));
+    }
+    if !failed.is_empty() {
+        notices.push(format!(
+            "{} unfinished multipart upload(s) left by an earlier pailfs could not be aborted (see the log); `pailfs doctor` lists them",
+            failed.len()
+        ));
+    }
+    let files =
+        crate::fs::recovery::recover_spools(store, spool_dir, recovered_dir, &cfg.source.prefix)
+            .await;
+    if let Some(first) = files.first() {
+        let dir = first
+            .path
+            .ancestors()
+            .find(|p| p.parent() == Some(recovered_dir))
+            .unwrap_or(recovered_dir);
+        let incomplete = files.iter().filter(|f| !f.complete).count();
+        notices.push(format!(
+            "{} file(s) written before an earlier pailfs stopped uncleanly were never uploaded; they are in {}{} (list: RECOVERY.txt there; to store them: cp -a {}/. {}/)",
+            files.len(),
+            dir.display(),
+            if incomplete > 0 { format!(", {incomplete} of them incomplete") } else { String::new() },
+            dir.display(),
+            cfg.mountpoint.display()
+        ));
+        for f in &files {
+            log::warn!("recovered {:?} into {} ({})", f.key, f.path.display(), f.note);
+        }
+    }
+    notices
 }
 
 /// The fast part of the permission check: can we list (finding the region if the configured

@@ -112,13 +112,20 @@ pub struct MemoryShares {
     pub uploads: u64,
 }
 
+/// Memory the process needs besides its data buffers: code, the S3 client and its
+/// connections, FUSE request buffers, and replies in flight (one block each, at most
+/// `MAX_BACKGROUND` plus the worker threads). Measured idle RSS is about 20 MiB.
+pub const OVERHEAD: u64 = 40 << 20;
+
 impl MemoryShares {
-    /// Splits `limit`: half for the cache (read-ahead waits there until it is read), a quarter
-    /// each for reads in flight and uploads, each at least what one request needs.
+    /// Splits what `limit` leaves after [`OVERHEAD`]: half for the cache (read-ahead waits
+    /// there until it is read), a quarter each for reads in flight and uploads, each at least
+    /// what one request needs. So the whole process stays within `limit`.
     pub fn split(limit: u64, part_size: u64) -> Self {
-        let cache = (limit / 2).max(BLOCK);
-        let read_ahead = (limit / 4).max(8 * BLOCK);
-        let uploads = (limit - limit / 2 - limit / 4).max(part_size);
+        let data = limit.saturating_sub(OVERHEAD);
+        let cache = (data / 2).max(BLOCK);
+        let read_ahead = (data / 4).max(8 * BLOCK);
+        let uploads = (data - data / 2 - data / 4).max(part_size);
         MemoryShares {
             cache,
             read_ahead,
@@ -169,6 +176,6 @@ mod tests {
     #[test]
     fn shares_add_up_to_the_limit() {
         let s = MemoryShares::split(256 << 20, 8 << 20);
-        assert_eq!(s.cache + s.read_ahead + s.uploads, 256 << 20);
+        assert_eq!(s.cache + s.read_ahead + s.uploads + OVERHEAD, 256 << 20);
     }
 }

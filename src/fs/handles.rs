@@ -148,7 +148,8 @@ impl<S: ObjectStore> Fs<S> {
             let i = t.get_mut(ino).ok_or_else(FsError::not_found)?;
             // Pages the kernel cached are still good when the object is the same version.
             let keep_cache = i.etag.is_some() && i.page_cache_etag == i.etag && !mode.truncate;
-            i.page_cache_etag = i.etag.clone();
+            // After a truncate the pages will hold data no stored version has (yet).
+            i.page_cache_etag = if mode.truncate { None } else { i.etag.clone() };
             let of = match &i.open {
                 Some(of) => of.clone(),
                 None => {
@@ -325,6 +326,8 @@ impl<S: ObjectStore> Fs<S> {
             i.open = None;
         }
         i.validated = None;
+        // The kernel's pages hold the data that failed to upload.
+        i.page_cache_etag = None;
         if !i.remote && i.linked {
             let (p, n) = (i.parent, i.name.clone());
             t.unlink(p, &n);

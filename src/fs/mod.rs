@@ -28,6 +28,7 @@ pub mod ranges;
 pub mod read;
 pub mod readahead;
 pub mod readdir;
+pub mod recovery;
 pub mod rename;
 pub mod setattr;
 pub mod spool;
@@ -186,7 +187,7 @@ pub struct Fs<S: ObjectStore> {
 
 /// The default `--memory-limit`: what the mount may hold in RAM for data (cache, read-ahead,
 /// uploads). The process's own footprint (code, the S3 client, tables) comes on top.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// The default `--metadata-ttl`, in seconds.
 pub const DEFAULT_METADATA_TTL_SECS: u64 = 5;

@@ -461,7 +461,7 @@ impl<S: ObjectStore> Fs<S> {
         let guard = match &inode.open {
             Some(of) => {
                 let g = Some(of.upload.write().await);
-                of.lock().unlinked = true;
+                of.lock().mark_unlinked();
                 g
             }
             None => None,

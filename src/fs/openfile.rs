@@ -25,6 +25,7 @@ use super::attr::Stat;
 use super::error::FsResult;
 use super::parts::PartLayout;
 use super::ranges::RangeSet;
+use super::recovery::Record;
 use super::spool::Spool;
 use crate::store::UserMeta;
 
@@ -140,6 +141,11 @@ impl FileState {
     /// Returns the parts that became complete and can be uploaded early.
     pub fn wrote(&mut self, layout: &PartLayout, off: u64, len: u64, now: SystemTime) -> Vec<u64> {
         let end = off + len;
+        if self.base.is_some()
+            && let Some(sp) = &self.spool
+        {
+            sp.note(&Record::Wrote { off, len });
+        }
         self.present.insert(off..end);
         self.size = self.size.max(end);
         self.touch_parts(layout, off..end);
@@ -173,6 +179,7 @@ impl FileState {
     pub fn set_size(&mut self, layout: &PartLayout, len: u64, now: SystemTime) -> FsResult<()> {
         if let Some(spool) = &self.spool {
             spool.set_len(len)?;
+            spool.note(&Record::Size { len });
         }
         if let Some(b) = &mut self.base
             && b.len > len
@@ -189,6 +196,24 @@ impl FileState {
         self.stat.mtime = now;
         self.stat.ctime = now;
         Ok(())
+    }
+
+    /// Journals the file's (and its base's) key after a rename.
+    pub fn note_key(&self) {
+        if let Some(sp) = &self.spool {
+            sp.note(&Record::Key {
+                key: self.key.clone(),
+                base_key: self.base.as_ref().map(|b| b.key.clone()),
+            });
+        }
+    }
+
+    /// The name was removed: journals that nothing is to be recovered.
+    pub fn mark_unlinked(&mut self) {
+        self.unlinked = true;
+        if let Some(sp) = &self.spool {
+            sp.note(&Record::Unlinked);
+        }
     }
 
     /// The metadata an upload of this file stores.
@@ -266,7 +291,9 @@ impl OpenFile {
 
     /// The key changed because a parent directory was renamed.
     pub fn rekey(&self, key: &str) {
-        self.lock().key = key.to_string();
+        let mut s = self.lock();
+        s.key = key.to_string();
+        s.note_key();
     }
 
     /// The object was copied from `old` to `new` (a rename) and now has `etag` there.
@@ -279,6 +306,7 @@ impl OpenFile {
             b.key = new.to_string();
             b.etag = etag.to_string();
         }
+        s.note_key();
     }
 
     /// Current attributes (size and times reflect unflushed writes).

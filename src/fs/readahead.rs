@@ -65,7 +65,9 @@ impl ReadState {
     }
 }
 
-type ChunkFuture = Shared<BoxFuture<'static, Result<Bytes, FsError>>>;
+/// A chunk's blocks, each in its own buffer: a block kept in the cache never pins the rest of
+/// its chunk in memory (the cache counts blocks, so it must own exactly what it counts).
+type ChunkFuture = Shared<BoxFuture<'static, Result<Arc<[Bytes]>, FsError>>>;
 
 /// Fetches in flight, by block: the chunk's future and the chunk's first byte.
 #[derive(Default)]
@@ -108,6 +110,11 @@ impl<S: ObjectStore> Fs<S> {
         if !seq && !(first..=last).all(available) {
             // Random read: exactly the bytes asked for, not cached.
             log::trace!("random read {:?} {}..{}", b.key, r.start, end);
+            let _permits = self
+                .read_slots
+                .acquire_many((end - r.start).div_ceil(BLOCK) as u32)
+                .await
+                .map_err(|_| FsError::new(libc::EIO, "shutting down"))?;
             return self.get_exact(b, r.start..end).await;
         }
         let blocks = b.len.div_ceil(BLOCK);
@@ -119,7 +126,8 @@ impl<S: ObjectStore> Fs<S> {
             let ahead_end = (last + 1 + window).min(blocks);
             self.start_fetches(b, last + 1, ahead_end, chunk);
         }
-        let mut out = BytesMut::with_capacity((end - r.start) as usize);
+        // Gather first, copy after: a request waiting for its blocks holds no buffer of its own.
+        let mut pieces = Vec::with_capacity((last - first + 1) as usize);
         for i in first..=last {
             let data = self.block(b, i).await?;
             let block_start = i * BLOCK;
@@ -131,10 +139,14 @@ impl<S: ObjectStore> Fs<S> {
                     format!("{:?} is shorter than its size ({} bytes at {block_start})", b.key, data.len()),
                 ));
             }
-            if first == last {
-                return Ok(data.slice(from as usize..to as usize));
-            }
-            out.extend_from_slice(&data[from as usize..to as usize]);
+            pieces.push(data.slice(from as usize..to as usize));
+        }
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().unwrap_or_default());
+        }
+        let mut out = BytesMut::with_capacity((end - r.start) as usize);
+        for p in &pieces {
+            out.extend_from_slice(p);
         }
         Ok(out.freeze())
     }
@@ -153,6 +165,24 @@ impl<S: ObjectStore> Fs<S> {
             ));
         }
         Ok(data)
+    }
+
+    /// Bytes `r` of the object in block-sized buffers of their own (see `ChunkFuture`).
+    async fn get_blocks(&self, b: &Base, r: Range<u64>) -> FsResult<Arc<[Bytes]>> {
+        let want = r.end - r.start;
+        let blocks = self
+            .store
+            .get_range_split(&b.key, r.clone(), Some(&b.etag), BLOCK)
+            .await
+            .map_err(|e| FsError::from_store(e, &b.key))?;
+        let got: u64 = blocks.iter().map(|p| p.len() as u64).sum();
+        if got != want || blocks.iter().rev().skip(1).any(|p| p.len() as u64 != BLOCK) {
+            return Err(FsError::new(
+                libc::EIO,
+                format!("{:?} returned {got} bytes for {want} at {}", b.key, r.start),
+            ));
+        }
+        Ok(Arc::from(blocks))
     }
 
     /// One block, from the cache or its fetch in flight (starting one if neither).
@@ -178,10 +208,9 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         };
-        let chunk = fut.await?;
-        let off = (i * BLOCK - chunk_start) as usize;
-        let len = (BLOCK as usize).min(chunk.len().saturating_sub(off));
-        Ok(chunk.slice(off..off + len))
+        let blocks = fut.await?;
+        let idx = ((i * BLOCK - chunk_start) / BLOCK) as usize;
+        Ok(blocks.get(idx).cloned().unwrap_or_default())
     }
 
     /// Starts GETs for the blocks of `[from, to)` that are neither cached nor in flight, in
@@ -225,15 +254,10 @@ impl<S: ObjectStore> Fs<S> {
                 .acquire_many_owned(n as u32)
                 .await
                 .map_err(|_| FsError::new(libc::EIO, "shutting down"))?;
-            let r = fs.get_exact(&base, start..end).await;
-            if let Ok(data) = &r {
-                for j in 0..n {
-                    let s = (j * BLOCK) as usize;
-                    if s >= data.len() {
-                        break;
-                    }
-                    let e = (s + BLOCK as usize).min(data.len());
-                    fs.block_cache.put(block_key(&base, first + j), data.slice(s..e));
+            let r = fs.get_blocks(&base, start..end).await;
+            if let Ok(blocks) = &r {
+                for (j, block) in blocks.iter().enumerate() {
+                    fs.block_cache.put(block_key(&base, first + j as u64), block.clone());
                 }
             }
             let mut m = fs.inflight.lock();

@@ -122,7 +122,7 @@ impl<S: ObjectStore> Fs<S> {
             self.finish_rename(src.ino, parent, name, newparent, newname, new_key);
         }
         if let Some(of) = &replaced {
-            of.lock().unlinked = true;
+            of.lock().mark_unlinked();
         }
         if let Some(d) = &dst {
             if !src.remote && d.remote && d.name == newname && !d.is_dir() {
@@ -187,7 +187,7 @@ impl<S: ObjectStore> Fs<S> {
             // Never uploaded: only the key it will be uploaded to changes.
             if let Some(of) = &src.open {
                 let _g = of.upload.write().await;
-                of.lock().key = new_key.to_string();
+                of.rekey(new_key);
             }
             return Ok(());
         }

@@ -5,6 +5,9 @@
 //! seek position. Unwritten holes read as zeros, which is exactly what POSIX wants for a file
 //! extended by `truncate` or by a write past its end.
 //!
+//! Each spool has a journal next to it (`recovery`), so data written and never uploaded
+//! survives a crash of pailfs.
+//!
 //! Disk use is bounded by [`SpoolBudget`]: a write that would take the spool over its limit
 //! waits until uploads free space, and fails with `ENOSPC` if none frees within the wait bound,
 //! so the limit is never exceeded silently and a full disk is never discovered at close.
@@ -17,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::error::{FsError, FsResult};
+use super::recovery::{Record, SpoolLog};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -26,6 +30,8 @@ pub struct Spool {
     /// The same file opened with `O_DIRECT`, for large aligned writes (see `write_at`).
     direct: Option<File>,
     path: Mutex<Option<PathBuf>>,
+    /// What the spool holds, for recovery after a crash (see `recovery`).
+    log: Option<SpoolLog>,
     /// Bytes charged to the budget for this file (its high-water length).
     charged: AtomicU64,
 }
@@ -51,9 +57,17 @@ impl Spool {
                 .open(&path)
                 .ok()
         };
+        let log = match SpoolLog::create(&log_path(&path)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("cannot journal spool {}: {e}; a crash could not recover it", path.display());
+                None
+            }
+        };
         Ok(Spool {
             file,
             direct,
+            log,
             path: Mutex::new(Some(path)),
             charged: AtomicU64::new(0),
         })
@@ -114,10 +128,24 @@ impl Spool {
         let mut p = self.path.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(src) = p.as_ref() {
             std::fs::rename(src, dest)?;
+            let _ = std::fs::remove_file(log_path(src));
             *p = None;
         }
         Ok(())
     }
+
+    /// Journals a change of what the spool holds.
+    pub fn note(&self, rec: &Record) {
+        if let Some(l) = &self.log {
+            l.note(rec);
+        }
+    }
+}
+
+fn log_path(spool: &Path) -> PathBuf {
+    let mut s = spool.as_os_str().to_owned();
+    s.push(".log");
+    PathBuf::from(s)
 }
 
 impl Drop for Spool {
@@ -125,6 +153,7 @@ impl Drop for Spool {
         let p = self.path.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(path) = p.as_ref() {
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(log_path(path));
         }
     }
 }

@@ -24,6 +24,7 @@ use super::attr::{self, Stat};
 use super::error::{FsError, FsResult};
 use super::openfile::{Base, Multipart, OpenFile, UploadedPart};
 use super::ranges::RangeSet;
+use super::recovery::Record;
 use super::spool::Spool;
 use crate::store::{ObjectStore, UserMeta};
 
@@ -118,6 +119,14 @@ impl<S: ObjectStore> Fs<S> {
             etag: etag.clone(),
             len: snap.size,
         });
+        if let Some(sp) = &s.spool {
+            sp.note(&Record::Stored {
+                key: snap.key.clone(),
+                etag: etag.clone(),
+                len: snap.size,
+                clean: s.version == snap.version,
+            });
+        }
         if s.version == snap.version {
             s.dirty = false;
             s.part_version.clear();
@@ -140,6 +149,7 @@ impl<S: ObjectStore> Fs<S> {
         if snap.size > self.layout.base() {
             return self.upload_multipart(snap).await;
         }
+        let _permit = self.part_slots.acquire().await.map_err(closed)?;
         let body = self.assemble(snap, 0..snap.size).await?;
         let put = self
             .store

@@ -14,6 +14,7 @@ use super::error::{FsError, FsResult};
 use super::inode::Ino;
 use super::listing::Listed;
 use super::openfile::OpenFile;
+use super::recovery::{BaseRef, Record};
 use super::spool::Spool;
 use crate::store::{ObjectMeta, ObjectStore};
 
@@ -57,6 +58,15 @@ impl<S: ObjectStore> Fs<S> {
         if s.size > 0 {
             sp.set_len(s.size)?;
         }
+        sp.note(&Record::Open {
+            key: s.key.clone(),
+            base: s.base.as_ref().map(|b| BaseRef {
+                key: b.key.clone(),
+                etag: b.etag.clone(),
+                len: b.len,
+            }),
+            size: s.size,
+        });
         s.spool = Some(sp.clone());
         Ok(sp)
     }

@@ -111,6 +111,9 @@ fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
+/// The kernel's limit on asynchronous requests in flight (read-ahead, writeback).
+pub const MAX_BACKGROUND: u16 = 16;
+
 impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
@@ -122,8 +125,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                 log::info!("kernel lacks FUSE capability {missing:?}");
             }
         }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        // Requests the kernel keeps in flight (read-ahead of several files at once). Each can
+        // hold a 1 MiB reply, so this is part of the memory overhead `MemoryShares` reserves.
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         if let Err(max) = config.set_max_readahead(1024 * 1024) {
             let _ = config.set_max_readahead(max);
         }

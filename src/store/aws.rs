@@ -101,6 +101,93 @@ impl AwsStore {
         Ok(())
     }
 
+    /// A ranged GET into buffers of `piece` bytes. A body that breaks off is resumed from
+    /// the byte it stopped at, pinned to the ETag of the first answer, so the pieces always
+    /// come from one version of the object.
+    async fn fetch(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        piece: u64,
+    ) -> StoreResult<Vec<Bytes>> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        let want = range.end - range.start;
+        let piece = piece.clamp(1, want);
+        let mut done: Vec<Bytes> = Vec::new();
+        let mut cur = bytes::BytesMut::new();
+        let mut received = 0u64;
+        let mut pinned = if_match.map(str::to_string);
+        let mut breaks = 0;
+        loop {
+            let from = range.start + received;
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .range(format!("bytes={}-{}", from, range.end - 1))
+                .set_if_match(pinned.clone())
+                .send()
+                .await
+                .map_err(map_err)?;
+            if pinned.is_none() {
+                pinned = out.e_tag().map(str::to_string);
+            }
+            check_content_range(key, out.content_range(), from)?;
+            let expected = out.content_length().unwrap_or(-1);
+            let before = received;
+            let mut body = out.body;
+            let broke = loop {
+                match body.next().await {
+                    Some(Ok(mut chunk)) => {
+                        if received + chunk.len() as u64 > want {
+                            return Err(StoreError::Other(format!(
+                                "server sent more than the {want} bytes asked for of {key}"
+                            )));
+                        }
+                        received += chunk.len() as u64;
+                        while !chunk.is_empty() {
+                            if cur.capacity() == cur.len() && cur.is_empty() {
+                                let left = want - (done.len() as u64 * piece);
+                                cur.reserve(piece.min(left) as usize);
+                            }
+                            let room = (piece as usize - cur.len()).min(chunk.len());
+                            cur.extend_from_slice(&chunk.split_to(room));
+                            if cur.len() as u64 == piece {
+                                done.push(std::mem::take(&mut cur).freeze());
+                            }
+                        }
+                    }
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break None,
+                }
+            };
+            let got = (received - before) as i64;
+            let reason = match broke {
+                Some(e) => e,
+                None if expected >= 0 && got != expected => {
+                    format!("body ended after {got} of {expected} bytes")
+                }
+                None => {
+                    if !cur.is_empty() {
+                        done.push(cur.freeze());
+                    }
+                    return Ok(done);
+                }
+            };
+            breaks += 1;
+            if breaks > MAX_BODY_RESUMES {
+                return Err(StoreError::Unreachable(format!(
+                    "reading {key}: the connection broke {breaks} times ({reason})"
+                )));
+            }
+            log::warn!("reading {key:?}: {reason} at byte {from_now}; resuming from there", from_now = range.start + received);
+        }
+    }
+
     fn copy_source(&self, key: &str) -> String {
         format!("{}/{}", self.bucket, utf8_percent_encode(key, COPY_SOURCE))
     }
@@ -131,6 +218,24 @@ fn to_meta(m: Option<&std::collections::HashMap<String, String>>) -> UserMeta {
 
 /// Turns any SDK error into a [`StoreError`]. Never includes request headers, so a signature
 /// or secret cannot leak into a message.
+/// How often one ranged read resumes after its body broke off, before giving up.
+const MAX_BODY_RESUMES: u32 = 5;
+
+/// A ranged GET must answer from the byte asked for; anything else is not our data.
+fn check_content_range(key: &str, header: Option<&str>, from: u64) -> StoreResult<()> {
+    let Some(h) = header else { return Ok(()) };
+    let start = h
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split('-').next())
+        .and_then(|a| a.parse::<u64>().ok());
+    match start {
+        Some(s) if s == from => Ok(()),
+        _ => Err(StoreError::Other(format!(
+            "server answered a read of {key} from byte {from} with range {h:?}"
+        ))),
+    }
+}
+
 pub(crate) fn map_err<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -280,40 +385,18 @@ impl ObjectStore for AwsStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        if range.start >= range.end {
-            return Ok(Bytes::new());
-        }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(if_match.map(str::to_string))
-            .send()
-            .await
-            .map_err(map_err)?;
-        let expected = out.content_length().unwrap_or(-1);
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unreachable(format!("reading body of {key}: {e}")))?
-            .into_bytes();
-        if expected >= 0 && data.len() as i64 != expected {
-            return Err(StoreError::Unreachable(format!(
-                "body of {key} ended after {} of {expected} bytes",
-                data.len()
-            )));
-        }
-        if data.len() as u64 > range.end - range.start {
-            return Err(StoreError::Other(format!(
-                "server sent {} bytes for a {}-byte range of {key}",
-                data.len(),
-                range.end - range.start
-            )));
-        }
-        Ok(data)
+        let mut pieces = self.fetch(key, range, if_match, u64::MAX).await?;
+        Ok(pieces.pop().unwrap_or_default())
+    }
+
+    async fn get_range_split(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        piece: u64,
+    ) -> StoreResult<Vec<Bytes>> {
+        self.fetch(key, range, if_match, piece).await
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {

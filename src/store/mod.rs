@@ -15,6 +15,7 @@
 
 pub mod aws;
 pub mod client;
+pub mod journal;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -152,6 +153,25 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Bytes>> + Send;
 
     /// PUT of a whole object (including zero bytes).
+    /// Like [`ObjectStore::get_range`], in pieces of `piece` bytes (the last may be shorter),
+    /// each its own buffer, so keeping one piece does not keep the others in memory.
+    fn get_range_split(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        piece: u64,
+    ) -> impl Future<Output = StoreResult<Vec<Bytes>>> + Send {
+        async move {
+            let data = self.get_range(key, range, if_match).await?;
+            let step = piece.max(1) as usize;
+            Ok((0..data.len())
+                .step_by(step)
+                .map(|s| data.slice(s..(s + step).min(data.len())))
+                .collect())
+        }
+    }
+
     fn put(
         &self,
         key: &str,

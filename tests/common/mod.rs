@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
+
 use pailfs::store::ObjectStore;
 use pailfs::store::aws::AwsStore;
 use pailfs::store::client::{S3Settings, StaticKeys, build_client};
@@ -118,7 +120,17 @@ impl Mount {
     /// Mounts `source` (a bucket, `BUCKET:PREFIX` or a connection label); `prefix` is where
     /// its files are in S3, for the test's own checks.
     pub fn custom(source: &str, prefix: &str, extra: &[&str], envs: &[(&str, &str)]) -> Mount {
-        let env = S3Env::get();
+        Self::on(S3Env::get(), source, prefix, extra, envs)
+    }
+
+    /// A mount of `source` on the S3 server `env` (another instance than the shared one).
+    pub fn on(
+        env: S3Env,
+        source: &str,
+        prefix: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Mount {
         let dir = tempfile::Builder::new()
             .prefix("pailfs-mnt-")
             .tempdir()
@@ -244,6 +256,41 @@ impl Mount {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mounted").id()
+    }
+
+    /// SIGKILLs the daemon (no chance to upload anything) and detaches the dead mount.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+
+    /// Starts the daemon again on the same mountpoint and cache directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.start();
+    }
+
+    /// The daemon's peak resident memory (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/PID/status");
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
     /// Unmounts and mounts the same prefix again (a fresh process, no caches).
     pub fn remount(&mut self) {
         self.unmount();
@@ -258,6 +305,66 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.unmount();
+    }
+}
+
+/// A Garage instance of this test's own, on `port`, for tests that kill the server.
+pub struct PrivateS3 {
+    pub env: S3Env,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateS3 {
+    pub fn start(name: &str, port: u16) -> PrivateS3 {
+        let dir = std::env::temp_dir().join(format!("pailfs-s3-{name}-{}", std::process::id()));
+        let out = Self::script(&dir, port, "start");
+        let var = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap_or_else(|| panic!("{k} missing from: {out}"))
+                .to_string()
+        };
+        let env = S3Env {
+            endpoint: var("AWS_ENDPOINT_URL"),
+            bucket: var("PAILFS_TEST_BUCKET"),
+            key: var("AWS_ACCESS_KEY_ID"),
+            secret: var("AWS_SECRET_ACCESS_KEY"),
+            region: var("AWS_REGION"),
+        };
+        PrivateS3 { env, dir, port }
+    }
+
+    fn script(dir: &Path, port: u16, cmd: &str) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
+        let out = Command::new(script)
+            .arg(cmd)
+            .env("PAILFS_S3_PORT", port.to_string())
+            .env("PAILFS_S3_DIR", dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "s3-server {cmd} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILLs the server; its data stays.
+    pub fn kill(&self) {
+        Self::script(&self.dir, self.port, "kill");
+    }
+
+    /// Starts the killed server again on the same data.
+    pub fn resume(&self) {
+        Self::script(&self.dir, self.port, "resume");
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        Self::script(&self.dir, self.port, "stop");
     }
 }
 
