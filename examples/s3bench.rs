@@ -67,7 +67,10 @@ async fn main() {
             let conc = arg(&a, 5, 8) as usize;
             let part = 8 * MIB;
             let data = Bytes::from(vec![7u8; part as usize]);
-            let id = s.create_multipart(key, &UserMeta::new()).await.expect("create");
+            let id = s
+                .create_multipart(key, &UserMeta::new())
+                .await
+                .expect("create");
             let n = size.div_ceil(part);
             let mut parts: Vec<(i32, String)> = stream::iter(0..n)
                 .map(|i| {
@@ -85,7 +88,9 @@ async fn main() {
                 .collect()
                 .await;
             parts.sort();
-            s.complete_multipart(key, &id, &parts).await.expect("complete");
+            s.complete_multipart(key, &id, &parts)
+                .await
+                .expect("complete");
             let secs = t.elapsed().as_secs_f64();
             println!("put {secs:.3} {:.1}", size as f64 / MIB as f64 / secs);
         }

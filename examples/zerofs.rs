@@ -31,7 +31,11 @@ fn attr(ino: u64, size: u64) -> FileAttr {
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
         crtime: UNIX_EPOCH,
-        kind: if ino == 1 { FileType::Directory } else { FileType::RegularFile },
+        kind: if ino == 1 {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
         perm: 0o755,
         nlink: 1,
         uid: 0,
@@ -75,11 +79,20 @@ impl Filesystem for Zero {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let n = (size as u64).min(self.size.saturating_sub(offset)).min(ZEROS.len() as u64);
+        let n = (size as u64)
+            .min(self.size.saturating_sub(offset))
+            .min(ZEROS.len() as u64);
         reply.data(&ZEROS[..n as usize]);
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         if offset == 0 {
             let _ = reply.add(INodeNo(2), 1, FileType::RegularFile, "zeros");
         }

@@ -5,18 +5,33 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `pailfs --version`: the version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PAILFS_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pailfs",
-    version,
+    version = VERSION,
     about = "Mount an S3 bucket (or any S3-compatible store) as a POSIX directory",
-    long_about = None
+    long_about = "Mount an S3 bucket (or any S3-compatible store) as a POSIX directory, so that cp, mv, \
+rsync, tar, find, git, sqlite3 and other unmodified programs work on it.\n\n\
+Mounts also work through mount(8) and /etc/fstab with the type fuse.pailfs, e.g. the fstab line \
+`LABEL /mnt/x fuse.pailfs _netdev,allow_other,noauto,x-systemd.automount 0 0`: every \
+`pailfs mount --flag value` has the -o spelling `flag=value` (underscores or dashes). The \
+systemd unit pailfs@LABEL mounts the connection LABEL at /mnt/pailfs/LABEL."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+// Parsed once per process: the size of the mount variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount a bucket, the keys under a prefix, or a saved connection, at a directory.
@@ -31,6 +46,32 @@ pub enum Command {
     /// Report what a mount cannot show or has left behind: unreachable keys, unfinished
     /// multipart uploads, data kept after a crash or a failed upload (exit 1 if any).
     Doctor(DoctorArgs),
+    /// Show a running mount's statistics: requests, retries, errors, bytes, cache, uploads.
+    Stats(StatsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages (pailfs.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Where the bucket is mounted.
+    pub mountpoint: PathBuf,
+    /// Print the Prometheus text format instead of a summary.
+    #[arg(long)]
+    pub prometheus: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManpagesArgs {
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -261,7 +302,12 @@ pub struct MountArgs {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Write the log to this file instead of standard error.
+    /// Write the log to this file (default: standard error in the foreground, syslog or the
+    /// journal when running in the background).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Also serve statistics in Prometheus format over HTTP on this address, e.g.
+    /// 127.0.0.1:9187 (`pailfs stats MOUNTPOINT` works without it).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }

@@ -182,6 +182,7 @@ pub struct MountConfig {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub kernel_readahead_kb: u32,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl MountConfig {
@@ -215,7 +216,8 @@ impl MountConfig {
             return Err("--part-size must be at least 5M (S3's smallest part)".into());
         }
         fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
-        fs.memory_limit = parse_size(&a.memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
+        fs.memory_limit =
+            parse_size(&a.memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
         if fs.memory_limit < 64 << 20 {
             return Err("--memory-limit must be at least 64M".into());
         }
@@ -239,6 +241,7 @@ impl MountConfig {
             log_level: a.log_level.clone(),
             log_file: a.log_file.clone(),
             kernel_readahead_kb: a.kernel_readahead_kb,
+            metrics_listen: a.metrics_listen,
         })
     }
 }

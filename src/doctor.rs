@@ -324,7 +324,16 @@ mod tests {
     #[tokio::test]
     async fn reports_every_kind_of_unreachable_key_once() {
         let s = MemoryStore::new();
-        let ok = ["p/a b", "p/%+#?", "p/caf\u{e9}", "p/cafe\u{301}", "p/\u{1f600}", "p/d/", "p/d/x", "p/ctl\u{1}"];
+        let ok = [
+            "p/a b",
+            "p/%+#?",
+            "p/caf\u{e9}",
+            "p/cafe\u{301}",
+            "p/\u{1f600}",
+            "p/d/",
+            "p/d/x",
+            "p/ctl\u{1}",
+        ];
         for k in ok {
             s.insert(k, "");
         }
@@ -351,7 +360,14 @@ mod tests {
         let mut keys: Vec<&str> = listed.iter().map(|k| k.key.as_str()).collect();
         keys.sort();
         let mut want = vec![
-            "p//lead", "p/x//y", "p/./dot", "p/../up", &long, "p/marker/", "p/f", "p/g",
+            "p//lead",
+            "p/x//y",
+            "p/./dot",
+            "p/../up",
+            &long,
+            "p/marker/",
+            "p/f",
+            "p/g",
         ];
         want.sort();
         assert_eq!(keys, want);

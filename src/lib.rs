@@ -22,5 +22,8 @@ pub mod diagnose;
 pub mod doctor;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
+pub mod mount_opts;
 pub mod run;
 pub mod store;
+pub mod syslog;

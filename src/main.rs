@@ -3,22 +3,51 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use pailfs::cli::{Cli, Command};
 use pailfs::config::MountConfig;
 
-fn init_logging(level: &str, file: Option<&std::path::Path>) -> Result<(), String> {
+/// Where the log goes.
+enum LogTo<'a> {
+    Stderr,
+    File(&'a std::path::Path),
+    /// syslog / the journal, for a mount running in the background.
+    Syslog,
+}
+
+fn init_logging(level: &str, to: LogTo) -> Result<(), String> {
+    use std::io::Write;
     let default = format!("pailfs={level},fuser=error,warn");
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
     b.format_timestamp_millis();
-    if let Some(path) = file {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-        b.target(env_logger::Target::Pipe(Box::new(f)));
+    match to {
+        LogTo::Stderr => {}
+        LogTo::File(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            b.target(env_logger::Target::Pipe(Box::new(f)));
+        }
+        LogTo::Syslog => {
+            let w = pailfs::syslog::SyslogWriter::connect(std::path::Path::new(
+                pailfs::syslog::DEV_LOG,
+            ))
+            .map_err(|e| format!("cannot log to {}: {e}", pailfs::syslog::DEV_LOG))?;
+            b.format(|buf, rec| {
+                writeln!(
+                    buf,
+                    "<{}>pailfs[{}]: {}: {}",
+                    pailfs::syslog::priority(rec.level()),
+                    std::process::id(),
+                    rec.target(),
+                    rec.args()
+                )
+            });
+            b.target(env_logger::Target::Pipe(Box::new(w)));
+        }
     }
     b.try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))
@@ -27,27 +56,66 @@ fn init_logging(level: &str, file: Option<&std::path::Path>) -> Result<(), Strin
 fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
         Command::Mount(args) => {
-            init_logging(&args.log_level, args.log_file.as_deref())?;
+            let to = match (&args.log_file, args.foreground) {
+                (Some(f), _) => LogTo::File(f),
+                (None, false) if std::path::Path::new(pailfs::syslog::DEV_LOG).exists() => {
+                    LogTo::Syslog
+                }
+                (None, _) => LogTo::Stderr,
+            };
+            init_logging(&args.log_level, to)?;
             let cfg = MountConfig::from_args(&args)?;
             pailfs::run::mount_command(cfg).map(|_| 0)
         }
         Command::Connection(cmd) => {
-            init_logging("warn", None)?;
+            init_logging("warn", LogTo::Stderr)?;
             pailfs::connections::commands::connection(cmd)
         }
         Command::Check(args) => {
-            init_logging("warn", None)?;
+            init_logging("warn", LogTo::Stderr)?;
             pailfs::connections::commands::check(args)
         }
         Command::Collisions(args) => {
-            init_logging("warn", None)?;
+            init_logging("warn", LogTo::Stderr)?;
             pailfs::collisions::command(args)
         }
         Command::Doctor(args) => {
-            init_logging("warn", None)?;
+            init_logging("warn", LogTo::Stderr)?;
             pailfs::doctor::command(args)
         }
+        Command::Stats(args) => pailfs::metrics::command(args),
+        Command::Completions(a) => {
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "pailfs",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Manpages(a) => write_manpages(&a.dir).map(|_| 0),
     }
+}
+
+/// `pailfs.1` and `pailfs-COMMAND.1` for each command, from the command line definition.
+fn write_manpages(dir: &std::path::Path) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("cannot write man pages into {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let cmd = Cli::command();
+    let page = |c: clap::Command, file: String| -> Result<(), String> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out).map_err(err)?;
+        std::fs::write(dir.join(file), out).map_err(err)
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("pailfs-{}", sub.get_name());
+        let c = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("pailfs {}", sub.get_name()));
+        page(c, format!("{name}.1"))?;
+    }
+    page(cmd, "pailfs.1".into())
 }
 
 fn main() -> ExitCode {
@@ -57,7 +125,15 @@ fn main() -> ExitCode {
         log::error!("internal error (please report): {info}");
         default_hook(info);
     }));
-    let cli = Cli::parse();
+    // `mount -t fuse.pailfs` and fstab run `pailfs SOURCE MOUNTPOINT -o opts`.
+    let args = match pailfs::mount_opts::rewrite(std::env::args_os().collect(), &Cli::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pailfs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::MountConfig;
@@ -21,8 +22,9 @@ use crate::fs::Fs;
 use crate::fuse::adapter::Adapter;
 use crate::fuse::session::{MountSettings, mount};
 use crate::store::aws::AwsStore;
-use crate::store::journal::Journaled;
 use crate::store::client::build_client;
+use crate::store::journal::Journaled;
+use crate::store::metered::{Metered, StoreStats};
 use crate::store::{ListRequest, ObjectStore};
 
 /// How long the pre-mount access check may take in all.
@@ -181,13 +183,24 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env_count(
             "PAILFS_IO_THREADS",
-            std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 8),
         ))
         .thread_name("pailfs-io")
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let (store, read_only, mut notices) = rt.block_on(prepare(cfg))?;
+    let stats = Arc::new(StoreStats::default());
+    let (store, read_only, mut notices) = rt.block_on(prepare(cfg, stats.attempts.clone()))?;
+    // Bound before mounting, so a busy address fails the mount with a clear message.
+    let metrics_tcp = match cfg.metrics_listen {
+        Some(addr) => Some(
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| format!("cannot listen on {addr} for --metrics-listen: {e}"))?,
+        ),
+        None => None,
+    };
     let journal_dir = spool_dir.join("uploads");
     let spool = spool_dir.join("spool");
     notices.extend(rt.block_on(clean_up_after_crash(
@@ -199,6 +212,7 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     )));
     let store = Journaled::new(store, journal_dir)
         .map_err(|e| format!("cannot create {}: {e}", spool_dir.display()))?;
+    let store = Metered::new(store, stats.clone());
     for n in &notices {
         log::warn!("{n}");
         match notify.as_mut() {
@@ -234,9 +248,31 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         Ok(n) => fs.set_kernel_cache(Box::new(n)),
         Err(e) => log::warn!("kernel cache notifications unavailable: {e}"),
     }
+    let render: crate::metrics::Render = {
+        let (fs, stats) = (fs.clone(), stats.clone());
+        Arc::new(move || crate::metrics::render(&fs, &stats))
+    };
+    let socket = crate::metrics::socket_path(&cfg.mountpoint);
+    {
+        let (socket, render) = (socket.clone(), render.clone());
+        rt.spawn(async move {
+            if let Err(e) = crate::metrics::serve_unix(socket.clone(), render).await {
+                log::warn!("statistics socket {} unavailable: {e}", socket.display());
+            }
+        });
+    }
+    if let Some(l) = metrics_tcp {
+        rt.spawn(crate::metrics::serve_tcp(l, render));
+    }
+    sd_notify("READY=1");
     let unmounter = session.unmount_callable();
-    rt.spawn(unmount_on_signal(unmounter, cfg.mountpoint.clone()));
+    rt.spawn(shut_down_on_signal(
+        fs.clone(),
+        unmounter,
+        cfg.mountpoint.clone(),
+    ));
     let served = session.run();
+    let _ = std::fs::remove_file(&socket);
     drop(fs);
     rt.shutdown_timeout(Duration::from_secs(5));
     served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
@@ -256,8 +292,16 @@ async fn clean_up_after_crash(
     let failed: Vec<_> = left.iter().filter(|l| l.result.is_err()).collect();
     for l in &left {
         match &l.result {
-            Ok(()) => log::info!("aborted multipart upload {} of {:?} left by an earlier pailfs", l.upload_id, l.key),
-            Err(e) => log::warn!("cannot abort multipart upload {} of {:?} left by an earlier pailfs: {e}", l.upload_id, l.key),
+            Ok(()) => log::info!(
+                "aborted multipart upload {} of {:?} left by an earlier pailfs",
+                l.upload_id,
+                l.key
+            ),
+            Err(e) => log::warn!(
+                "cannot abort multipart upload {} of {:?} left by an earlier pailfs: {e}",
+                l.upload_id,
+                l.key
+            ),
         }
     }
     if left.len() > failed.len() {
@@ -291,7 +335,12 @@ async fn clean_up_after_crash(
             cfg.mountpoint.display()
         ));
         for f in &files {
-            log::warn!("recovered {:?} into {} ({})", f.key, f.path.display(), f.note);
+            log::warn!(
+                "recovered {:?} into {} ({})",
+                f.key,
+                f.path.display(),
+                f.note
+            );
         }
     }
     notices
@@ -299,8 +348,12 @@ async fn clean_up_after_crash(
 
 /// The fast part of the permission check: can we list (finding the region if the configured
 /// one is wrong), and may we write? Returns the store, whether to mount read-only, and notices.
-async fn prepare(cfg: &MountConfig) -> Result<(AwsStore, bool, Vec<String>), String> {
+async fn prepare(
+    cfg: &MountConfig,
+    attempts: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(AwsStore, bool, Vec<String>), String> {
     let mut s3 = cfg.s3.clone();
+    s3.attempts = Some(attempts);
     let mut notices = Vec::new();
     let mut store = AwsStore::new(build_client(&s3).await, cfg.source.bucket.clone());
     if let Err(e) = check_access(&store, cfg).await {
@@ -378,7 +431,19 @@ async fn check_access(store: &AwsStore, cfg: &MountConfig) -> Result<(), Access>
     }
 }
 
-async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+/// How long a stop (SIGTERM, SIGINT) waits for uploads in progress before unmounting.
+pub const STOP_BOUND: Duration = Duration::from_secs(30);
+
+/// On SIGTERM or SIGINT: lets uploads in progress (a `close()` or `fsync()` being served)
+/// finish, for at most [`STOP_BOUND`]; keeps files still open with unsaved changes for the
+/// next mount to rebuild (uploading them now would store half of what the application is
+/// writing) and says which; then unmounts. If open files keep the mount busy, it is
+/// detached and the process exits anyway, so a stop never hangs.
+async fn shut_down_on_signal<S: ObjectStore>(
+    fs: Arc<Fs<S>>,
+    mut unmounter: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -390,13 +455,59 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    log::info!("signal received; unmounting {}", mountpoint.display());
+    sd_notify("STOPPING=1");
+    log::info!(
+        "signal received; stopping the mount on {}",
+        mountpoint.display()
+    );
+    let deadline = tokio::time::Instant::now() + STOP_BOUND;
+    while fs.uploads_running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if fs.uploads_running() > 0 {
+        log::warn!(
+            "{} upload(s) still running after {} s; stopping anyway (their files are kept for the next mount)",
+            fs.uploads_running(),
+            STOP_BOUND.as_secs()
+        );
+    }
+    let kept = fs.preserve_unsaved().await;
+    for key in &kept {
+        log::warn!(
+            "{key:?} is open with changes not uploaded; kept in the cache directory, the next mount rebuilds it under recovered/"
+        );
+    }
     if let Err(e) = unmounter.unmount() {
         log::warn!(
             "unmount of {} failed ({e}); detaching it lazily",
             mountpoint.display()
         );
         lazy_unmount(&mountpoint);
+        // Open files keep a lazily detached mount alive; do not wait for them.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        log::info!("exiting with the mount detached");
+        std::process::exit(0);
+    }
+}
+
+/// Tells systemd (`Type=notify` units) about the mount's state; nothing without systemd.
+fn sd_notify(state: &str) {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = addr.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&addr))
+    };
+    if let Err(e) = sent {
+        log::warn!("cannot notify systemd ({state}): {e}");
     }
 }
 
@@ -415,7 +526,9 @@ fn env_count(var: &str, default: usize) -> usize {
 /// by this very process, which is not serving requests yet.
 fn set_kernel_readahead(mountpoint: &Path, kb: u32) {
     let want = mountpoint.to_string_lossy();
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     let Some(dev) = info.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         (f.len() > 4 && f[4] == want).then(|| f[2].to_string())

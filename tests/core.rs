@@ -595,10 +595,17 @@ async fn an_overwrite_is_never_served_from_the_old_cache() {
     let v1 = common::pseudo_random(3 * MIB, 1);
     t.s().insert("f", v1.clone());
     assert_eq!(t.read_all("f").await, v1);
-    assert!(t.fs.block_cache().bytes() > 0, "the first version is cached");
+    assert!(
+        t.fs.block_cache().bytes() > 0,
+        "the first version is cached"
+    );
     let v2 = common::pseudo_random(3 * MIB, 2);
     t.s().insert("f", v2.clone());
-    assert_eq!(t.read_all("f").await, v2, "the new version, not cached blocks of the old");
+    assert_eq!(
+        t.read_all("f").await,
+        v2,
+        "the new version, not cached blocks of the old"
+    );
 }
 
 #[tokio::test]

@@ -34,7 +34,13 @@ fn the_server_dying_mid_upload_fails_close_and_keeps_the_old_version() {
     let s3 = PrivateS3::start("outage", 3920);
     let prefix = unique_prefix("outage");
     let source = format!("{}:{prefix}", s3.env.bucket);
-    let mut m = Mount::on(s3.env.clone(), &source, &prefix, &["--part-size", "8M"], &[]);
+    let mut m = Mount::on(
+        s3.env.clone(),
+        &source,
+        &prefix,
+        &["--part-size", "8M"],
+        &[],
+    );
     std::fs::write(m.p("big.bin"), b"version one\n").unwrap();
 
     // Overwrite it with 300 MiB; the server dies after the first 100 MiB were written. A
@@ -83,7 +89,11 @@ except OSError as e:
     // The server comes back: the same mount works again, and the old version is intact.
     s3.resume();
     let back = std::fs::read(m.p("big.bin")).unwrap();
-    assert!(back == b"version one\n", "read {} bytes, not the old version", back.len());
+    assert!(
+        back == b"version one\n",
+        "read {} bytes, not the old version",
+        back.len()
+    );
     std::fs::write(m.p("after.txt"), b"written after the outage\n").unwrap();
     assert_eq!(
         std::fs::read(m.p("after.txt")).unwrap(),
@@ -101,7 +111,10 @@ except OSError as e:
         .filter(|p| p.to_string_lossy().contains("/failed/"))
         .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert_eq!(std::fs::metadata(&failed[0]).unwrap().len(), 300 * MIB as u64);
+    assert_eq!(
+        std::fs::metadata(&failed[0]).unwrap().len(),
+        300 * MIB as u64
+    );
 
     // The multipart upload the outage stranded is aborted, at the latest by the next mount.
     m.remount();
@@ -130,8 +143,12 @@ fn a_killed_pailfs_leaves_only_complete_objects_and_its_data_recoverable() {
     let rt = rt();
     let store = rt.block_on(env.store());
     let base = pseudo_random(12 * MIB, 1);
-    rt.block_on(store.put(&format!("{prefix}edited.bin"), base.clone().into(), &Default::default()))
-        .unwrap();
+    rt.block_on(store.put(
+        &format!("{prefix}edited.bin"),
+        base.clone().into(),
+        &Default::default(),
+    ))
+    .unwrap();
     let mut m = Mount::with_args(&prefix, &["--part-size", "5M"]);
 
     // Five files closed before the kill: they must be in S3, complete.
@@ -148,7 +165,11 @@ fn a_killed_pailfs_leaves_only_complete_objects_and_its_data_recoverable() {
     let staging = tempfile::tempdir().unwrap();
     let mut expected = Vec::new();
     for i in 0..20 {
-        let len = if i % 4 == 0 { 12 * MIB + i } else { 3000 * i + 1 };
+        let len = if i % 4 == 0 {
+            12 * MIB + i
+        } else {
+            3000 * i + 1
+        };
         let data = pseudo_random(len, 100 + i as u64);
         std::fs::write(staging.path().join(format!("open-{i}")), &data).unwrap();
         expected.push((format!("open-{i}"), data));
@@ -203,7 +224,10 @@ time.sleep(600)
     rt.block_on(async {
         for (name, data) in &closed {
             let key = format!("{prefix}{name}");
-            let got = store.get_range(&key, 0..data.len() as u64 + 1, None).await.unwrap();
+            let got = store
+                .get_range(&key, 0..data.len() as u64 + 1, None)
+                .await
+                .unwrap();
             assert_eq!(sha256(&got), sha256(data), "{name}");
         }
         let key = format!("{prefix}edited.bin");
@@ -216,14 +240,20 @@ time.sleep(600)
                 panic!("{name} is in S3 although it was never closed: {lines:#?}");
             }
         }
-        assert!(open_uploads(&store, &prefix).await > 0, "no part was uploaded early");
+        assert!(
+            open_uploads(&store, &prefix).await > 0,
+            "no part was uploaded early"
+        );
     });
 
     // The next mount aborts the stranded uploads and rebuilds every unsaved file.
     m.restart();
     assert_eq!(rt.block_on(open_uploads(&store, &prefix)), 0);
     let log = m.log_text();
-    assert!(log.contains("were never uploaded"), "no recovery notice in the log");
+    assert!(
+        log.contains("were never uploaded"),
+        "no recovery notice in the log"
+    );
     let recovered: Vec<_> = walk(m.cache.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/recovered/"))
@@ -239,10 +269,18 @@ time.sleep(600)
         .iter()
         .find(|p| p.ends_with("RECOVERY.txt"))
         .expect("RECOVERY.txt");
-    assert!(std::fs::read_to_string(index).unwrap().contains("edited.bin"));
+    assert!(
+        std::fs::read_to_string(index)
+            .unwrap()
+            .contains("edited.bin")
+    );
     // Copying them back, as the notice says, stores them.
     let dir = index.parent().unwrap();
-    sh(&format!("cp -a {}/open-3 {}/", dir.display(), m.path().display()));
+    sh(&format!(
+        "cp -a {}/open-3 {}/",
+        dir.display(),
+        m.path().display()
+    ));
     assert_eq!(sha256_file(&m.p("open-3")), sha256(&expected[3].1));
     drop(m);
     rt.block_on(async { delete_prefix(&store, &prefix).await });
@@ -264,7 +302,11 @@ fn thirty_two_readers_and_eight_writers_stay_correct_within_the_memory_limit() {
     rt.block_on(async {
         for (i, data) in contents.iter().enumerate().take(32) {
             store
-                .put(&format!("{prefix}r{i}"), data.clone().into(), &Default::default())
+                .put(
+                    &format!("{prefix}r{i}"),
+                    data.clone().into(),
+                    &Default::default(),
+                )
                 .await
                 .unwrap();
         }
@@ -330,7 +372,10 @@ fn thirty_two_readers_and_eight_writers_stay_correct_within_the_memory_limit() {
         &done[32..],
         peak >> 20
     );
-    assert!(done.iter().all(|n| *n > 0), "a thread did no work: {done:?}");
+    assert!(
+        done.iter().all(|n| *n > 0),
+        "a thread did no work: {done:?}"
+    );
     assert!(
         peak <= limit,
         "peak RSS {} MiB over the {} MiB memory limit",

@@ -122,7 +122,11 @@ fn bodies_cut_off_mid_stream_are_resumed_with_the_right_bytes() {
         let got = rt
             .block_on(via.get_range(&key, 0..data.len() as u64, None))
             .unwrap();
-        assert_eq!(proxy.count(|c| &c.cuts), before + 1, "cut at {at} not injected");
+        assert_eq!(
+            proxy.count(|c| &c.cuts),
+            before + 1,
+            "cut at {at} not injected"
+        );
         assert_eq!(sha256(&got), sha256(&data), "cut at {at}");
     }
     // Through a mount: every block fetch that spans the cut breaks there and resumes.
@@ -134,11 +138,20 @@ fn bodies_cut_off_mid_stream_are_resumed_with_the_right_bytes() {
     let m = Mount::with_args(&prefix, &["--endpoint-url", &proxy.url]);
     let read = std::fs::read(m.p("big.bin"));
     let log = m.log_text();
-    let problems: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
     let read = read.unwrap_or_else(|e| panic!("reading through the mount: {e}: {problems:#?}"));
     assert_eq!(sha256(&read), sha256(&data));
-    assert!(proxy.count(|c| &c.cuts) > before, "no cut happened through the mount");
-    assert!(log.contains("resuming from there"), "the cut read was not resumed: {problems:#?}");
+    assert!(
+        proxy.count(|c| &c.cuts) > before,
+        "no cut happened through the mount"
+    );
+    assert!(
+        log.contains("resuming from there"),
+        "the cut read was not resumed: {problems:#?}"
+    );
     proxy.set_cut(None);
     drop(m);
     rt.block_on(async { delete_prefix(&env.store().await, &prefix).await });
@@ -198,7 +211,11 @@ fn sizes_at_every_boundary_round_trip() {
         )
         .unwrap();
     }
-    sh(&format!("cp {}/* {}/", src.path().display(), m.path().display()));
+    sh(&format!(
+        "cp {}/* {}/",
+        src.path().display(),
+        m.path().display()
+    ));
     m.remount();
     let store = rt().block_on(env.store());
     for len in sizes {
@@ -256,7 +273,7 @@ fn hostile_corpus(prefix: &str) -> (Vec<(String, String)>, Vec<String>) {
         "x//y",
         "./dot",
         "dots/../up",
-        &format!("{}", "t".repeat(256)),
+        &"t".repeat(256),
         "marker-with-data/",
     ]
     .iter()
@@ -286,12 +303,20 @@ fn hostile_keys_are_listed_and_read_or_skipped_and_reported() {
         }
         // `both` is also a directory: the directory wins and the file is hidden.
         store
-            .put(&format!("{prefix}both/inner"), "inner\n".into(), &Default::default())
+            .put(
+                &format!("{prefix}both/inner"),
+                "inner\n".into(),
+                &Default::default(),
+            )
             .await
             .unwrap();
         for rel in &bad {
             store
-                .put(&format!("{prefix}{rel}"), "hidden\n".into(), &Default::default())
+                .put(
+                    &format!("{prefix}{rel}"),
+                    "hidden\n".into(),
+                    &Default::default(),
+                )
                 .await
                 .unwrap();
         }
@@ -309,9 +334,7 @@ fn hostile_keys_are_listed_and_read_or_skipped_and_reported() {
         .stdout
         .split(|b| *b == 0)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            String::from_utf8(s.to_vec()).unwrap()[root.len() + 1..].to_string()
-        })
+        .map(|s| String::from_utf8(s.to_vec()).unwrap()[root.len() + 1..].to_string())
         .collect();
     files.sort();
     let mut want: Vec<String> = ok
@@ -332,7 +355,11 @@ fn hostile_keys_are_listed_and_read_or_skipped_and_reported() {
     // `marker-with-data/` shows as an (empty) directory; `x//y` and `dots/../up` leave
     // empty directories `x` and `dots`; the rest leave nothing.
     for dir in ["marker-with-data", "x", "dots"] {
-        assert_eq!(std::fs::read_dir(m.p(dir)).unwrap().count(), 0, "{dir} is not empty");
+        assert_eq!(
+            std::fs::read_dir(m.p(dir)).unwrap().count(),
+            0,
+            "{dir} is not empty"
+        );
     }
 
     // `pailfs doctor` lists every key the mount could not show, and exits 1.
@@ -345,7 +372,12 @@ fn hostile_keys_are_listed_and_read_or_skipped_and_reported() {
         .env("AWS_REGION", &env.region)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut listed: Vec<String> = report["unreachable"]
         .as_array()
@@ -360,7 +392,10 @@ fn hostile_keys_are_listed_and_read_or_skipped_and_reported() {
     // Each was logged by the mount, once.
     let log = m.log_text();
     let skips: Vec<&str> = log.lines().filter(|l| l.contains("is not shown")).collect();
-    assert!(skips.iter().any(|l| l.contains("x//")), "skip not logged: {skips:#?}");
+    assert!(
+        skips.iter().any(|l| l.contains("x//")),
+        "skip not logged: {skips:#?}"
+    );
     drop(m);
     rt.block_on(async { delete_prefix(&store, &prefix).await });
 }
@@ -396,6 +431,9 @@ fn a_debug_log_of_a_whole_session_holds_no_secret() {
     assert!(log.len() > 10_000, "the debug log is suspiciously short");
     for secret in [&env.secret, &wrong] {
         assert!(!log.contains(secret.as_str()), "a secret key is in the log");
-        assert!(!log.contains(&secret[..16]), "part of a secret key is in the log");
+        assert!(
+            !log.contains(&secret[..16]),
+            "part of a secret key is in the log"
+        );
     }
 }

@@ -267,7 +267,11 @@ fn an_unlinked_open_file_keeps_working() {
     assert!(!m.p("tmp").exists());
     let env = S3Env::get();
     let gone = rt().block_on(async { env.store().await.head(&format!("{}tmp", m.prefix)).await });
-    assert!(gone.is_err(), "an unlinked file was stored: {gone:?}\n{}", m.log_text());
+    assert!(
+        gone.is_err(),
+        "an unlinked file was stored: {gone:?}\n{}",
+        m.log_text()
+    );
 }
 
 // ----- differential: the same operations on the mount and on a local directory -----

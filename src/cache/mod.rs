@@ -157,7 +157,10 @@ mod tests {
         assert!(c.get(&k(2)).is_none(), "the least recently used went");
         assert!(c.get(&k(1)).is_some() && c.get(&k(3)).is_some());
         c.put(k(4), Bytes::from(vec![0; 11]));
-        assert!(c.get(&k(4)).is_none(), "a block larger than the cache is not kept");
+        assert!(
+            c.get(&k(4)).is_none(),
+            "a block larger than the cache is not kept"
+        );
         assert!(c.bytes() <= 10);
         assert_eq!((c.hits(), c.misses()), (3, 2));
     }

@@ -308,6 +308,8 @@ impl<S: ObjectStore> Fs<S> {
             return;
         }
         self.keep_failed(of, e);
+        self.failed_uploads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut s = of.lock();
             s.failed = Some(FsError::new(

@@ -341,6 +341,10 @@ impl InodeTable {
         self.inodes.remove(&ino);
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Inode> {
+        self.inodes.values()
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Inode> {
         self.inodes.values_mut()
     }

@@ -318,7 +318,10 @@ impl<S: ObjectStore> Fs<S> {
                     }
                 })
                 .await;
-            me.prefetching.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+            me.prefetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&dir);
         });
     }
 
@@ -371,7 +374,8 @@ impl<S: ObjectStore> Fs<S> {
     fn listing_upgrade(&self, dir: Ino, name: String, meta: ObjectMeta) {
         if let Some(l) = self.listings_lock().get(&dir) {
             let mut l = lock(l);
-            let same = matches!(l.names.get(&name), Some(Listed::File(_, m)) if m.etag == meta.etag);
+            let same =
+                matches!(l.names.get(&name), Some(Listed::File(_, m)) if m.etag == meta.etag);
             if same {
                 l.names.insert(name.clone(), Listed::File(name, meta));
             }

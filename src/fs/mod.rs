@@ -183,6 +183,10 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) prefetching: Mutex<std::collections::HashSet<Ino>>,
     /// This filesystem, for spawning background work from `&self` methods.
     pub(crate) me: std::sync::Weak<Fs<S>>,
+    /// Files whose upload failed for good (see `give_up`).
+    pub(crate) failed_uploads: std::sync::atomic::AtomicU64,
+    /// Uploads running now (flushes and fsyncs), for a clean shutdown.
+    pub(crate) uploading: std::sync::atomic::AtomicU64,
 }
 
 /// The default `--memory-limit`: what the mount may hold in RAM for data (cache, read-ahead,
@@ -232,6 +236,8 @@ impl<S: ObjectStore> Fs<S> {
             collisions: std::sync::atomic::AtomicU64::new(0),
             collision_groups: Mutex::new(std::collections::HashSet::new()),
             block_cache: crate::cache::BlockCache::new(shares.cache),
+            failed_uploads: std::sync::atomic::AtomicU64::new(0),
+            uploading: std::sync::atomic::AtomicU64::new(0),
             inflight: readahead::InFlight::default(),
             read_slots: Arc::new(tokio::sync::Semaphore::new(
                 (shares.read_ahead / crate::cache::BLOCK).max(readahead::CHUNK_BLOCKS) as usize,
@@ -255,6 +261,74 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(k) = self.kernel.get() {
             k.forget_data(ino);
         }
+    }
+
+    /// `"/path" (key "k")` of an inode, or of its entry `name`, for log lines.
+    pub fn describe(&self, ino: Ino, name: Option<&str>) -> String {
+        let key = {
+            let t = self.table();
+            match (t.get(ino), name) {
+                (Some(i), Some(n)) => names::child_key(&i.key, n),
+                (Some(i), None) => i.key.clone(),
+                (None, _) => return format!("inode {ino}"),
+            }
+        };
+        let path = key
+            .strip_prefix(self.config.prefix.as_str())
+            .unwrap_or(&key);
+        format!("/{} (key {key:?})", path.trim_end_matches('/'))
+    }
+
+    /// Open files with changes not uploaded yet.
+    pub fn pending_uploads(&self) -> u64 {
+        let t = self.table();
+        t.iter()
+            .filter(|i| i.open.as_ref().is_some_and(|o| o.is_dirty()))
+            .count() as u64
+    }
+
+    /// Files whose upload failed for good since the mount started.
+    pub fn failed_uploads(&self) -> u64 {
+        self.failed_uploads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Uploads running now.
+    pub fn uploads_running(&self) -> u64 {
+        self.uploading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Spool disk in use.
+    pub fn spool_used(&self) -> u64 {
+        self.spool_budget.used()
+    }
+
+    /// At shutdown: every open file with changes not uploaded keeps its spool and journal on
+    /// disk, for the next mount to rebuild (see `recovery`), and its early multipart upload
+    /// is aborted. Returns the keys, for the report.
+    pub async fn preserve_unsaved(&self) -> Vec<String> {
+        let files: Vec<Arc<openfile::OpenFile>> = {
+            let t = self.table();
+            t.iter()
+                .filter_map(|i| i.open.clone())
+                .filter(|o| o.is_dirty())
+                .collect()
+        };
+        let mut keys = Vec::new();
+        for of in files {
+            let (key, mp) = {
+                let mut s = of.lock();
+                if let Some(sp) = &s.spool {
+                    sp.keep();
+                }
+                (s.key.clone(), s.mp.take())
+            };
+            if let Some(mp) = mp {
+                let _ = self.store.abort_multipart(&mp.key, &mp.upload_id).await;
+            }
+            keys.push(key);
+        }
+        keys
     }
 
     /// The block cache (for stats and tests).

@@ -102,14 +102,14 @@ impl<S: ObjectStore> Fs<S> {
             Some(Some(Listed::File(_, meta))) if self.config.fast_listing => Found::File(meta),
             // Metadata fetched in the background for the listing (see `prefetch_meta`).
             Some(Some(Listed::File(_, meta))) if meta.user_meta.is_some() => Found::File(meta),
-            Some(Some(Listed::File(_, meta))) => match {
+            Some(Some(Listed::File(_, meta))) => {
                 self.prefetch_meta(parent);
-                self.store.head(&meta.key).await
-            } {
-                Ok(m) => Found::File(m),
-                Err(StoreError::NotFound) => Found::Nothing,
-                Err(e) => return Err(FsError::from_store(e, &meta.key)),
-            },
+                match self.store.head(&meta.key).await {
+                    Ok(m) => Found::File(m),
+                    Err(StoreError::NotFound) => Found::Nothing,
+                    Err(e) => return Err(FsError::from_store(e, &meta.key)),
+                }
+            }
             _ => self.probe(&dir_key, name).await?,
         };
         self.record(parent, name, &dir_key, found, count)
@@ -466,7 +466,12 @@ impl<S: ObjectStore> Fs<S> {
             }
             None => None,
         };
-        log::debug!("unlink {:?} (ino {}, open: {})", inode.key, inode.ino, inode.open.is_some());
+        log::debug!(
+            "unlink {:?} (ino {}, open: {})",
+            inode.key,
+            inode.ino,
+            inode.open.is_some()
+        );
         if inode.remote {
             self.store
                 .delete(&inode.key)

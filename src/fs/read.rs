@@ -16,7 +16,12 @@ use crate::store::ObjectStore;
 
 impl<S: ObjectStore> Fs<S> {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
-    pub async fn read(self: &std::sync::Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+    pub async fn read(
+        self: &std::sync::Arc<Self>,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
         let h = self.file_handle(fh)?;
         if let Some(e) = h.of.failure() {
             return Err(e);

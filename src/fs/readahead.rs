@@ -120,7 +120,11 @@ impl<S: ObjectStore> Fs<S> {
         let blocks = b.len.div_ceil(BLOCK);
         // Read-ahead waits in the cache until it is read: never fetch more than half of it.
         let window = window.min((self.block_cache.cap() / BLOCK / 2).max(1));
-        let chunk = if seq { window.clamp(1, CHUNK_BLOCKS) } else { 1 };
+        let chunk = if seq {
+            window.clamp(1, CHUNK_BLOCKS)
+        } else {
+            1
+        };
         self.start_fetches(b, first, last + 1, chunk);
         if seq {
             let ahead_end = (last + 1 + window).min(blocks);
@@ -136,7 +140,11 @@ impl<S: ObjectStore> Fs<S> {
             if from > to || to > data.len() as u64 {
                 return Err(FsError::new(
                     libc::EIO,
-                    format!("{:?} is shorter than its size ({} bytes at {block_start})", b.key, data.len()),
+                    format!(
+                        "{:?} is shorter than its size ({} bytes at {block_start})",
+                        b.key,
+                        data.len()
+                    ),
                 ));
             }
             pieces.push(data.slice(from as usize..to as usize));
@@ -161,7 +169,13 @@ impl<S: ObjectStore> Fs<S> {
         if data.len() as u64 != want {
             return Err(FsError::new(
                 libc::EIO,
-                format!("{:?} returned {} bytes for {} at {}", b.key, data.len(), want, r.start),
+                format!(
+                    "{:?} returned {} bytes for {} at {}",
+                    b.key,
+                    data.len(),
+                    want,
+                    r.start
+                ),
             ));
         }
         Ok(data)
@@ -257,7 +271,8 @@ impl<S: ObjectStore> Fs<S> {
             let r = fs.get_blocks(&base, start..end).await;
             if let Ok(blocks) = &r {
                 for (j, block) in blocks.iter().enumerate() {
-                    fs.block_cache.put(block_key(&base, first + j as u64), block.clone());
+                    fs.block_cache
+                        .put(block_key(&base, first + j as u64), block.clone());
                 }
             }
             let mut m = fs.inflight.lock();

@@ -129,8 +129,13 @@ impl<S: ObjectStore> Fs<S> {
                 h.local_added = true;
             } else if let Some(cached) = self.listing_snapshot(h.ino) {
                 // Listed less than the metadata TTL ago: no LIST needed.
-                let local: HashSet<String> = self.local_children(h.ino).into_iter().map(|(n, _)| n).collect();
-                h.entries.extend(cached.into_iter().filter(|l| !local.contains(l.name())));
+                let local: HashSet<String> = self
+                    .local_children(h.ino)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                h.entries
+                    .extend(cached.into_iter().filter(|l| !local.contains(l.name())));
                 h.list.done = true;
                 h.collected = None;
             } else {

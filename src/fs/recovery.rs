@@ -296,7 +296,10 @@ async fn rebuild<S: ObjectStore>(
     let mut pos = 0;
     for gap in st.present.gaps(0..base_len) {
         from_spool(pos..gap.start)?;
-        let b = st.base.as_ref().expect("a gap below the base length has a base");
+        let b = st
+            .base
+            .as_ref()
+            .expect("a gap below the base length has a base");
         let mut at = gap.start;
         while at < gap.end {
             let end = (at + STEP).min(gap.end);
@@ -472,8 +475,7 @@ mod tests {
                 for (off, d) in data {
                     f.write_all_at(d, *off).unwrap();
                 }
-                std::fs::write(spool_dir.path().join(format!("{name}.log")), lines(recs))
-                    .unwrap();
+                std::fs::write(spool_dir.path().join(format!("{name}.log")), lines(recs)).unwrap();
             };
             // An edit of an existing object: bytes 5..8 written, size 24.
             write(
@@ -529,7 +531,15 @@ mod tests {
             let b = got.iter().find(|r| r.key == "p/b").unwrap();
             assert_eq!(std::fs::read(&b.path).unwrap(), b"fresh");
             assert_eq!(std::fs::read_dir(spool_dir.path()).unwrap().count(), 0);
-            let index = std::fs::read_to_string(a.path.parent().unwrap().parent().unwrap().join("RECOVERY.txt")).unwrap();
+            let index = std::fs::read_to_string(
+                a.path
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .join("RECOVERY.txt"),
+            )
+            .unwrap();
             assert!(index.contains("p/d/a") && index.contains("cp -a"));
 
             // The base version is gone: the file is kept, flagged incomplete.

@@ -60,7 +60,10 @@ impl Spool {
         let log = match SpoolLog::create(&log_path(&path)) {
             Ok(l) => Some(l),
             Err(e) => {
-                log::warn!("cannot journal spool {}: {e}; a crash could not recover it", path.display());
+                log::warn!(
+                    "cannot journal spool {}: {e}; a crash could not recover it",
+                    path.display()
+                );
                 None
             }
         };
@@ -134,6 +137,11 @@ impl Spool {
         Ok(())
     }
 
+    /// Leaves the file and its journal on disk when dropped (shutdown with unsaved changes).
+    pub fn keep(&self) {
+        self.path.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// Journals a change of what the spool holds.
     pub fn note(&self, rec: &Record) {
         if let Some(l) = &self.log {
@@ -166,10 +174,12 @@ struct AlignedBuf {
 
 impl AlignedBuf {
     fn new(len: usize, align: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(align), align).expect("valid layout");
+        let layout =
+            std::alloc::Layout::from_size_align(len.max(align), align).expect("valid layout");
         // SAFETY: the layout has a non-zero size; a null result is handled below.
         let raw = unsafe { std::alloc::alloc(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, layout }
     }
 

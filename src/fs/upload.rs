@@ -73,6 +73,7 @@ fn differs_beyond_times(a: &UserMeta, b: &UserMeta) -> bool {
 impl<S: ObjectStore> Fs<S> {
     /// Uploads the file if it has changes. `None` when there was nothing to do.
     pub(crate) async fn upload(&self, of: &Arc<OpenFile>) -> FsResult<Option<Stored>> {
+        let _running = Running::start(&self.uploading);
         let _exclusive = of.upload.write().await;
         let snap = {
             let mut s = of.lock();
@@ -471,6 +472,22 @@ impl<S: ObjectStore> Fs<S> {
             ));
         }
         Ok(id)
+    }
+}
+
+/// Counts an upload as running while alive.
+struct Running<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Running<'a> {
+    fn start(c: &'a std::sync::atomic::AtomicU64) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running(c)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

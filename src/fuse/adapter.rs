@@ -47,22 +47,31 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno)
 }
 
-/// Logs a failed operation (expected misses at debug level) and turns it into an errno.
-fn fail(op: &str, e: &FsError) -> Errno {
+/// Logs a failed operation on `ino` (or its entry `name`) in one line naming the operation,
+/// the path and the key (expected misses at debug level), and turns it into an errno.
+fn fail<S: ObjectStore>(
+    fs: &Fs<S>,
+    op: &str,
+    ino: u64,
+    name: Option<&OsStr>,
+    e: &FsError,
+) -> Errno {
+    let name = name.map(|n| n.to_string_lossy());
+    let at = fs.describe(ino, name.as_deref());
     match e.errno {
         libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR => {
-            log::debug!("{op}: {}", e.message)
+            log::debug!("{op} {at}: {}", e.message)
         }
-        _ => log::warn!("{op} failed: {}", e.message),
+        _ => log::warn!("{op} {at} failed: {}", e.message),
     }
     errno(e)
 }
 
 /// For calls whose failures are routine (a missing attribute, another namespace).
-fn quiet(e: &FsError) -> Errno {
+fn quiet<S: ObjectStore>(fs: &Fs<S>, op: &str, ino: u64, e: &FsError) -> Errno {
     match e.errno {
         libc::ENODATA | libc::ENOTSUP => errno(e),
-        _ => fail("xattr", e),
+        _ => fail(fs, op, ino, None, e),
     }
 }
 
@@ -151,7 +160,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     // A negative entry with a TTL spares the kernel asking again at once.
                     reply.error(Errno::ENOENT)
                 }
-                Err(e) => reply.error(fail("lookup", &e)),
+                Err(e) => reply.error(fail(&fs, "lookup", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -168,7 +177,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     a.ino = ino.0;
                     reply.attr(&ttl, &file_attr(&a))
                 }
-                Err(e) => reply.error(fail("getattr", &e)),
+                Err(e) => reply.error(fail(&fs, "getattr", ino.0, None, &e)),
             }
         });
     }
@@ -207,7 +216,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     a.ino = ino.0;
                     reply.attr(&ttl, &file_attr(&a))
                 }
-                Err(e) => reply.error(fail("setattr", &e)),
+                Err(e) => reply.error(fail(&fs, "setattr", ino.0, None, &e)),
             }
         });
     }
@@ -217,7 +226,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
-                Err(e) => reply.error(fail("readlink", &e)),
+                Err(e) => reply.error(fail(&fs, "readlink", ino.0, None, &e)),
             }
         });
     }
@@ -257,10 +266,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     let released = fs.release(fh).await;
                     match stored.and(released) {
                         Ok(()) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                        Err(e) => reply.error(fail("mknod", &e)),
+                        Err(e) => reply.error(fail(&fs, "mknod", parent.0, Some(&name), &e)),
                     }
                 }
-                Err(e) => reply.error(fail("mknod", &e)),
+                Err(e) => reply.error(fail(&fs, "mknod", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -279,7 +288,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.mkdir(parent.0, &name, mode, umask, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail("mkdir", &e)),
+                Err(e) => reply.error(fail(&fs, "mkdir", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -289,7 +298,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("unlink", &e)),
+                Err(e) => reply.error(fail(&fs, "unlink", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -299,7 +308,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rmdir", &e)),
+                Err(e) => reply.error(fail(&fs, "rmdir", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -318,7 +327,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.symlink(parent.0, &name, &target, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail("symlink", &e)),
+                Err(e) => reply.error(fail(&fs, "symlink", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -341,7 +350,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                 .await
             {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rename", &e)),
+                Err(e) => reply.error(fail(&fs, "rename", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -370,7 +379,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     };
                     reply.opened(FileHandle(fh), keep)
                 }
-                Err(e) => reply.error(fail("open", &e)),
+                Err(e) => reply.error(fail(&fs, "open", ino.0, None, &e)),
             }
         });
     }
@@ -378,7 +387,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -390,7 +399,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(fail("read", &e)),
+                Err(e) => reply.error(fail(&fs, "read", ino.0, None, &e)),
             }
         });
     }
@@ -398,7 +407,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -412,7 +421,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(fail("write", &e)),
+                Err(e) => reply.error(fail(&fs, "write", ino.0, None, &e)),
             }
         });
     }
@@ -420,7 +429,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
@@ -429,7 +438,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("flush", &e)),
+                Err(e) => reply.error(fail(&fs, "flush", ino.0, None, &e)),
             }
         });
     }
@@ -437,7 +446,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -448,7 +457,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("release", &e)),
+                Err(e) => reply.error(fail(&fs, "release", ino.0, None, &e)),
             }
         });
     }
@@ -456,7 +465,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
@@ -465,7 +474,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("fsync", &e)),
+                Err(e) => reply.error(fail(&fs, "fsync", ino.0, None, &e)),
             }
         });
     }
@@ -473,14 +482,14 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(fail("opendir", &e)),
+            Err(e) => reply.error(fail(&self.fs, "opendir", ino.0, None, &e)),
         }
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
@@ -497,7 +506,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     }
                     reply.ok()
                 }
-                Err(e) => reply.error(fail("readdir", &e)),
+                Err(e) => reply.error(fail(&fs, "readdir", ino.0, None, &e)),
             }
         });
     }
@@ -505,7 +514,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -533,7 +542,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     }
                     reply.ok()
                 }
-                Err(e) => reply.error(fail("readdirplus", &e)),
+                Err(e) => reply.error(fail(&fs, "readdirplus", ino.0, None, &e)),
             }
         });
     }
@@ -598,7 +607,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),
-                Err(e) => reply.error(fail("create", &e)),
+                Err(e) => reply.error(fail(&fs, "create", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -617,7 +626,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.setxattr(ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("setxattr", &e)),
+                Err(e) => reply.error(fail(&fs, "setxattr", ino.0, None, &e)),
             }
         });
     }
@@ -627,7 +636,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => xattr_reply(reply, &v, size),
-                Err(e) => reply.error(quiet(&e)),
+                Err(e) => reply.error(quiet(&fs, "getxattr", ino.0, &e)),
             }
         });
     }
@@ -637,7 +646,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.listxattr(ino.0).await {
                 Ok(v) => xattr_reply(reply, &v, size),
-                Err(e) => reply.error(fail("listxattr", &e)),
+                Err(e) => reply.error(fail(&fs, "listxattr", ino.0, None, &e)),
             }
         });
     }
@@ -647,7 +656,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.removexattr(ino.0, &name).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(quiet(&e)),
+                Err(e) => reply.error(quiet(&fs, "removexattr", ino.0, &e)),
             }
         });
     }

@@ -184,7 +184,10 @@ impl AwsStore {
                     "reading {key}: the connection broke {breaks} times ({reason})"
                 )));
             }
-            log::warn!("reading {key:?}: {reason} at byte {from_now}; resuming from there", from_now = range.start + received);
+            log::warn!(
+                "reading {key:?}: {reason} at byte {from_now}; resuming from there",
+                from_now = range.start + received
+            );
         }
     }
 

@@ -27,6 +27,8 @@ pub struct S3Settings {
     pub connect_timeout: Duration,
     /// Bound on one attempt of one request (the whole response for a GET).
     pub attempt_timeout: Duration,
+    /// Counts HTTP attempts (retries included), for the mount's statistics.
+    pub attempts: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// An access key pair. `Debug` masks the secret.
@@ -120,6 +122,9 @@ pub async fn build_client(s: &S3Settings) -> aws_sdk_s3::Client {
         // S3-compatible servers often ignore the region; AWS itself redirects, which the
         // connection check reports.
         builder = builder.region(Region::new("us-east-1"));
+    }
+    if let Some(a) = &s.attempts {
+        builder = builder.interceptor(super::metered::AttemptCounter(a.clone()));
     }
     aws_sdk_s3::Client::from_conf(builder.build())
 }

@@ -108,7 +108,10 @@ pub async fn abort_leftovers<S: ObjectStore>(store: &S, dir: &Path) -> Vec<Lefto
             .ok()
             .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
         else {
-            log::warn!("ignoring unreadable upload journal entry {}", path.display());
+            log::warn!(
+                "ignoring unreadable upload journal entry {}",
+                path.display()
+            );
             let _ = std::fs::remove_file(&path);
             continue;
         };
@@ -153,7 +156,9 @@ impl<S: ObjectStore> ObjectStore for Journaled<S> {
         if_match: Option<&str>,
         piece: u64,
     ) -> StoreResult<Vec<Bytes>> {
-        self.inner.get_range_split(key, range, if_match, piece).await
+        self.inner
+            .get_range_split(key, range, if_match, piece)
+            .await
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
@@ -269,7 +274,10 @@ mod tests {
             assert_eq!(store.list_multipart_uploads("").await.unwrap().len(), 1);
             let left = abort_leftovers(store, dir.path()).await;
             assert_eq!(left.len(), 1);
-            assert_eq!((left[0].key.as_str(), left[0].upload_id.as_str()), ("c", c.as_str()));
+            assert_eq!(
+                (left[0].key.as_str(), left[0].upload_id.as_str()),
+                ("c", c.as_str())
+            );
             assert!(left[0].result.is_ok());
             assert!(store.list_multipart_uploads("").await.unwrap().is_empty());
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

@@ -17,6 +17,7 @@ pub mod aws;
 pub mod client;
 pub mod journal;
 pub mod memory;
+pub mod metered;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -267,7 +267,11 @@ impl Mount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// Starts the daemon again on the same mountpoint and cache directory.

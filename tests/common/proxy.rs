@@ -128,7 +128,11 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/xml")
-        .body(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed())
+        .body(
+            Full::new(Bytes::from_static(body.as_bytes()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
         .unwrap()
 }
 

@@ -1,0 +1,246 @@
+//! Running pailfs the way admins do: live statistics, the Prometheus endpoint, the `-o`
+//! argument form of mount(8), and a stop (SIGTERM) in the middle of a write.
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pailfs::store::ObjectStore;
+
+fn stats(m: &Mount, prometheus: bool) -> String {
+    let mut cmd = std::process::Command::new(pailfs_bin());
+    cmd.arg("stats").arg(m.path());
+    if prometheus {
+        cmd.arg("--prometheus");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pailfs stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn value(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
+}
+
+fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
+}
+
+#[test]
+fn stats_count_a_known_workload() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("stats");
+    let rt = rt();
+    let store = rt.block_on(env.store());
+    let data = pseudo_random(3 << 20, 5);
+    rt.block_on(store.put(
+        &format!("{prefix}big.bin"),
+        data.clone().into(),
+        &Default::default(),
+    ))
+    .unwrap();
+    let m = Mount::new(&prefix);
+    let before = stats(&m, true);
+    for i in 0..20 {
+        std::fs::write(m.p(&format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let after_writes = stats(&m, true);
+    assert_eq!(
+        value(&after_writes, "pailfs_requests_total{op=\"put\"}")
+            - value(&before, "pailfs_requests_total{op=\"put\"}"),
+        20,
+        "20 small files are 20 PUTs"
+    );
+    // A first read goes to S3; after the kernel's page cache is dropped, a second read is
+    // served by the block cache: hits, and no GET.
+    assert_eq!(sha256_file(&m.p("big.bin")), sha256(&data));
+    let first = stats(&m, true);
+    drop_kernel_caches();
+    assert_eq!(sha256_file(&m.p("big.bin")), sha256(&data));
+    let second = stats(&m, true);
+    let get = "pailfs_requests_total{op=\"get\"}";
+    assert!(value(&first, get) > value(&before, get));
+    assert_eq!(
+        value(&second, get),
+        value(&first, get),
+        "the second read went to S3"
+    );
+    assert!(
+        value(&second, "pailfs_cache_hits_total") >= value(&first, "pailfs_cache_hits_total") + 3,
+        "no cache hits counted:\n{second}"
+    );
+    assert!(value(&second, "pailfs_read_bytes_total") >= 3 << 20);
+    assert!(value(&second, "pailfs_written_bytes_total") > 0);
+    // The summary for people.
+    let text = stats(&m, false);
+    assert!(
+        text.contains("block cache") && text.contains("put 20"),
+        "{text}"
+    );
+    drop(m);
+    rt.block_on(async { delete_prefix(&store, &prefix).await });
+}
+
+#[test]
+fn the_prometheus_endpoint_serves_the_counters() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let prefix = unique_prefix("prom");
+    let m = Mount::with_args(&prefix, &["--metrics-listen", &addr]);
+    std::fs::write(m.p("a"), b"a").unwrap();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    c.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
+    assert!(page.contains("# TYPE pailfs_requests_total counter"));
+    assert!(value(&page, "pailfs_requests_total{op=\"put\"}") >= 1);
+    // A taken address fails the mount with a clear message.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(pailfs_bin())
+        .args(["mount", &format!("{}:{prefix}", m.env.bucket)])
+        .arg(dir.path())
+        .args(["--metrics-listen", &busy])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-listen"));
+}
+
+#[test]
+fn the_mount_helper_argument_form_works_and_rejects_unknown_options() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("helper");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let source = format!("{}:{prefix}", env.bucket);
+    // What mount.fuse3 runs for `mount -t fuse.pailfs SOURCE DIR -o ...`.
+    let run = |opts: &str| {
+        std::process::Command::new(pailfs_bin())
+            .arg(&source)
+            .arg(dir.path())
+            .arg("-o")
+            .arg(opts)
+            .output()
+            .unwrap()
+    };
+    let bad = run("rw,nodev,frobnicate=1");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("frobnicate") && err.lines().count() == 1,
+        "{err}"
+    );
+    let ok = run(&format!(
+        "rw,nosuid,nodev,_netdev,allow_other,ro,metadata_ttl=2,cache_dir={}",
+        cache.path().display()
+    ));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(is_mounted(dir.path()));
+    // `ro` became --read-only.
+    let e = std::fs::write(dir.path().join("x"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    sh(&format!("umount {}", dir.path().display()));
+}
+
+#[test]
+fn a_stop_during_a_write_keeps_the_unsaved_file_and_never_stores_half() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("sigterm");
+    let mut m = Mount::new(&prefix);
+    std::fs::write(m.p("saved"), b"closed before the stop\n").unwrap();
+    // A writer that has written 20 MiB and not closed yet.
+    let script = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+chunk = bytes(range(256)) * 4096
+for i in range(20):
+    os.write(fd, chunk)
+print("written", flush=True)
+time.sleep(600)
+"#;
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(m.p("unsaved"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+    let pid = m.pid() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pailfs did not stop within 60 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    m.kill_daemon(); // reaps the process and clears the mount table
+    let log = m.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("unsaved") && l.contains("changes not uploaded")),
+        "the stop did not report the unsaved file"
+    );
+    let rt = rt();
+    let store = rt.block_on(env.store());
+    rt.block_on(async {
+        assert!(
+            store.head(&format!("{prefix}unsaved")).await.is_err(),
+            "half a file was stored"
+        );
+        assert_eq!(
+            store.head(&format!("{prefix}saved")).await.unwrap().size,
+            23
+        );
+        assert!(
+            store
+                .list_multipart_uploads(&prefix)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    });
+    // The next mount rebuilds it.
+    m.restart();
+    let want: Vec<u8> = (0..20)
+        .flat_map(|_| (0..=255u8).cycle().take(1 << 20))
+        .collect();
+    let found = sh(&format!(
+        "find {} -path '*/recovered/*' -name unsaved",
+        m.cache.path().display()
+    ));
+    let path = found.lines().next().expect("unsaved was not rebuilt");
+    assert_eq!(sha256_file(std::path::Path::new(path)), sha256(&want));
+    drop(m);
+    rt.block_on(async { delete_prefix(&store, &prefix).await });
+}

@@ -1,0 +1,138 @@
+//! The Debian package, installed for real: `dpkg -i`, a mount through `mount -t fuse.pailfs`
+//! with a connection label, one through an fstab file, the man page, bash completions, the
+//! systemd unit, and `dpkg -r`. `scripts/test` builds the package first (`scripts/package`)
+//! and passes its path in `PAILFS_DEB`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn run(cmd: &str) -> (bool, String) {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Copies a few files in through `dir` and checks them back.
+fn copy_through(dir: &Path, tag: &str) {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            src.path().join(format!("{tag}-{i}")),
+            pseudo_random(1000 * i + 1, i as u64),
+        )
+        .unwrap();
+    }
+    sh(&format!(
+        "cp {0}/* {1}/ && cd {0} && for f in *; do cmp \"$f\" {1}/\"$f\"; done",
+        src.path().display(),
+        dir.display()
+    ));
+}
+
+#[test]
+fn the_debian_package_installs_mounts_through_mount_8_and_fstab_and_removes_cleanly() {
+    let deb = std::env::var("PAILFS_DEB")
+        .expect("PAILFS_DEB is not set: run the tests through scripts/test, which builds the package with scripts/package");
+    assert!(Path::new(&deb).exists(), "{deb} does not exist");
+    let env = S3Env::get();
+    sh(&format!("dpkg -i {deb}"));
+    let version = sh("pailfs --version");
+    assert!(version.contains("(commit "), "{version}");
+
+    // A system-wide connection, as fstab and systemd mounts use.
+    let label = format!("pkgtest{}", std::process::id());
+    let prefix = unique_prefix("deb");
+    let out = Command::new("/usr/bin/pailfs")
+        .args([
+            "connection",
+            "add",
+            "--system",
+            &label,
+            "--bucket",
+            &env.bucket,
+        ])
+        .args([
+            "--subfolder",
+            &prefix,
+            "--endpoint-url",
+            &env.endpoint,
+            "--region",
+            &env.region,
+        ])
+        .args([
+            "--path-style",
+            "--access-key-id",
+            &env.key,
+            "--secret-env",
+            "PAILFS_DEB_SECRET",
+        ])
+        .env("PAILFS_DEB_SECRET", &env.secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().display().to_string();
+    // mount(8) -> fuse3's mount.fuse -> `pailfs LABEL DIR -o allow_other`.
+    let (ok, msg) = run(&format!(
+        "env -u AWS_ENDPOINT_URL -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY mount -t fuse.pailfs {label} {m} -o allow_other"
+    ));
+    assert!(ok, "mount -t fuse.pailfs failed: {msg}");
+    assert!(is_mounted(mnt.path()));
+    copy_through(mnt.path(), "mount8");
+    sh(&format!("umount {m}"));
+
+    // An fstab line with the options admins use.
+    let fstab = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        fstab.path(),
+        format!("{label} {m} fuse.pailfs _netdev,allow_other,noauto,x-systemd.automount 0 0\n"),
+    )
+    .unwrap();
+    let (ok, msg) = run(&format!(
+        "env -u AWS_ENDPOINT_URL -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY mount --fstab {} {m}",
+        fstab.path().display()
+    ));
+    assert!(ok, "mount --fstab failed: {msg}");
+    copy_through(mnt.path(), "fstab");
+    // What the first mount wrote is there too.
+    assert!(mnt.path().join("mount8-4").exists());
+    sh(&format!("umount {m}"));
+
+    // The man page renders, completions load, the unit is valid.
+    let page = sh("MANWIDTH=80 man -P cat pailfs 2>/dev/null");
+    assert!(page.contains("pailfs") && page.contains("mount"), "{page}");
+    let page = sh("MANWIDTH=80 man -P cat pailfs-mount 2>/dev/null");
+    assert!(page.contains("--memory-limit"), "{page}");
+    let complete =
+        sh("bash -c 'source /usr/share/bash-completion/completions/pailfs && complete -p pailfs'");
+    assert!(complete.contains("pailfs"), "{complete}");
+    let units = tempfile::tempdir().unwrap();
+    let unit = units.path().join(format!("pailfs@{label}.service"));
+    std::fs::copy("/lib/systemd/system/pailfs@.service", &unit).unwrap();
+    let (ok, msg) = run(&format!("systemd-analyze verify {}", unit.display()));
+    assert!(ok, "systemd-analyze verify: {msg}");
+
+    sh(&format!(
+        "/usr/bin/pailfs connection remove --system {label}"
+    ));
+    sh("dpkg -r pailfs");
+    assert!(!Path::new("/usr/bin/pailfs").exists());
+    assert!(!Path::new("/lib/systemd/system/pailfs@.service").exists());
+    assert!(!run("dpkg -s pailfs").0, "the package is still installed");
+    rt().block_on(async { delete_prefix(&env.store().await, &prefix).await });
+}
