@@ -270,13 +270,7 @@ pub async fn scan_with_chunk<S: ObjectStore>(
     chunk: usize,
 ) -> Result<ScanReport, String> {
     let mut runs = Runs::new(chunk.max(2));
-    let mut req = ListRequest {
-        prefix: prefix.to_string(),
-        delimiter: None,
-        token: None,
-        start_after: None,
-        max_keys: 1000,
-    };
+    let mut req = ListRequest::flat(prefix);
     let mut scanned = 0u64;
     loop {
         let page = store
@@ -370,22 +364,11 @@ pub fn text(r: &ScanReport) -> String {
 
 /// `pailfs collisions`: exit 1 when collisions exist, 0 when none.
 pub fn command(a: crate::cli::CollisionsArgs) -> Result<i32, String> {
-    use std::io::IsTerminal;
     let resolved = crate::config::resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
     let s3 = crate::config::s3_settings(conn, &a.s3)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let bar = if std::io::stderr().is_terminal() && !a.json {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_message("keys scanned");
-        Some(b)
-    } else {
-        None
-    };
+    let rt = crate::config::command_runtime()?;
+    let bar = crate::config::scan_spinner(!a.json);
     let report = rt.block_on(async {
         let client = crate::store::client::build_client(&s3).await;
         let store = crate::store::aws::AwsStore::new(client, resolved.source.bucket.clone());

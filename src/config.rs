@@ -134,6 +134,25 @@ pub fn resolve_source(s: &str) -> Result<Resolved, String> {
     })
 }
 
+/// The runtime of a one-shot command (check, collisions, doctor): two I/O threads.
+pub fn command_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))
+}
+
+/// A "N keys scanned" spinner on standard error, when it is a terminal and `show`.
+pub fn scan_spinner(show: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (show && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message("keys scanned");
+        b
+    })
+}
+
 /// S3 settings: the defaults, `AWS_ENDPOINT_URL`, then the connection, then explicit flags.
 pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, String> {
     let mut s = S3Settings::with_defaults();

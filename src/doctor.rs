@@ -118,13 +118,7 @@ pub async fn scan_keys<S: ObjectStore>(
     prefix: &str,
     mut progress: impl FnMut(u64),
 ) -> Result<(u64, u64, Vec<Skipped>), String> {
-    let mut req = ListRequest {
-        prefix: prefix.to_string(),
-        delimiter: None,
-        token: None,
-        start_after: None,
-        max_keys: 1000,
-    };
+    let mut req = ListRequest::flat(prefix);
     let (mut scanned, mut total, mut listed) = (0u64, 0u64, Vec::new());
     let mut shadows = Shadows::default();
     let mut add = |key: String, reason: String, listed: &mut Vec<Skipped>| {
@@ -252,20 +246,11 @@ pub fn text(r: &Report) -> String {
 
 /// `pailfs doctor`: exit 1 when anything is found.
 pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, String> {
-    use std::io::IsTerminal;
     let resolved = crate::config::resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
     let s3 = crate::config::s3_settings(conn, &a.s3)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let bar = (std::io::stderr().is_terminal() && !a.json).then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_message("keys scanned");
-        b
-    });
+    let rt = crate::config::command_runtime()?;
+    let bar = crate::config::scan_spinner(!a.json);
     let (bucket, prefix) = (&resolved.source.bucket, &resolved.source.prefix);
     let result = rt.block_on(async {
         let client = crate::store::client::build_client(&s3).await;

@@ -30,13 +30,7 @@ fn keys(prefix: &str) -> Vec<String> {
     let prefix = prefix.to_string();
     rt().block_on(async move {
         let s = e.store().await;
-        let mut req = ListRequest {
-            prefix: prefix.clone(),
-            delimiter: None,
-            token: None,
-            start_after: None,
-            max_keys: 1000,
-        };
+        let mut req = ListRequest::flat(&prefix);
         let mut out = Vec::new();
         loop {
             let page = s.list(&req).await.unwrap();

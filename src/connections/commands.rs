@@ -159,11 +159,7 @@ pub fn check(a: CheckArgs) -> Result<i32, String> {
         need,
         credentials,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    let rt = crate::config::command_runtime()?;
     let r = rt.block_on(run(&target));
     if a.json {
         println!("{}", report::json(&r));

@@ -4,8 +4,8 @@
 //! Pinning (`If-Match`) is what guarantees a reader never gets half of one version and half of
 //! another: if another client replaces the object while it is open, the next read that needs
 //! S3 fails with `ESTALE` instead. Our own uploads move the pin forward (the bytes are the same
-//! ones the reader already sees), so a reader racing with a local flush retries once with the
-//! new ETag rather than failing.
+//! ones the reader already sees), so a reader racing with a local flush waits for it to finish
+//! and retries once with the new ETag rather than failing.
 
 use bytes::{Bytes, BytesMut};
 
@@ -85,6 +85,9 @@ impl<S: ObjectStore> Fs<S> {
             let Some(old) = stale else {
                 return Ok(out.freeze());
             };
+            // An upload of this very file (a flush, or attributes stored at release) may have
+            // replaced the object and not yet moved the pin: let it finish, then look.
+            drop(h.of.upload.read().await);
             let moved = h.of.lock().base.as_ref() != Some(&old);
             if moved && !retried {
                 retried = true;

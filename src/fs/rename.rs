@@ -387,13 +387,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Every object under `prefix` (no delimiter), all pages.
     pub(crate) async fn list_all(&self, prefix: &str) -> FsResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
-        let mut req = ListRequest {
-            prefix: prefix.to_string(),
-            delimiter: None,
-            token: None,
-            start_after: None,
-            max_keys: 1000,
-        };
+        let mut req = ListRequest::flat(prefix);
         loop {
             let page = self
                 .store

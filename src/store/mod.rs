@@ -64,6 +64,17 @@ pub struct ListRequest {
 }
 
 impl ListRequest {
+    /// Every key under `prefix`, without a delimiter, 1,000 per page.
+    pub fn flat(prefix: &str) -> Self {
+        ListRequest {
+            prefix: prefix.to_string(),
+            delimiter: None,
+            token: None,
+            start_after: None,
+            max_keys: 1000,
+        }
+    }
+
     pub fn dir(prefix: &str) -> Self {
         ListRequest {
             prefix: prefix.to_string(),

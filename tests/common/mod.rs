@@ -308,6 +308,15 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The daemon's side of a failed test, for CI logs.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of the pailfs log ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         self.unmount();
     }
 }
@@ -374,13 +383,7 @@ impl Drop for PrivateS3 {
 
 /// Deletes every key under `prefix` (test cleanup).
 pub async fn delete_prefix(store: &AwsStore, prefix: &str) {
-    let mut req = pailfs::store::ListRequest {
-        prefix: prefix.to_string(),
-        delimiter: None,
-        token: None,
-        start_after: None,
-        max_keys: 1000,
-    };
+    let mut req = pailfs::store::ListRequest::flat(prefix);
     loop {
         let page = store.list(&req).await.unwrap();
         for o in &page.objects {
