@@ -242,6 +242,27 @@ async fn a_failed_upload_returns_the_error_and_keeps_the_old_object() {
 }
 
 #[tokio::test]
+async fn a_flush_racing_a_failing_flush_gets_the_error_too() {
+    // Two descriptors on one open file (dup, or a child that inherited it) closed together:
+    // the second close waits for the first one's upload and must not report success when
+    // that upload failed.
+    let t = T::new();
+    let fh = t.create("new.txt").await;
+    t.fs.write(fh, 0, b"data").await.unwrap();
+    t.s().delay(Op::Put, std::time::Duration::from_millis(200));
+    t.s().fail(
+        Op::Put,
+        None,
+        1,
+        StoreError::AccessDenied("injected".into()),
+    );
+    let (a, b) = tokio::join!(t.fs.flush(fh), t.fs.flush(fh));
+    assert_eq!(a.unwrap_err().errno, libc::EACCES);
+    assert_eq!(b.unwrap_err().errno, libc::EACCES);
+    assert!(t.s().peek("new.txt").is_none());
+}
+
+#[tokio::test]
 async fn a_failed_part_aborts_the_multipart_upload() {
     let t = T::new();
     t.s().insert("big", "old");

@@ -77,6 +77,12 @@ impl<S: ObjectStore> Fs<S> {
         let _exclusive = of.upload.write().await;
         let snap = {
             let mut s = of.lock();
+            // An upload that ran while this one waited for the lock failed for good: this
+            // caller's data was in it, so it gets the error too (a flush of a dup'ed or
+            // inherited descriptor must not report success for what was not stored).
+            if let Some(e) = &s.failed {
+                return Err(e.clone());
+            }
             if s.unlinked || (!s.dirty && !s.meta_dirty) {
                 return Ok(None);
             }

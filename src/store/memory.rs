@@ -86,6 +86,7 @@ struct State {
     objects: BTreeMap<String, Object>,
     uploads: HashMap<String, Upload>,
     faults: Vec<Fault>,
+    delays: HashMap<Op, std::time::Duration>,
 }
 
 /// See the module documentation.
@@ -120,6 +121,11 @@ impl MemoryStore {
             remaining: times,
             error,
         });
+    }
+
+    /// Makes every request of `op` take `d` before it is answered (to widen races).
+    pub fn delay(&self, op: Op, d: std::time::Duration) {
+        self.lock().delays.insert(op, d);
     }
 
     /// Removes every pending fault.
@@ -180,8 +186,12 @@ impl MemoryStore {
     }
 
     /// Counts the request and applies the first matching fault.
-    fn enter(&self, op: Op, key: &str) -> StoreResult<()> {
+    async fn enter(&self, op: Op, key: &str) -> StoreResult<()> {
         self.counters[Self::index(op)].fetch_add(1, Ordering::SeqCst);
+        let delay = self.lock().delays.get(&op).copied();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let mut state = self.lock();
         let hit = state.faults.iter_mut().find(|f| {
             f.op == op
@@ -266,7 +276,7 @@ impl MemoryStore {
 
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.enter(Op::Head, key)?;
+        self.enter(Op::Head, key).await?;
         let state = self.lock();
         let obj = state.objects.get(key).ok_or(StoreError::NotFound)?;
         Ok(ObjectMeta {
@@ -279,7 +289,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn list(&self, req: &ListRequest) -> StoreResult<ListPage> {
-        self.enter(Op::List, &req.prefix)?;
+        self.enter(Op::List, &req.prefix).await?;
         Ok(Self::list_locked(&self.lock(), req))
     }
 
@@ -289,7 +299,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        self.enter(Op::Get, key)?;
+        self.enter(Op::Get, key).await?;
         let state = self.lock();
         let obj = state.objects.get(key).ok_or(StoreError::NotFound)?;
         if if_match.is_some_and(|e| e != obj.etag) {
@@ -305,7 +315,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
-        self.enter(Op::Put, key)?;
+        self.enter(Op::Put, key).await?;
         let etag = self.new_etag();
         self.lock().objects.insert(
             key.to_string(),
@@ -320,7 +330,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.enter(Op::CreateMultipart, key)?;
+        self.enter(Op::CreateMultipart, key).await?;
         let id = format!("u{}", self.next_id.fetch_add(1, Ordering::SeqCst));
         self.lock().uploads.insert(
             id.clone(),
@@ -341,7 +351,7 @@ impl ObjectStore for MemoryStore {
         part: i32,
         body: Bytes,
     ) -> StoreResult<String> {
-        self.enter(Op::UploadPart, key)?;
+        self.enter(Op::UploadPart, key).await?;
         let etag = self.new_etag();
         let mut state = self.lock();
         let upload = state
@@ -362,7 +372,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         src_etag: &str,
     ) -> StoreResult<String> {
-        self.enter(Op::UploadPartCopy, key)?;
+        self.enter(Op::UploadPartCopy, key).await?;
         let etag = self.new_etag();
         let mut state = self.lock();
         let src = state.objects.get(src_key).ok_or(StoreError::NotFound)?;
@@ -388,7 +398,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         parts: &[(i32, String)],
     ) -> StoreResult<PutResult> {
-        self.enter(Op::CompleteMultipart, key)?;
+        self.enter(Op::CompleteMultipart, key).await?;
         let etag = self.new_etag();
         let mut state = self.lock();
         let upload = state
@@ -427,7 +437,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.enter(Op::AbortMultipart, key)?;
+        self.enter(Op::AbortMultipart, key).await?;
         let mut state = self.lock();
         match state.uploads.get(upload_id) {
             Some(u) if u.key == key => {
@@ -439,7 +449,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.enter(Op::ListUploads, prefix)?;
+        self.enter(Op::ListUploads, prefix).await?;
         let state = self.lock();
         let mut out: Vec<PendingUpload> = state
             .uploads
@@ -462,7 +472,7 @@ impl ObjectStore for MemoryStore {
         meta: Option<&UserMeta>,
         src_etag: Option<&str>,
     ) -> StoreResult<PutResult> {
-        self.enter(Op::Copy, dst_key)?;
+        self.enter(Op::Copy, dst_key).await?;
         let etag = self.new_etag();
         let mut state = self.lock();
         let src = state.objects.get(src_key).ok_or(StoreError::NotFound)?;
@@ -480,7 +490,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.enter(Op::Delete, key)?;
+        self.enter(Op::Delete, key).await?;
         self.lock().objects.remove(key);
         Ok(())
     }
