@@ -13,6 +13,7 @@
 //! * [`cli`], [`config`], [`run`]: the command line, its validation, and the mount's lifetime;
 //!   [`diagnose`] explains S3 failures to people.
 
+pub mod buffers;
 pub mod cache;
 pub mod cli;
 pub mod collisions;

@@ -26,6 +26,7 @@ use super::openfile::{Base, Multipart, OpenFile, UploadedPart};
 use super::ranges::RangeSet;
 use super::recovery::Record;
 use super::spool::Spool;
+use crate::buffers::POOL;
 use crate::store::{ObjectStore, UserMeta};
 
 /// What an upload stored.
@@ -168,7 +169,7 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Bytes `r` of the file as the snapshot sees it.
     async fn assemble(&self, snap: &Snapshot, r: Range<u64>) -> FsResult<Bytes> {
-        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        let mut buf = POOL.zeroed((r.end - r.start) as usize);
         if let Some(sp) = &snap.spool {
             sp.read_at(r.start, &mut buf)?;
         }
@@ -190,7 +191,7 @@ impl<S: ObjectStore> Fs<S> {
                 buf[at..at + data.len()].copy_from_slice(&data);
             }
         }
-        Ok(Bytes::from(buf))
+        Ok(POOL.freeze(buf))
     }
 
     async fn upload_multipart(&self, snap: &Snapshot) -> FsResult<String> {
@@ -397,7 +398,7 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         };
-        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        let mut buf = POOL.zeroed((r.end - r.start) as usize);
         if spool.read_at(r.start, &mut buf).is_err()
             || of.lock().part_version.get(&p).copied().unwrap_or(0) != version
         {
@@ -415,7 +416,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         let result = self
             .store
-            .upload_part(&key, &upload_id, (p + 1) as i32, Bytes::from(buf))
+            .upload_part(&key, &upload_id, (p + 1) as i32, POOL.freeze(buf))
             .await;
         let mut s = of.lock();
         s.inflight.remove(&p);
