@@ -6,8 +6,10 @@
 //! s3bench get BUCKET KEY [CONCURRENCY] [CHUNK_MIB]     # concurrent ranged GETs of one object
 //! s3bench put BUCKET KEY SIZE_MIB [CONCURRENCY]        # multipart upload of SIZE MiB
 //! s3bench list BUCKET PREFIX                           # paged LIST of every key under PREFIX
-//! s3bench seed BUCKET PREFIX COUNT SIZE_BYTES          # COUNT small objects, 32 at a time
+//! s3bench seed BUCKET PREFIX COUNT SIZE_BYTES [CONC]   # COUNT small objects, CONC (32) at a time
 //! s3bench small-get BUCKET PREFIX COUNT                # GET COUNT small objects one by one
+//! s3bench wait-size BUCKET KEY SIZE_BYTES              # waits until KEY exists with SIZE bytes
+//! s3bench wait-count BUCKET PREFIX COUNT               # waits until COUNT keys are under PREFIX
 //! ```
 //! Each prints one line: `<what> <seconds> <MiB/s or ops/s>`.
 
@@ -119,6 +121,7 @@ async fn main() {
             let count = arg(&a, 4, 10_000);
             let size = arg(&a, 5, 0) as usize;
             let body = Bytes::from(vec![b'x'; size]);
+            let conc = arg(&a, 6, 32) as usize;
             stream::iter(0..count)
                 .map(|i| {
                     let (s, body) = (&s, body.clone());
@@ -128,7 +131,7 @@ async fn main() {
                             .expect("put")
                     }
                 })
-                .buffer_unordered(32)
+                .buffer_unordered(conc)
                 .for_each(|_| async {})
                 .await;
             let secs = t.elapsed().as_secs_f64();
@@ -144,6 +147,42 @@ async fn main() {
             }
             let secs = t.elapsed().as_secs_f64();
             println!("small-get {secs:.3} {:.1}", count as f64 / secs);
+        }
+        "wait-size" => {
+            // For file systems whose close() returns before the upload (rclone's VFS cache).
+            let size = arg(&a, 4, 0);
+            while !matches!(s.head(&a[3]).await, Ok(h) if h.size == size) {
+                if t.elapsed().as_secs() > 600 {
+                    eprintln!("{} did not reach {size} bytes", a[3]);
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            println!("wait-size {:.3}", t.elapsed().as_secs_f64());
+        }
+        "wait-count" => {
+            let want = arg(&a, 4, 0) as usize;
+            loop {
+                let mut req = ListRequest::flat(&a[3]);
+                let mut n = 0;
+                loop {
+                    let p = s.list(&req).await.expect("list");
+                    n += p.objects.len();
+                    match p.next_token {
+                        Some(tk) => req.token = Some(tk),
+                        None => break,
+                    }
+                }
+                if n >= want {
+                    break;
+                }
+                if t.elapsed().as_secs() > 600 {
+                    eprintln!("only {n} of {want} keys under {}", a[3]);
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            println!("wait-count {:.3}", t.elapsed().as_secs_f64());
         }
         other => {
             eprintln!("unknown command {other}");

@@ -16,7 +16,7 @@ use bytes::Bytes;
 /// Buffers smaller than this come from the ordinary heap (no mapping of their own).
 const MIN_POOLED: usize = 256 * 1024;
 /// Most bytes the process-wide pool keeps idle.
-pub const MAX_IDLE: usize = 24 * 1024 * 1024;
+pub const MAX_IDLE: usize = 16 * 1024 * 1024;
 
 /// Idle buffers, bounded in bytes.
 pub struct Pool {

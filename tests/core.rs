@@ -676,3 +676,96 @@ async fn a_full_spool_makes_writes_wait_then_fail_with_enospc() {
     t.fs.release(b).await.unwrap();
     assert_eq!(t.s().peek("b").unwrap().len(), 8 * 1024);
 }
+
+#[tokio::test]
+async fn reading_a_directory_file_by_file_fetches_the_next_small_files_ahead() {
+    let t = T::new();
+    for i in 0..40 {
+        t.s()
+            .insert(&format!("d/f{i:02}"), format!("content of file {i}"));
+    }
+    t.s().insert("d/g-big", vec![7u8; 3 << 20]);
+    assert_eq!(t.names("d").await.len(), 41, "the listing is cached");
+    let gets = |t: &T| t.s().count(Op::Get);
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
+
+    // Opening files out of order prefetches nothing.
+    assert_eq!(t.read_all("d/f20").await, b"content of file 20");
+    assert_eq!(t.read_all("d/f03").await, b"content of file 3");
+    settle().await;
+    assert_eq!(gets(&t), 2);
+
+    // Two in order: the next 16 small files are fetched (f20 is cached already)...
+    assert_eq!(t.read_all("d/f04").await, b"content of file 4");
+    settle().await;
+    assert_eq!(gets(&t), 3 + 15);
+    // ...and reading them costs no GET; reading on keeps 16 ahead, never the same one twice.
+    for i in 5..=20 {
+        assert_eq!(
+            t.read_all(&format!("d/f{i:02}")).await,
+            format!("content of file {i}").as_bytes()
+        );
+    }
+    settle().await;
+    assert_eq!(
+        gets(&t),
+        3 + 15 + 16,
+        "no GET for f05..f20; f21..f36 ahead now"
+    );
+    for i in 21..40 {
+        t.read_all(&format!("d/f{i:02}")).await;
+    }
+    settle().await;
+    // Each file read (f03..f39) fetched exactly once, and g-big, within 16 of the last
+    // ones, never: files larger than a block are not fetched ahead.
+    assert_eq!(gets(&t), 37);
+}
+
+#[tokio::test]
+async fn a_file_changed_since_the_listing_is_not_served_from_what_was_fetched_ahead() {
+    let t = T::with(|c| c.metadata_ttl = std::time::Duration::from_millis(300));
+    for i in 0..6 {
+        t.s().insert(&format!("d/f{i}"), format!("old {i}"));
+    }
+    assert_eq!(t.names("d").await.len(), 6);
+    t.read_all("d/f0").await;
+    t.read_all("d/f1").await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let gets = t.s().count(Op::Get);
+    assert_eq!(gets, 6, "f2..f5 fetched ahead");
+    // Another client replaces f3; once the metadata TTL has passed, the open sees it.
+    t.s().insert("d/f3", "new content");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(t.read_all("d/f3").await, b"new content");
+    assert_eq!(t.read_all("d/f2").await, b"old 2");
+}
+
+#[tokio::test]
+async fn files_created_in_a_new_directory_need_no_lookup_request() {
+    let t = T::new();
+    let d =
+        t.fs.mkdir(ROOT, OsStr::new("new"), 0o755, 0o022, 0, 0)
+            .await
+            .unwrap()
+            .ino;
+    let (heads, lists) = (t.s().count(Op::Head), t.s().count(Op::List));
+    for i in 0..10 {
+        let name = format!("f{i}");
+        assert_eq!(
+            t.fs.lookup(d, OsStr::new(&name)).await.unwrap_err().errno,
+            libc::ENOENT
+        );
+        let (_, fh) =
+            t.fs.create(d, OsStr::new(&name), 0o644, 0o022, libc::O_WRONLY, 0, 0)
+                .await
+                .unwrap();
+        t.fs.write(fh, 0, name.as_bytes()).await.unwrap();
+        t.fs.flush(fh).await.unwrap();
+        t.fs.release(fh).await.unwrap();
+    }
+    assert_eq!(t.s().count(Op::Head), heads, "no HEAD for the new names");
+    assert_eq!(t.s().count(Op::List), lists, "no LIST for the new names");
+    assert_eq!(t.s().count(Op::Put), 11, "the marker and one PUT per file");
+    assert_eq!(t.names("new").await.len(), 10);
+    assert_eq!(t.read_all("new/f7").await, b"f7");
+}

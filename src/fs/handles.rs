@@ -167,6 +167,15 @@ impl<S: ObjectStore> Fs<S> {
             i.handles += 1;
             (of, keep_cache)
         };
+        if !mode.writable && !mode.truncate {
+            let at = {
+                let t = self.table();
+                t.get(ino).map(|i| (i.parent, i.name.clone()))
+            };
+            if let Some((parent, name)) = at {
+                self.note_read_open(parent, &name);
+            }
+        }
         if mode.truncate && mode.writable {
             let r = self.truncate_open(&of, 0).await;
             if let Err(e) = r {

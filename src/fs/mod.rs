@@ -31,6 +31,7 @@ pub mod readdir;
 pub mod recovery;
 pub mod rename;
 pub mod setattr;
+pub mod siblings;
 pub mod spool;
 pub mod upload;
 pub mod write;
@@ -179,6 +180,8 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) inflight: readahead::InFlight,
     /// Read-ahead in flight, in blocks.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
+    /// The last file opened for reading in each recently used directory (see `siblings`).
+    pub(crate) read_cursors: Mutex<lru::LruCache<Ino, String>>,
     /// Directories whose entries' metadata is being fetched in the background.
     pub(crate) prefetching: Mutex<std::collections::HashSet<Ino>>,
     /// This filesystem, for spawning background work from `&self` methods.
@@ -220,6 +223,9 @@ impl<S: ObjectStore> Fs<S> {
         Ok(Arc::new_cyclic(|me| Fs {
             me: me.clone(),
             prefetching: Mutex::new(std::collections::HashSet::new()),
+            read_cursors: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(siblings::CURSORS).expect("non-zero"),
+            )),
             store: Arc::new(store),
             layout: PartLayout::new(config.part_size),
             inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root)),

@@ -422,6 +422,9 @@ impl<S: ObjectStore> Fs<S> {
         let attr = self.attr_of(&mut t, ino, true);
         drop(t);
         self.name_added(parent, name, Kind::Dir);
+        // S3 was just asked and has nothing under the new prefix: its listing is known to be
+        // empty, so the names created in it next (`cp -r`, `tar -x`) need no lookup request.
+        self.listing_store(ino, Vec::new());
         Ok(attr)
     }
 

@@ -230,7 +230,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Starts GETs for the blocks of `[from, to)` that are neither cached nor in flight, in
     /// chunks of at most `chunk` blocks. Checking and registering happen under one lock, so
     /// two readers never fetch the same block twice.
-    fn start_fetches(self: &Arc<Self>, b: &Base, from: u64, to: u64, chunk: u64) {
+    pub(super) fn start_fetches(self: &Arc<Self>, b: &Base, from: u64, to: u64, chunk: u64) {
         let mut m = self.inflight.lock();
         let free = |m: &HashMap<BlockKey, (ChunkFuture, u64)>, i: u64| {
             let k = block_key(b, i);
