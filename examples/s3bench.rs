@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! s3bench get BUCKET KEY [CONCURRENCY] [CHUNK_MIB]     # concurrent ranged GETs of one object
-//! s3bench put BUCKET KEY SIZE_MIB [CONCURRENCY]        # multipart upload of SIZE MiB
+//! s3bench put BUCKET KEY SIZE_MIB [CONC] [FILE]        # multipart upload of SIZE MiB (of FILE)
 //! s3bench list BUCKET PREFIX                           # paged LIST of every key under PREFIX
 //! s3bench seed BUCKET PREFIX COUNT SIZE_BYTES [CONC]   # COUNT small objects, CONC (32) at a time
 //! s3bench small-get BUCKET PREFIX COUNT                # GET COUNT small objects one by one
@@ -68,7 +68,17 @@ async fn main() {
             let size = arg(&a, 4, 1024) * MIB;
             let conc = arg(&a, 5, 8) as usize;
             let part = 8 * MIB;
-            let data = Bytes::from(vec![7u8; part as usize]);
+            // The bytes of FILE when given (the same data the file systems write: random
+            // data neither compresses nor deduplicates in the server), else a constant.
+            let data = match a.get(6) {
+                Some(path) => Bytes::from(std::fs::read(path).expect("read the data file")),
+                None => Bytes::from(vec![7u8; size as usize]),
+            };
+            assert!(
+                data.len() as u64 >= size,
+                "the data file is shorter than SIZE"
+            );
+            let t = Instant::now();
             let id = s
                 .create_multipart(key, &UserMeta::new())
                 .await
@@ -78,9 +88,10 @@ async fn main() {
                 .map(|i| {
                     let (s, id, data) = (&s, &id, data.clone());
                     async move {
+                        let at = (i * part) as usize;
                         let len = part.min(size - i * part) as usize;
                         let e = s
-                            .upload_part(key, id, (i + 1) as i32, data.slice(..len))
+                            .upload_part(key, id, (i + 1) as i32, data.slice(at..at + len))
                             .await
                             .expect("part");
                         ((i + 1) as i32, e)

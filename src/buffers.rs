@@ -5,23 +5,24 @@
 //! unmaps it again. Profiles of a 1 GiB copy showed a third of the daemon's CPU time in those
 //! faults. Buffers handed out here go back to a small pool when the last `Bytes` pointing into
 //! them is dropped (a part once uploaded, a block once evicted), and the next fetch or part
-//! reuses them. The pool keeps at most `MAX_IDLE` bytes idle, so it adds a fixed amount to
-//! the process's memory, inside the reserve `--memory-limit` keeps for the process itself;
-//! buffers in use are counted where they are used, as before.
+//! reuses them; so do the copies of FUSE write requests. The pool keeps at most an eighth of
+//! `--memory-limit` (32 MiB by default) idle, counted in the share the limit sets aside for
+//! the process itself; buffers in use are counted where they are used, as before.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
 /// Buffers smaller than this come from the ordinary heap (no mapping of their own).
 const MIN_POOLED: usize = 256 * 1024;
-/// Most bytes the process-wide pool keeps idle.
-pub const MAX_IDLE: usize = 16 * 1024 * 1024;
+/// Most bytes the process-wide pool keeps idle, unless `set_max_idle` says otherwise.
+pub const MAX_IDLE: usize = 32 * 1024 * 1024;
 
 /// Idle buffers, bounded in bytes.
 pub struct Pool {
     inner: Mutex<Idle>,
-    max_idle: usize,
+    max_idle: AtomicUsize,
 }
 
 struct Idle {
@@ -39,7 +40,24 @@ impl Pool {
                 buffers: Vec::new(),
                 bytes: 0,
             }),
-            max_idle,
+            max_idle: AtomicUsize::new(max_idle),
+        }
+    }
+
+    /// Bounds the idle bytes (the mount sets it from `--memory-limit`).
+    pub fn set_max_idle(&self, bytes: usize) {
+        self.max_idle.store(bytes, Ordering::Relaxed);
+        let mut p = self.idle();
+        while p.bytes > bytes {
+            let Some(v) = p.buffers.pop() else { break };
+            p.bytes -= v.capacity();
+        }
+    }
+
+    /// Gives a buffer that was only needed for a while back to the pool.
+    pub fn recycle(&self, v: Vec<u8>) {
+        if v.capacity() >= MIN_POOLED {
+            self.give_back(v);
         }
     }
 
@@ -61,7 +79,7 @@ impl Pool {
                 .min_by_key(|(_, v)| v.capacity())
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                let mut v = p.buffers.swap_remove(i);
+                let mut v = p.buffers.remove(i);
                 p.bytes -= v.capacity();
                 v.clear();
                 return v;
@@ -91,12 +109,20 @@ impl Pool {
         self.idle().bytes
     }
 
+    /// Keeps `v` for reuse, making room by freeing the buffers idle longest: the pool
+    /// follows the sizes in use now (write copies, blocks, parts).
     fn give_back(&self, v: Vec<u8>) {
-        let mut p = self.idle();
-        if p.bytes + v.capacity() <= self.max_idle {
-            p.bytes += v.capacity();
-            p.buffers.push(v);
+        let max = self.max_idle.load(Ordering::Relaxed);
+        if v.capacity() > max {
+            return;
         }
+        let mut p = self.idle();
+        while p.bytes + v.capacity() > max && !p.buffers.is_empty() {
+            let old = p.buffers.remove(0);
+            p.bytes -= old.capacity();
+        }
+        p.bytes += v.capacity();
+        p.buffers.push(v);
     }
 }
 
@@ -148,5 +174,23 @@ mod tests {
         let small = pool.take(300 * 1024);
         assert!(small.capacity() < MIB);
         assert_eq!(pool.idle_bytes(), 8 * MIB);
+        // A buffer used for a while and handed back directly.
+        let cap = small.capacity();
+        pool.recycle(small);
+        assert_eq!(
+            pool.idle_bytes(),
+            7 * MIB + cap,
+            "the buffer idle longest made room"
+        );
+        pool.set_max_idle(2 * MIB);
+        assert!(
+            pool.idle_bytes() <= 2 * MIB,
+            "a lower bound frees the excess"
+        );
+        let w = pool.take(MIB);
+        assert!(pool.idle_bytes() <= MIB);
+        pool.recycle(w);
+        assert!(pool.idle_bytes() <= 2 * MIB);
+        assert!(pool.idle_bytes() >= MIB);
     }
 }

@@ -110,6 +110,8 @@ pub struct MemoryShares {
     pub read_ahead: u64,
     /// Parts being uploaded.
     pub uploads: u64,
+    /// Idle buffers kept for reuse (see `crate::buffers`).
+    pub pool: u64,
 }
 
 /// Memory the process needs besides its data buffers: code, the S3 client and its
@@ -118,11 +120,13 @@ pub struct MemoryShares {
 pub const OVERHEAD: u64 = 40 << 20;
 
 impl MemoryShares {
-    /// Splits what `limit` leaves after [`OVERHEAD`]: half for the cache (read-ahead waits
-    /// there until it is read), a quarter each for reads in flight and uploads, each at least
-    /// what one request needs. So the whole process stays within `limit`.
+    /// Splits what `limit` leaves after [`OVERHEAD`] and an eighth for idle reusable buffers:
+    /// half for the cache (read-ahead waits there until it is read), a quarter each for reads
+    /// in flight and uploads, each at least what one request needs. So the whole process
+    /// stays within `limit`.
     pub fn split(limit: u64, part_size: u64) -> Self {
-        let data = limit.saturating_sub(OVERHEAD);
+        let pool = limit / 8;
+        let data = limit.saturating_sub(OVERHEAD).saturating_sub(pool);
         let cache = (data / 2).max(BLOCK);
         let read_ahead = (data / 4).max(8 * BLOCK);
         let uploads = (data - data / 2 - data / 4).max(part_size);
@@ -130,6 +134,7 @@ impl MemoryShares {
             cache,
             read_ahead,
             uploads,
+            pool,
         }
     }
 }
@@ -179,6 +184,9 @@ mod tests {
     #[test]
     fn shares_add_up_to_the_limit() {
         let s = MemoryShares::split(256 << 20, 8 << 20);
-        assert_eq!(s.cache + s.read_ahead + s.uploads + OVERHEAD, 256 << 20);
+        assert_eq!(
+            s.cache + s.read_ahead + s.uploads + s.pool + OVERHEAD,
+            256 << 20
+        );
     }
 }

@@ -216,6 +216,7 @@ impl<S: ObjectStore> Fs<S> {
         let now = SystemTime::now();
         let root = Stat::new(Kind::Dir, &config.defaults, now);
         let shares = crate::cache::MemoryShares::split(config.memory_limit, config.part_size);
+        crate::buffers::POOL.set_max_idle(shares.pool as usize);
         let upload_slots = config
             .upload_concurrency
             .min((shares.uploads / config.part_size.max(1)) as usize)

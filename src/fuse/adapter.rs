@@ -6,6 +6,7 @@
 //! lives here beyond that translation (mountpoint-s3's `fuse.rs` works the same way, so the
 //! real filesystem can be tested without FUSE in the loop).
 
+use crate::buffers::POOL;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
@@ -417,9 +418,13 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         reply: ReplyWrite,
     ) {
         let fs = self.fs.clone();
-        let data = data.to_vec();
+        // The request outlives this call; its copy comes from the buffer pool.
+        let mut copy = POOL.take(data.len());
+        copy.extend_from_slice(data);
         self.rt.spawn(async move {
-            match fs.write(fh.0, offset, &data).await {
+            let r = fs.write(fh.0, offset, &copy).await;
+            POOL.recycle(copy);
+            match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(fail(&fs, "write", ino.0, None, &e)),
             }
