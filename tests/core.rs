@@ -769,3 +769,107 @@ async fn files_created_in_a_new_directory_need_no_lookup_request() {
     assert_eq!(t.names("new").await.len(), 10);
     assert_eq!(t.read_all("new/f7").await, b"f7");
 }
+
+#[tokio::test]
+async fn many_lookups_in_one_directory_list_it_once_instead_of_probing_each_name() {
+    let t = T::with(|c| c.fast_listing = true);
+    for i in 0..300 {
+        t.s().insert(&format!("d/f{i:03}"), "x");
+    }
+    let d = t.ino("d").await;
+    let lookup = |name: String| {
+        let fs = &t.fs;
+        async move { fs.lookup(d, OsStr::new(&name)).await }
+    };
+    for i in 0..16 {
+        lookup(format!("f{i:03}")).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let before = t.s().total_requests();
+    for i in 16..300 {
+        assert_eq!(lookup(format!("f{i:03}")).await.unwrap().stat.size, 1);
+    }
+    assert_eq!(
+        lookup("absent".into()).await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(
+        t.s().total_requests(),
+        before,
+        "after 16 probes the listing answers every lookup"
+    );
+}
+
+#[tokio::test]
+async fn lookups_in_exact_mode_after_the_listing_cost_no_list() {
+    let t = T::new();
+    for i in 0..100 {
+        t.s().insert(&format!("d/f{i:03}"), "x");
+    }
+    let d = t.ino("d").await;
+    for i in 0..16 {
+        t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let lists = t.s().count(Op::List);
+    for i in 16..100 {
+        t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(t.s().count(Op::List), lists, "no LIST per name any more");
+}
+
+#[tokio::test]
+async fn attributes_set_before_the_first_close_ride_along_with_its_put() {
+    // What `tar -x` does for every file: write, futimens, fchown, fchmod, close. The kernel
+    // sends the three without the handle; they are stored with the one PUT at close.
+    let t = T::new();
+    let fh = t.create("f").await;
+    let ino = t.ino("f").await;
+    t.fs.write(fh, 0, b"hello").await.unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for sa in [
+        pailfs::fs::setattr::SetAttr {
+            mtime: Some(mtime),
+            ..Default::default()
+        },
+        pailfs::fs::setattr::SetAttr {
+            uid: Some(7),
+            gid: Some(8),
+            ..Default::default()
+        },
+        pailfs::fs::setattr::SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    ] {
+        t.fs.setattr(ino, sa).await.unwrap();
+    }
+    assert_eq!(
+        t.s().total_requests() - t.s().count(Op::Head) - t.s().count(Op::List),
+        0
+    );
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert_eq!(t.s().count(Op::Put), 1);
+    assert_eq!(t.s().count(Op::Copy), 0);
+    let meta: UserMeta = t.s().peek_meta("f").unwrap();
+    assert_eq!(meta["mode"], (libc::S_IFREG | 0o640).to_string());
+    assert_eq!((meta["uid"].as_str(), meta["gid"].as_str()), ("7", "8"));
+    let a = t.fs.getattr(ino).await.unwrap();
+    assert_eq!(a.stat.mtime, mtime);
+    // On a file with nothing left to upload, a change is stored at once.
+    t.fs.setattr(
+        ino,
+        pailfs::fs::setattr::SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.s().count(Op::Copy), 1);
+}

@@ -513,6 +513,10 @@ impl Model {
                         if self.is_held(path) {
                             let h = self.held.as_mut().unwrap();
                             h.mode = *mode;
+                            // With data not uploaded yet, the change rides along with it.
+                            if h.dirty {
+                                return Ok(());
+                            }
                         }
                         let m = *mode;
                         self.edit(path, |_| {});

@@ -16,6 +16,7 @@
 
 pub mod attr;
 pub mod case;
+pub mod dirscan;
 pub mod error;
 pub mod handles;
 pub mod inode;
@@ -180,6 +181,8 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) inflight: readahead::InFlight,
     /// Read-ahead in flight, in blocks.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
+    /// Lookups that had to ask S3, by directory (see `dirscan`).
+    pub(crate) probes: Mutex<lru::LruCache<Ino, dirscan::Probes>>,
     /// The last file opened for reading in each recently used directory (see `siblings`).
     pub(crate) read_cursors: Mutex<lru::LruCache<Ino, String>>,
     /// Directories whose entries' metadata is being fetched in the background.
@@ -224,6 +227,9 @@ impl<S: ObjectStore> Fs<S> {
         Ok(Arc::new_cyclic(|me| Fs {
             me: me.clone(),
             prefetching: Mutex::new(std::collections::HashSet::new()),
+            probes: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(dirscan::COUNTED_DIRS).expect("non-zero"),
+            )),
             read_cursors: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(siblings::CURSORS).expect("non-zero"),
             )),

@@ -110,7 +110,10 @@ impl<S: ObjectStore> Fs<S> {
                     Err(e) => return Err(FsError::from_store(e, &meta.key)),
                 }
             }
-            _ => self.probe(&dir_key, name).await?,
+            _ => {
+                self.note_probe(parent);
+                self.probe(&dir_key, name).await?
+            }
         };
         self.record(parent, name, &dir_key, found, count)
     }

@@ -4,7 +4,7 @@
 //! other machines and by s3fs. On a file that is not open, a change is stored at once with a
 //! self-copy (no data is uploaded again); a directory stores its attributes in its marker
 //! object, creating one for an implicit directory. On an open file with unflushed writes, the
-//! change rides along with the upload at flush. `truncate` by path is stored at once;
+//! change rides along with the upload at flush (see `modify_meta`). `truncate` by path is stored at once;
 //! `ftruncate` at the next flush. The bucket root has no object to hold attributes, so changing
 //! them fails with `EPERM` rather than being accepted and lost.
 
@@ -98,7 +98,7 @@ impl<S: ObjectStore> Fs<S> {
                 let r = self.truncate_open(&h.of, len).await;
                 let r = match r {
                     Ok(()) if sa.touches_meta() => {
-                        self.modify_meta(ino, sa.fh.is_none(), |st, _| {
+                        self.modify_meta(ino, |st, _| {
                             sa.apply(st, now);
                             Ok(())
                         })
@@ -118,7 +118,7 @@ impl<S: ObjectStore> Fs<S> {
             _ => {}
         }
         if sa.touches_meta() {
-            self.modify_meta(ino, sa.fh.is_none(), |st, _| {
+            self.modify_meta(ino, |st, _| {
                 sa.apply(st, now);
                 Ok(())
             })
@@ -136,12 +136,16 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Changes an inode's attributes and/or stored metadata with `f`, and stores the result:
-    /// with the pending upload of an open file with unflushed data (at once when `by_path`),
-    /// with a self-copy for a file, in the marker object for a directory.
+    /// with the pending upload of an open file with unflushed data, with a self-copy for a
+    /// file, in the marker object for a directory.
+    ///
+    /// The kernel sends `fchmod`, `fchown` and `futimens` without the file handle, exactly as
+    /// it sends `chmod` by path, so the two cannot be told apart: a change to a file whose
+    /// data is not uploaded yet always rides along with that upload (`tar -x` sets times,
+    /// owner and mode on each file before closing it: one PUT, not four requests).
     pub(crate) async fn modify_meta(
         &self,
         ino: Ino,
-        by_path: bool,
         f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
     ) -> FsResult<()> {
         self.check_writable()?;
@@ -164,8 +168,8 @@ impl<S: ObjectStore> Fs<S> {
                 }
                 s.dirty
             };
-            // Through a handle, a change rides along with the data's upload at flush.
-            if by_path || !content_dirty {
+            // With unflushed data, the change rides along with the data's upload.
+            if !content_dirty {
                 self.flush_file(ino, of).await?;
             }
             return Ok(());

@@ -115,7 +115,7 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let name = user_name(name)?;
         let value = value.to_vec();
-        self.modify_meta(ino, true, |_, meta| {
+        self.modify_meta(ino, |_, meta| {
             let mut attrs = decode(meta);
             let exists = attrs.contains_key(&name);
             if flags & XATTR_CREATE != 0 && exists {
@@ -133,7 +133,7 @@ impl<S: ObjectStore> Fs<S> {
 
     pub async fn removexattr(&self, ino: Ino, name: &OsStr) -> FsResult<()> {
         let name = user_name(name)?;
-        self.modify_meta(ino, true, |_, meta| {
+        self.modify_meta(ino, |_, meta| {
             let mut attrs = decode(meta);
             if attrs.remove(&name).is_none() {
                 return Err(FsError::new(libc::ENODATA, "no such attribute"));
