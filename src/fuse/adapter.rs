@@ -137,8 +137,14 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         }
         // Requests the kernel keeps in flight (read-ahead of several files at once). Each can
         // hold a 1 MiB reply, so this is part of the memory overhead `MemoryShares` reserves.
-        let _ = config.set_max_background(MAX_BACKGROUND);
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        // PAILFS_MAX_BACKGROUND overrides it for `scripts/bench-fuse-settings` only.
+        let max_background = std::env::var("PAILFS_MAX_BACKGROUND")
+            .ok()
+            .and_then(|v| v.parse::<u16>().ok())
+            .filter(|n| (1..=256).contains(n))
+            .unwrap_or(MAX_BACKGROUND);
+        let _ = config.set_max_background(max_background);
+        let _ = config.set_congestion_threshold((max_background * 3 / 4).max(1));
         if let Err(max) = config.set_max_readahead(1024 * 1024) {
             let _ = config.set_max_readahead(max);
         }
