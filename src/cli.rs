@@ -282,6 +282,10 @@ pub struct MountArgs {
     /// Most disk the spool may use, e.g. 10G; writes wait for room, then fail with ENOSPC.
     #[arg(long, value_name = "SIZE", default_value = "16G")]
     pub max_cache_size: String,
+    /// Keep blocks read from S3 on disk too, in the cache directory, up to SIZE (e.g. 10G), so
+    /// re-reads after eviction or a remount cost no GET; 0 (the default) turns it off.
+    #[arg(long, value_name = "SIZE", default_value = "0")]
+    pub disk_cache_size: String,
     /// Size of the first multipart parts (files up to this size are one PUT), e.g. 8M.
     #[arg(long, value_name = "SIZE", default_value = "8M")]
     pub part_size: String,

@@ -241,6 +241,10 @@ impl MountConfig {
             return Err("--memory-limit must be at least 64M".into());
         }
         fs.fast_listing = a.fast_listing;
+        let disk_cache_size =
+            parse_size(&a.disk_cache_size).map_err(|e| format!("--disk-cache-size: {e}"))?;
+        // The directory is the mount's own cache directory, known once it is locked.
+        fs.disk_cache = (disk_cache_size > 0).then(|| (PathBuf::new(), disk_cache_size));
         fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
         fs.case_collision = match a.case_collision.as_str() {
             "error" => crate::fs::case::CaseCollision::Error,

@@ -224,6 +224,9 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     }
     let mut fs_config = cfg.fs.clone();
     fs_config.spool_dir = spool;
+    if let Some((dir, _)) = &mut fs_config.disk_cache {
+        *dir = spool_dir.join("blocks");
+    }
     fs_config.read_only = read_only;
     let fs = Fs::new(store, fs_config).map_err(|e| e.message)?;
     let adapter = Adapter::new(fs.clone(), rt.handle().clone());

@@ -873,3 +873,35 @@ async fn attributes_set_before_the_first_close_ride_along_with_its_put() {
     .unwrap();
     assert_eq!(t.s().count(Op::Copy), 1);
 }
+
+#[tokio::test]
+async fn blocks_kept_on_disk_serve_a_remount_without_a_get() {
+    let disk = tempfile::tempdir().unwrap();
+    let dir = disk.path().to_path_buf();
+    let data: Vec<u8> = (0..3 * MIB + 100).map(|i| (i % 251) as u8).collect();
+    let t = T::with(|c| c.disk_cache = Some((dir.clone(), 64 << 20)));
+    t.s().insert("big", data.clone());
+    assert_eq!(t.read_all("big").await, data);
+    assert!(t.s().count(Op::Get) > 0);
+    // The four blocks reach the disk in the background.
+    for _ in 0..200 {
+        if std::fs::read_dir(&dir).unwrap().count() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+    drop(t);
+    // A new mount over the same object (same key and ETag) reads it from disk.
+    let t = T::with(|c| c.disk_cache = Some((dir.clone(), 64 << 20)));
+    t.s().insert("big", data.clone());
+    assert_eq!(t.read_all("big").await, data);
+    assert_eq!(t.s().count(Op::Get), 0, "every block came from the disk");
+    drop(t);
+    // Another version of the object (another ETag) is read from S3.
+    let t = T::with(|c| c.disk_cache = Some((dir.clone(), 64 << 20)));
+    t.s().insert("other", "shifts the ETags");
+    t.s().insert("big", vec![9u8; 2 * MIB]);
+    assert_eq!(t.read_all("big").await, vec![9u8; 2 * MIB]);
+    assert!(t.s().count(Op::Get) > 0);
+}

@@ -5,6 +5,8 @@
 //! so its blocks are new entries and the old ones simply age out. The cache never holds more
 //! than its byte bound; inserting evicts the least recently used blocks first.
 
+pub mod disk;
+
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

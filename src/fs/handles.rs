@@ -284,6 +284,7 @@ impl<S: ObjectStore> Fs<S> {
         if last && h.of.is_dirty() {
             if let Err(e) = self.flush_file(h.ino, &h.of).await {
                 self.give_up(h.ino, &h.of, &e);
+                self.kernel_delivered().await;
                 result = Err(e);
             }
         }

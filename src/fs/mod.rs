@@ -83,6 +83,8 @@ pub struct FsConfig {
     /// Trust listings for attributes: `ls -l` costs no request per entry, but objects not yet
     /// looked at show the mount's default owner and modes and their S3 date.
     pub fast_listing: bool,
+    /// The on-disk block cache: its directory and size cap (off when `None`).
+    pub disk_cache: Option<(PathBuf, u64)>,
 }
 
 impl FsConfig {
@@ -110,6 +112,7 @@ impl FsConfig {
             case_collision: case::CaseCollision::Resolve,
             normalize_names: false,
             fast_listing: false,
+            disk_cache: None,
         }
     }
 }
@@ -155,6 +158,10 @@ pub trait KernelCache: Send + Sync {
     fn forget_name(&self, parent: Ino, name: &str);
     /// Forget cached pages and attributes of `ino`.
     fn forget_data(&self, ino: Ino);
+    /// Resolves once every notification queued before it was delivered to the kernel.
+    fn delivered(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
 }
 
 /// The core. Cheap to share: the adapter holds it in an `Arc` and spawns one task per request.
@@ -178,6 +185,7 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) collisions: std::sync::atomic::AtomicU64,
     pub(crate) collision_groups: Mutex<std::collections::HashSet<String>>,
     pub(crate) block_cache: crate::cache::BlockCache,
+    pub(crate) disk_cache: Option<Arc<crate::cache::disk::DiskCache>>,
     pub(crate) inflight: readahead::InFlight,
     /// Read-ahead in flight, in blocks.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
@@ -220,6 +228,17 @@ impl<S: ObjectStore> Fs<S> {
         let root = Stat::new(Kind::Dir, &config.defaults, now);
         let shares = crate::cache::MemoryShares::split(config.memory_limit, config.part_size);
         crate::buffers::POOL.set_max_idle(shares.pool as usize);
+        let disk_cache = match &config.disk_cache {
+            Some((dir, cap)) => Some(Arc::new(
+                crate::cache::disk::DiskCache::open(dir, *cap).map_err(|e| {
+                    FsError::new(
+                        libc::EIO,
+                        format!("cannot open the disk cache {}: {e}", dir.display()),
+                    )
+                })?,
+            )),
+            None => None,
+        };
         let upload_slots = config
             .upload_concurrency
             .min((shares.uploads / config.part_size.max(1)) as usize)
@@ -249,6 +268,7 @@ impl<S: ObjectStore> Fs<S> {
             collisions: std::sync::atomic::AtomicU64::new(0),
             collision_groups: Mutex::new(std::collections::HashSet::new()),
             block_cache: crate::cache::BlockCache::new(shares.cache),
+            disk_cache,
             failed_uploads: std::sync::atomic::AtomicU64::new(0),
             uploading: std::sync::atomic::AtomicU64::new(0),
             inflight: readahead::InFlight::default(),
@@ -267,6 +287,14 @@ impl<S: ObjectStore> Fs<S> {
     pub(crate) fn kernel_forget_name(&self, parent: Ino, name: &str) {
         if let Some(k) = self.kernel.get() {
             k.forget_name(parent, name);
+        }
+    }
+
+    /// Waits (up to a second) until the kernel has received the notifications queued so far:
+    /// a request answered after this sees no name the kernel was told to forget.
+    pub(crate) async fn kernel_delivered(&self) {
+        if let Some(rx) = self.kernel.get().and_then(|k| k.delivered()) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await;
         }
     }
 
@@ -329,11 +357,18 @@ impl<S: ObjectStore> Fs<S> {
         };
         let mut keys = Vec::new();
         for of in files {
+            // Parts being uploaded early finish first; none starts after (the file is
+            // poisoned), so no multipart upload is created after the abort below.
+            let _exclusive = of.upload.write().await;
             let (key, mp) = {
                 let mut s = of.lock();
                 if let Some(sp) = &s.spool {
                     sp.keep();
                 }
+                s.failed = Some(error::FsError::new(
+                    libc::EIO,
+                    "the mount is stopping; the file's data is kept in the cache directory",
+                ));
                 (s.key.clone(), s.mp.take())
             };
             if let Some(mp) = mp {

@@ -254,6 +254,23 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// Blocks `first..first + n` from the disk cache, if it has them all.
+    async fn read_disk_blocks(&self, b: &Base, first: u64, n: u64) -> Option<Arc<[Bytes]>> {
+        let disk = self.disk_cache.clone()?;
+        let keys: Vec<BlockKey> = (first..first + n).map(|i| block_key(b, i)).collect();
+        if !keys.iter().all(|k| disk.contains(k)) {
+            return None;
+        }
+        let blocks = tokio::task::spawn_blocking(move || {
+            keys.iter()
+                .map(|k| disk.get(k))
+                .collect::<Option<Vec<Bytes>>>()
+        })
+        .await
+        .ok()??;
+        Some(Arc::from(blocks))
+    }
+
     /// Spawns the GET of blocks `first..first + n`; the caller registers it as in flight.
     fn spawn_fetch(self: &Arc<Self>, b: &Base, first: u64, n: u64) -> ChunkFuture {
         let start = first * BLOCK;
@@ -268,7 +285,18 @@ impl<S: ObjectStore> Fs<S> {
                 .acquire_many_owned(n as u32)
                 .await
                 .map_err(|_| FsError::new(libc::EIO, "shutting down"))?;
-            let r = fs.get_blocks(&base, start..end).await;
+            let r = match fs.read_disk_blocks(&base, first, n).await {
+                Some(blocks) => Ok(blocks),
+                None => {
+                    let r = fs.get_blocks(&base, start..end).await;
+                    if let (Ok(blocks), Some(disk)) = (&r, &fs.disk_cache) {
+                        for (j, block) in blocks.iter().enumerate() {
+                            disk.put(block_key(&base, first + j as u64), block.clone());
+                        }
+                    }
+                    r
+                }
+            };
             if let Ok(blocks) = &r {
                 for (j, block) in blocks.iter().enumerate() {
                     fs.block_cache

@@ -385,7 +385,8 @@ impl<S: ObjectStore> Fs<S> {
         };
         let (version, key, spool) = {
             let s = of.lock();
-            let ok = !s.unlinked && s.size >= r.end && !s.needs_base(r.clone());
+            let ok =
+                !s.unlinked && s.failed.is_none() && s.size >= r.end && !s.needs_base(r.clone());
             match (&s.spool, ok) {
                 (Some(sp), true) => (
                     s.part_version.get(&p).copied().unwrap_or(0),
@@ -449,6 +450,9 @@ impl<S: ObjectStore> Fs<S> {
             let s = of.lock();
             if let Some(mp) = &s.mp {
                 return Ok(mp.upload_id.clone());
+            }
+            if let Some(e) = &s.failed {
+                return Err(e.clone());
             }
             (s.key.clone(), s.upload_meta())
         };

@@ -86,6 +86,9 @@ impl<S: ObjectStore> Fs<S> {
             let last = self.table().get(h.ino).is_none_or(|i| i.handles <= 1);
             if last {
                 self.give_up(h.ino, &h.of, e);
+                // close() reports the failure only once the kernel forgot the file's name
+                // (a new file that could not be stored disappears).
+                self.kernel_delivered().await;
             }
         }
         r

@@ -15,6 +15,8 @@ use crate::fs::inode::Ino;
 enum Note {
     Name(Ino, String),
     Data(Ino),
+    /// Answered once everything queued before it was sent.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 pub struct NotifyThread {
@@ -29,11 +31,15 @@ impl NotifyThread {
             .spawn(move || {
                 for note in rx {
                     // ENOENT means the kernel had nothing cached: fine.
-                    let r = match &note {
+                    let r = match note {
                         Note::Name(parent, name) => {
-                            notifier.inval_entry(INodeNo(*parent), name.as_ref())
+                            notifier.inval_entry(INodeNo(parent), name.as_ref())
                         }
-                        Note::Data(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                        Note::Data(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                        Note::Barrier(done) => {
+                            let _ = done.send(());
+                            Ok(())
+                        }
                     };
                     if let Err(e) = r
                         && e.raw_os_error() != Some(libc::ENOENT)
@@ -59,5 +65,11 @@ impl KernelCache for NotifyThread {
 
     fn forget_data(&self, ino: Ino) {
         self.send(Note::Data(ino));
+    }
+
+    fn delivered(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Note::Barrier(tx));
+        Some(rx)
     }
 }
