@@ -244,3 +244,46 @@ time.sleep(600)
     drop(m);
     rt.block_on(async { delete_prefix(&store, &prefix).await });
 }
+
+#[test]
+fn the_disk_cache_serves_a_remount_without_a_get() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("diskcache");
+    let rt = rt();
+    let store = rt.block_on(env.store());
+    let data = pseudo_random(3 << 20, 9);
+    rt.block_on(store.put(
+        &format!("{prefix}big.bin"),
+        data.clone().into(),
+        &Default::default(),
+    ))
+    .unwrap();
+    let source = format!("{}:{prefix}", env.bucket);
+    let mut m = Mount::custom(&source, &prefix, &["--disk-cache-size", "64M"], &[]);
+    assert_eq!(sha256_file(&m.p("big.bin")), sha256(&data));
+    // The three blocks reach the disk cache in the background.
+    let block_files = |m: &Mount| -> usize {
+        std::fs::read_dir(m.cache.path())
+            .unwrap()
+            .flatten()
+            .filter_map(|d| std::fs::read_dir(d.path().join("blocks")).ok())
+            .map(|rd| rd.count())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while block_files(&m) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(block_files(&m), 3);
+    m.remount();
+    drop_kernel_caches();
+    let before = stats(&m, true);
+    assert_eq!(sha256_file(&m.p("big.bin")), sha256(&data));
+    let after = stats(&m, true);
+    let get = "pailfs_requests_total{op=\"get\"}";
+    assert_eq!(
+        value(&after, get),
+        value(&before, get),
+        "after a remount the blocks came from the disk, not S3"
+    );
+}

@@ -105,7 +105,9 @@ impl<S: ObjectStore> Fs<S> {
         let (first, last) = (r.start / BLOCK, (end - 1) / BLOCK);
         let available = |i: u64| {
             let k = block_key(b, i);
-            self.block_cache.contains(&k) || self.inflight.lock().contains_key(&k)
+            self.block_cache.contains(&k)
+                || self.inflight.lock().contains_key(&k)
+                || self.disk_cache.as_ref().is_some_and(|d| d.contains(&k))
         };
         if !seq && !(first..=last).all(available) {
             // Random read: exactly the bytes asked for, not cached.
