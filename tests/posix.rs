@@ -436,6 +436,34 @@ fn pjdfstest_passes_every_group_that_applies() {
             in_failure = false;
         }
     }
+    // `open::etxtbsy` fails now and then under load (see tests/PJDFSTEST.md, "Known
+    // intermittent"): when it is the only failure, it is run again, at most twice.
+    let failed_cases: Vec<&String> = failures
+        .iter()
+        .filter(|l| !l.starts_with(char::is_whitespace))
+        .collect();
+    let only_etxtbsy = !failed_cases.is_empty()
+        && failed_cases
+            .iter()
+            .all(|l| l.trim_start().starts_with("open::etxtbsy "));
+    if !out.status.success() && only_etxtbsy {
+        for attempt in 1..=2 {
+            let again = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-p")
+                .arg(&work)
+                .arg("open::etxtbsy")
+                .output()
+                .unwrap();
+            if again.status.success() {
+                eprintln!(
+                    "note: open::etxtbsy failed in the full run and passed on rerun {attempt}"
+                );
+                return;
+            }
+        }
+    }
     assert!(
         out.status.success(),
         "pjdfstest failed:\n{}\n{}",
