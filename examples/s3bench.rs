@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use pailfs::store::aws::AwsStore;
 use pailfs::store::client::{S3Settings, build_client};
-use pailfs::store::{ListRequest, ObjectStore, UserMeta};
+use pailfs::store::{ListRequest, ObjectStore, Pages, UserMeta};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -108,21 +108,10 @@ async fn main() {
             println!("put {secs:.3} {:.1}", size as f64 / MIB as f64 / secs);
         }
         "list" => {
-            let mut req = ListRequest {
-                prefix: a[3].clone(),
-                delimiter: Some("/".into()),
-                token: None,
-                start_after: None,
-                max_keys: 1000,
-            };
+            let mut pages = Pages::new(ListRequest::dir(&a[3]));
             let mut n = 0;
-            loop {
-                let p = s.list(&req).await.expect("list");
+            while let Some(p) = pages.next(&s).await.expect("list") {
                 n += p.objects.len() + p.prefixes.len();
-                match p.next_token {
-                    Some(tk) => req.token = Some(tk),
-                    None => break,
-                }
             }
             let secs = t.elapsed().as_secs_f64();
             println!("list {secs:.3} {:.1} ({n} entries)", n as f64 / secs);
@@ -174,15 +163,10 @@ async fn main() {
         "wait-count" => {
             let want = arg(&a, 4, 0) as usize;
             loop {
-                let mut req = ListRequest::flat(&a[3]);
+                let mut pages = Pages::new(ListRequest::flat(&a[3]));
                 let mut n = 0;
-                loop {
-                    let p = s.list(&req).await.expect("list");
+                while let Some(p) = pages.next(&s).await.expect("list") {
                     n += p.objects.len();
-                    match p.next_token {
-                        Some(tk) => req.token = Some(tk),
-                        None => break,
-                    }
                 }
                 if n >= want {
                     break;

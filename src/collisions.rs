@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use serde::Serialize;
 
 use crate::fs::names::fold;
-use crate::store::{ListRequest, ObjectStore};
+use crate::store::{ListRequest, ObjectStore, Pages};
 
 /// Records sorted in memory before spilling to disk.
 const CHUNK_RECORDS: usize = 200_000;
@@ -270,13 +270,13 @@ pub async fn scan_with_chunk<S: ObjectStore>(
     chunk: usize,
 ) -> Result<ScanReport, String> {
     let mut runs = Runs::new(chunk.max(2));
-    let mut req = ListRequest::flat(prefix);
+    let mut pages = Pages::new(ListRequest::flat(prefix));
     let mut scanned = 0u64;
-    loop {
-        let page = store
-            .list(&req)
-            .await
-            .map_err(|e| format!("listing s3://{bucket}/{prefix} failed: {e}"))?;
+    while let Some(page) = pages
+        .next(store)
+        .await
+        .map_err(|e| format!("listing s3://{bucket}/{prefix} failed: {e}"))?
+    {
         for o in &page.objects {
             scanned += 1;
             let rel = &o.key[prefix.len().min(o.key.len())..];
@@ -286,10 +286,6 @@ pub async fn scan_with_chunk<S: ObjectStore>(
             }
         }
         progress(scanned);
-        match page.next_token {
-            Some(t) => req.token = Some(t),
-            None => break,
-        }
     }
     let sorted = runs
         .into_sorted()

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::fs::names::{Unrepresentable, check_segment};
-use crate::store::{ListRequest, ObjectStore};
+use crate::store::{ListRequest, ObjectStore, Pages};
 
 /// Unreachable keys listed one by one (all are counted).
 const LISTED: usize = 10_000;
@@ -118,7 +118,7 @@ pub async fn scan_keys<S: ObjectStore>(
     prefix: &str,
     mut progress: impl FnMut(u64),
 ) -> Result<(u64, u64, Vec<Skipped>), String> {
-    let mut req = ListRequest::flat(prefix);
+    let mut pages = Pages::new(ListRequest::flat(prefix));
     let (mut scanned, mut total, mut listed) = (0u64, 0u64, Vec::new());
     let mut shadows = Shadows::default();
     let mut add = |key: String, reason: String, listed: &mut Vec<Skipped>| {
@@ -127,11 +127,11 @@ pub async fn scan_keys<S: ObjectStore>(
             listed.push(Skipped { key, reason });
         }
     };
-    loop {
-        let page = store
-            .list(&req)
-            .await
-            .map_err(|e| format!("cannot list s3 prefix {prefix:?}: {e}"))?;
+    while let Some(page) = pages
+        .next(store)
+        .await
+        .map_err(|e| format!("cannot list s3 prefix {prefix:?}: {e}"))?
+    {
         for o in &page.objects {
             scanned += 1;
             let rel = &o.key[prefix.len().min(o.key.len())..];
@@ -147,10 +147,6 @@ pub async fn scan_keys<S: ObjectStore>(
             }
         }
         progress(scanned);
-        match page.next_token {
-            Some(t) => req.token = Some(t),
-            None => break,
-        }
     }
     Ok((scanned, total, listed))
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::{Mount, S3Env, rt, sh, unique_prefix};
-use pailfs::store::{ListRequest, ObjectStore, UserMeta};
+use pailfs::store::{ListRequest, ObjectStore, Pages, UserMeta};
 use serde_json::Value;
 
 fn put(prefix: &str, rel: &str, data: &str) {
@@ -30,20 +30,16 @@ fn keys(prefix: &str) -> Vec<String> {
     let prefix = prefix.to_string();
     rt().block_on(async move {
         let s = e.store().await;
-        let mut req = ListRequest::flat(&prefix);
+        let mut pages = Pages::new(ListRequest::flat(&prefix));
         let mut out = Vec::new();
-        loop {
-            let page = s.list(&req).await.unwrap();
+        while let Some(page) = pages.next(&s).await.unwrap() {
             out.extend(
                 page.objects
                     .iter()
                     .map(|o| o.key[prefix.len()..].to_string()),
             );
-            match page.next_token {
-                Some(t) => req.token = Some(t),
-                None => return out,
-            }
         }
+        out
     })
 }
 

@@ -25,7 +25,7 @@ use super::error::{FsError, FsResult};
 use super::inode::{Ino, Inode};
 use super::names::{self, child_key, child_prefix};
 use super::openfile::{Base, OpenFile};
-use crate::store::{ListRequest, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ListRequest, ObjectMeta, ObjectStore, Pages, StoreError};
 
 const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
@@ -387,21 +387,17 @@ impl<S: ObjectStore> Fs<S> {
     /// Every object under `prefix` (no delimiter), all pages.
     pub(crate) async fn list_all(&self, prefix: &str) -> FsResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
-        let mut req = ListRequest::flat(prefix);
-        loop {
-            let page = self
-                .store
-                .list(&req)
-                .await
-                .map_err(|e| FsError::from_store(e, prefix))?;
+        let mut pages = Pages::new(ListRequest::flat(prefix));
+        while let Some(page) = pages
+            .next(&*self.store)
+            .await
+            .map_err(|e| FsError::from_store(e, prefix))?
+        {
             out.extend(page.objects);
-            match page.next_token {
-                Some(t) => req.token = Some(t),
-                None => return Ok(out),
-            }
             if out.len() as u64 > self.config.max_rename_objects {
-                return Ok(out);
+                break;
             }
         }
+        Ok(out)
     }
 }

@@ -391,7 +391,7 @@ impl ObjectStore for AwsStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        let mut pieces = self.fetch(key, range, if_match, u64::MAX).await?;
+        let mut pieces = self.get_range_split(key, range, if_match, u64::MAX).await?;
         Ok(pieces.pop().unwrap_or_default())
     }
 

@@ -63,6 +63,37 @@ pub struct ListRequest {
     pub max_keys: u32,
 }
 
+/// The pages of one listing, fetched one after another: the continuation token is carried
+/// from each page to the next request.
+///
+/// ```ignore
+/// let mut pages = Pages::new(ListRequest::flat("photos/"));
+/// while let Some(page) = pages.next(&store).await? { /* page.objects */ }
+/// ```
+pub struct Pages {
+    req: ListRequest,
+    done: bool,
+}
+
+impl Pages {
+    pub fn new(req: ListRequest) -> Self {
+        Pages { req, done: false }
+    }
+
+    /// The next page, or `None` after the last one.
+    pub async fn next<S: ObjectStore>(&mut self, store: &S) -> StoreResult<Option<ListPage>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = store.list(&self.req).await?;
+        match &page.next_token {
+            Some(t) => self.req.token = Some(t.clone()),
+            None => self.done = true,
+        }
+        Ok(Some(page))
+    }
+}
+
 impl ListRequest {
     /// Every key under `prefix`, without a delimiter, 1,000 per page.
     pub fn flat(prefix: &str) -> Self {
@@ -164,7 +195,6 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> impl Future<Output = StoreResult<Bytes>> + Send;
 
-    /// PUT of a whole object (including zero bytes).
     /// Like [`ObjectStore::get_range`], in pieces of `piece` bytes (the last may be shorter),
     /// each its own buffer, so keeping one piece does not keep the others in memory.
     fn get_range_split(
@@ -184,6 +214,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         }
     }
 
+    /// PUT of a whole object (including zero bytes).
     fn put(
         &self,
         key: &str,

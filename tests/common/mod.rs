@@ -383,15 +383,10 @@ impl Drop for PrivateS3 {
 
 /// Deletes every key under `prefix` (test cleanup).
 pub async fn delete_prefix(store: &AwsStore, prefix: &str) {
-    let mut req = pailfs::store::ListRequest::flat(prefix);
-    loop {
-        let page = store.list(&req).await.unwrap();
+    let mut pages = pailfs::store::Pages::new(pailfs::store::ListRequest::flat(prefix));
+    while let Some(page) = pages.next(store).await.unwrap() {
         for o in &page.objects {
             store.delete(&o.key).await.unwrap();
-        }
-        match page.next_token {
-            Some(t) => req.token = Some(t),
-            None => break,
         }
     }
 }
