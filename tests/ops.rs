@@ -9,27 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use pailfs::store::ObjectStore;
 
-fn stats(m: &Mount, prometheus: bool) -> String {
-    let mut cmd = std::process::Command::new(pailfs_bin());
-    cmd.arg("stats").arg(m.path());
-    if prometheus {
-        cmd.arg("--prometheus");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pailfs stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn value(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
-}
-
 fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
 }
@@ -54,8 +33,8 @@ fn stats_count_a_known_workload() {
     }
     let after_writes = stats(&m, true);
     assert_eq!(
-        value(&after_writes, "pailfs_requests_total{op=\"put\"}")
-            - value(&before, "pailfs_requests_total{op=\"put\"}"),
+        stat_value(&after_writes, "pailfs_requests_total{op=\"put\"}")
+            - stat_value(&before, "pailfs_requests_total{op=\"put\"}"),
         20,
         "20 small files are 20 PUTs"
     );
@@ -67,18 +46,19 @@ fn stats_count_a_known_workload() {
     assert_eq!(sha256_file(&m.p("big.bin")), sha256(&data));
     let second = stats(&m, true);
     let get = "pailfs_requests_total{op=\"get\"}";
-    assert!(value(&first, get) > value(&before, get));
+    assert!(stat_value(&first, get) > stat_value(&before, get));
     assert_eq!(
-        value(&second, get),
-        value(&first, get),
+        stat_value(&second, get),
+        stat_value(&first, get),
         "the second read went to S3"
     );
     assert!(
-        value(&second, "pailfs_cache_hits_total") >= value(&first, "pailfs_cache_hits_total") + 3,
+        stat_value(&second, "pailfs_cache_hits_total")
+            >= stat_value(&first, "pailfs_cache_hits_total") + 3,
         "no cache hits counted:\n{second}"
     );
-    assert!(value(&second, "pailfs_read_bytes_total") >= 3 << 20);
-    assert!(value(&second, "pailfs_written_bytes_total") > 0);
+    assert!(stat_value(&second, "pailfs_read_bytes_total") >= 3 << 20);
+    assert!(stat_value(&second, "pailfs_written_bytes_total") > 0);
     // The summary for people.
     let text = stats(&m, false);
     assert!(
@@ -107,7 +87,7 @@ fn the_prometheus_endpoint_serves_the_counters() {
     c.read_to_string(&mut page).unwrap();
     assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
     assert!(page.contains("# TYPE pailfs_requests_total counter"));
-    assert!(value(&page, "pailfs_requests_total{op=\"put\"}") >= 1);
+    assert!(stat_value(&page, "pailfs_requests_total{op=\"put\"}") >= 1);
     // A taken address fails the mount with a clear message.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().to_string();
@@ -282,8 +262,8 @@ fn the_disk_cache_serves_a_remount_without_a_get() {
     let after = stats(&m, true);
     let get = "pailfs_requests_total{op=\"get\"}";
     assert_eq!(
-        value(&after, get),
-        value(&before, get),
+        stat_value(&after, get),
+        stat_value(&before, get),
         "after a remount the blocks came from the disk, not S3"
     );
 }

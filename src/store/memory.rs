@@ -87,6 +87,49 @@ struct State {
     uploads: HashMap<String, Upload>,
     faults: Vec<Fault>,
     delays: HashMap<Op, std::time::Duration>,
+    gates: Vec<(Op, Option<String>, When, Gate)>,
+}
+
+/// Where a [`Gate`] holds a request: before it takes effect, or after (the change is made,
+/// the answer not given yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Before,
+    After,
+}
+
+/// Holds matching requests until opened, so a test can order concurrent operations
+/// exactly (an upload landing while a rename is between its copies and its deletes).
+#[derive(Clone)]
+pub struct Gate {
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    held: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            open: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            held: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// Lets every held and later request through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until `n` requests reached the gate in all.
+    pub async fn reached(&self, n: u64) {
+        let mut rx = self.held.subscribe();
+        let _ = rx.wait_for(|h| *h >= n).await;
+    }
+
+    async fn pass(&self) {
+        self.held.send_modify(|h| *h += 1);
+        let mut rx = self.open.subscribe();
+        let _ = rx.wait_for(|o| *o).await;
+    }
 }
 
 /// See the module documentation.
@@ -167,6 +210,31 @@ impl MemoryStore {
         );
     }
 
+    /// Holds requests of `op` (on keys containing `key_contains`) at `when` until the returned
+    /// gate is opened.
+    pub fn gate(&self, op: Op, key_contains: Option<&str>, when: When) -> Gate {
+        let g = Gate::new();
+        self.lock()
+            .gates
+            .push((op, key_contains.map(str::to_string), when, g.clone()));
+        g
+    }
+
+    async fn hold(&self, op: Op, key: &str, when: When) {
+        let gates: Vec<Gate> = self
+            .lock()
+            .gates
+            .iter()
+            .filter(|(o, k, w, _)| {
+                *o == op && *w == when && k.as_deref().is_none_or(|k| key.contains(k))
+            })
+            .map(|(_, _, _, g)| g.clone())
+            .collect();
+        for g in gates {
+            g.pass().await;
+        }
+    }
+
     /// Deletes an object directly, as another S3 client would, without counting a request.
     pub fn remove(&self, key: &str) {
         self.lock().objects.remove(key);
@@ -192,6 +260,7 @@ impl MemoryStore {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
+        self.hold(op, key, When::Before).await;
         let mut state = self.lock();
         let hit = state.faults.iter_mut().find(|f| {
             f.op == op
@@ -326,6 +395,7 @@ impl ObjectStore for MemoryStore {
                 meta: meta.clone(),
             },
         );
+        self.hold(Op::Put, key, When::After).await;
         Ok(PutResult { etag })
     }
 
@@ -474,24 +544,28 @@ impl ObjectStore for MemoryStore {
     ) -> StoreResult<PutResult> {
         self.enter(Op::Copy, dst_key).await?;
         let etag = self.new_etag();
-        let mut state = self.lock();
-        let src = state.objects.get(src_key).ok_or(StoreError::NotFound)?;
-        if src_etag.is_some_and(|e| e != src.etag) {
-            return Err(StoreError::PreconditionFailed);
+        {
+            let mut state = self.lock();
+            let src = state.objects.get(src_key).ok_or(StoreError::NotFound)?;
+            if src_etag.is_some_and(|e| e != src.etag) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            let object = Object {
+                data: src.data.clone(),
+                etag: etag.clone(),
+                last_modified: SystemTime::now(),
+                meta: meta.cloned().unwrap_or_else(|| src.meta.clone()),
+            };
+            state.objects.insert(dst_key.to_string(), object);
         }
-        let object = Object {
-            data: src.data.clone(),
-            etag: etag.clone(),
-            last_modified: SystemTime::now(),
-            meta: meta.cloned().unwrap_or_else(|| src.meta.clone()),
-        };
-        state.objects.insert(dst_key.to_string(), object);
+        self.hold(Op::Copy, dst_key, When::After).await;
         Ok(PutResult { etag })
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.enter(Op::Delete, key).await?;
         self.lock().objects.remove(key);
+        self.hold(Op::Delete, key, When::After).await;
         Ok(())
     }
 }

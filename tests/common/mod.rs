@@ -441,3 +441,26 @@ pub fn sh(cmd: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `pailfs stats` of a live mount (`--prometheus` for the raw text).
+pub fn stats(m: &Mount, prometheus: bool) -> String {
+    let mut cmd = Command::new(pailfs_bin());
+    cmd.arg("stats").arg(m.path());
+    if prometheus {
+        cmd.arg("--prometheus");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pailfs stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One value of a `pailfs stats --prometheus` page.
+pub fn stat_value(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
+}
