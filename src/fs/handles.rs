@@ -1,9 +1,10 @@
 //! Open, create and release: the handle table and the life of an [`OpenFile`].
 //!
 //! Every handle on an inode shares the inode's [`OpenFile`], created at the first open and
-//! dropped at the last release. `O_TRUNC` is handled at open (the mount asks the kernel for
-//! `FUSE_ATOMIC_O_TRUNC`), so truncating a file to rewrite it never stores an empty object in
-//! between: S3 keeps the old content until the new one is complete.
+//! dropped at the last release. `O_TRUNC` arrives from the kernel as a `setattr` of the size
+//! through the new handle (see `setattr`), which is stored at the next flush, so truncating a
+//! file to rewrite it never stores an empty object in between: S3 keeps the old content until
+//! the new one is complete.
 //!
 //! At the last release, a file that is still dirty (its flush failed, or it was written through
 //! a path that never flushed) gets one more upload attempt; if that fails too, its spool file is

@@ -126,8 +126,11 @@ pub const MAX_BACKGROUND: u16 = 16;
 
 impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_DO_READDIRPLUS
+        // Not FUSE_ATOMIC_O_TRUNC: with it the kernel sends the truncation inside OPEN, before
+        // it checks that the file is not being executed (ETXTBSY), and truncates its own page
+        // cache of a running program. Without it, O_TRUNC arrives as a SETATTR with the new
+        // handle, after that check; the truncation still waits for the next flush.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS;
         for flag in wanted.iter() {
