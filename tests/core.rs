@@ -525,13 +525,11 @@ async fn truncate_then_extend_reads_zeros_not_old_bytes() {
     let fh = t.fs.open(ino, libc::O_RDWR).await.unwrap();
     let sa = pailfs::fs::setattr::SetAttr {
         size: Some(3),
-        fh: Some(fh),
         ..Default::default()
     };
     t.fs.setattr(ino, sa).await.unwrap();
     let sa = pailfs::fs::setattr::SetAttr {
         size: Some(6),
-        fh: Some(fh),
         ..Default::default()
     };
     t.fs.setattr(ino, sa).await.unwrap();
@@ -539,6 +537,29 @@ async fn truncate_then_extend_reads_zeros_not_old_bytes() {
     t.fs.flush(fh).await.unwrap();
     t.fs.release(fh).await.unwrap();
     assert_eq!(t.s().peek("f").unwrap(), Bytes::from_static(b"abc\0\0\0"));
+}
+
+/// `open(O_TRUNC)` of an existing file reaches the core as an open and a truncation without
+/// the handle, like truncate(2) by path: nothing is stored until the new content is.
+#[tokio::test]
+async fn a_truncating_open_stores_no_empty_object() {
+    let t = T::new();
+    t.s().insert("f", "old content");
+    let ino = t.ino("f").await;
+    let fh = t.fs.open(ino, libc::O_WRONLY).await.unwrap();
+    let sa = pailfs::fs::setattr::SetAttr {
+        size: Some(0),
+        mtime: Some(std::time::SystemTime::now()),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    assert_eq!(t.s().count(Op::Put), 0);
+    assert_eq!(t.s().peek("f").unwrap(), Bytes::from_static(b"old content"));
+    t.fs.write(fh, 0, b"new").await.unwrap();
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert_eq!(t.s().count(Op::Put), 1);
+    assert_eq!(t.s().peek("f").unwrap(), Bytes::from_static(b"new"));
 }
 
 #[tokio::test]

@@ -421,7 +421,11 @@ fn a_truncating_open_of_a_running_program_fails_and_changes_nothing() {
         if fd >= 0 {
             unsafe { libc::close(fd) };
         }
-        assert_eq!((fd, err), (-1, Some(libc::ETXTBSY)), "open flags {flags:#x}");
+        assert_eq!(
+            (fd, err),
+            (-1, Some(libc::ETXTBSY)),
+            "open flags {flags:#x}"
+        );
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "the running program died: {status:?}");

@@ -416,7 +416,7 @@ async fn a_shell_redirect_stores_one_object() {
 async fn a_new_open_reads_a_version_another_client_stored() {
     let t = T::new();
     t.write_file("f", b"short").await;
-    assert_eq!(t.ino("f").await.is_ok(), true);
+    assert!(t.ino("f").await.is_ok());
     t.s().insert("f", "a longer version of the file");
     assert_eq!(
         t.read_all("f").await.unwrap(),

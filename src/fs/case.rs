@@ -17,15 +17,23 @@
 //!   making a directory, a symlink or renaming onto a name that differs only in case from an
 //!   existing one fails with `EEXIST`: for users who want to be stopped rather than merged.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{FsError, FsResult};
 use super::inode::Ino;
-use super::listing::{Listed, lock, winner};
+use super::listing::{Listed, winner};
 use super::names::fold;
 use super::{Attr, Fs};
 use crate::store::ObjectStore;
+
+/// Collisions seen so far: a count for stats and the groups already logged.
+#[derive(Default)]
+pub struct CaseLog {
+    count: AtomicU64,
+    groups: Mutex<HashSet<String>>,
+}
 
 /// What to do when a name being created differs only in case from an existing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -38,14 +46,6 @@ pub enum CaseCollision {
 }
 
 impl<S: ObjectStore> Fs<S> {
-    /// The inode an alias stands for.
-    pub(crate) fn canon(&self, ino: Ino) -> Ino {
-        if !self.config.case_insensitive {
-            return ino;
-        }
-        self.table().canon(ino)
-    }
-
     pub(crate) fn folded(&self, name: &str) -> String {
         fold(name, self.config.normalize_names)
     }
@@ -53,7 +53,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Collisions detected so far (groups in listings, and creates or renames that resolved
     /// to an existing name of another case).
     pub fn collision_count(&self) -> u64 {
-        self.collisions.load(Ordering::Relaxed)
+        self.case_log.count.load(Ordering::Relaxed)
     }
 
     /// Logs a group of colliding keys, once per group.
@@ -62,11 +62,12 @@ impl<S: ObjectStore> Fs<S> {
         keys.sort();
         let id = keys.join("\u{0}");
         let mut seen = self
-            .collision_groups
+            .case_log
+            .groups
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if seen.len() < 100_000 && seen.insert(id) {
-            self.collisions.fetch_add(1, Ordering::Relaxed);
+            self.case_log.count.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "case collision: {} are the same name ignoring case; showing {:?}, hiding the others",
                 keys.iter()
@@ -80,7 +81,7 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Logs a create or rename that met an existing name of another case.
     pub(crate) fn note_resolved(&self, what: &str, dir_key: &str, asked: &str, existing: &str) {
-        self.collisions.fetch_add(1, Ordering::Relaxed);
+        self.case_log.count.fetch_add(1, Ordering::Relaxed);
         log::warn!(
             "case collision: {what} of {:?} met the existing {:?}",
             format!("{dir_key}{asked}"),
@@ -91,18 +92,25 @@ impl<S: ObjectStore> Fs<S> {
     /// Every entry of `dir` whose name folds like `name` (listed, and known here), by name.
     async fn variants(&self, dir: Ino, name: &str) -> FsResult<Vec<(String, bool)>> {
         let folded = self.folded(name);
-        let listing = self.dir_listing(dir).await?;
-        let mut group: Vec<(String, bool)> = lock(&listing)
-            .group(&folded)
+        let listed = match self.ns.listing_group(dir, &folded) {
+            Some(g) => g,
+            None => self
+                .dir_listing(dir)
+                .await?
+                .into_iter()
+                .filter(|l| self.folded(l.name()) == folded)
+                .collect(),
+        };
+        let mut group: Vec<(String, bool)> = listed
             .iter()
             .map(|l| (l.name().to_string(), l.is_dir()))
             .collect();
         // Entries not in S3 yet: files created here (the listing covers everything else;
         // other inodes in the table may be stale).
         // They win over a listed entry of the same name, as in `readdir`.
-        for (name, ino) in self.local_children(dir) {
+        for (name, ino) in self.ns.local_children(dir) {
             if self.folded(&name) == folded {
-                let is_dir = self.table().get(ino).is_some_and(|i| i.is_dir());
+                let is_dir = self.ns.get(ino).is_some_and(|i| i.is_dir());
                 group.retain(|(n, _)| *n != name);
                 group.push((name, is_dir));
             }
@@ -114,11 +122,7 @@ impl<S: ObjectStore> Fs<S> {
     pub(crate) async fn ci_existing(&self, dir: Ino, name: &str) -> FsResult<Option<String>> {
         let group = self.variants(dir, name).await?;
         if group.len() > 1 {
-            let dir_key = self
-                .table()
-                .get(dir)
-                .map(|d| d.key.clone())
-                .unwrap_or_default();
+            let dir_key = self.ns.key_of(dir, None).unwrap_or_default();
             let names: Vec<String> = group.iter().map(|(n, _)| n.clone()).collect();
             self.note_group(&dir_key, &names);
         }
@@ -140,15 +144,7 @@ impl<S: ObjectStore> Fs<S> {
             return Ok(attr);
         }
         log::debug!("{name:?} resolves to {stored:?} ignoring case");
-        let mut t = self.table();
-        let alias = t.alias(parent, name, attr.ino);
-        // The kernel's lookup on the alias also holds the inode it stands for, so the target
-        // stays in the table while the kernel may use the alias.
-        for ino in [alias, attr.ino] {
-            if let Some(a) = t.get_mut(ino) {
-                a.lookups += 1;
-            }
-        }
+        let alias = self.ns.alias(parent, name, attr.ino);
         let mut a = attr;
         a.ino = alias;
         a.alias = true;
@@ -172,11 +168,7 @@ impl<S: ObjectStore> Fs<S> {
         if existing == name {
             return Ok(Some(existing));
         }
-        let dir_key = self
-            .table()
-            .get(dir)
-            .map(|d| d.key.clone())
-            .unwrap_or_default();
+        let dir_key = self.ns.key_of(dir, None).unwrap_or_default();
         self.note_resolved(what, &dir_key, name, &existing);
         if self.config.case_collision == CaseCollision::Error {
             return Err(FsError::new(
@@ -192,13 +184,7 @@ impl<S: ObjectStore> Fs<S> {
     /// A file opened for writing through another spelling: a copy from a case-sensitive
     /// system is about to merge two files into one.
     pub(crate) fn ci_note_open(&self, ino: Ino) {
-        let t = self.table();
-        if let Some(a) = t.get(ino)
-            && let Some(target) = a.alias_of.and_then(|x| t.get(x))
-        {
-            let dir_key = t.get(a.parent).map(|d| d.key.clone()).unwrap_or_default();
-            let (asked, existing) = (a.name.clone(), target.name.clone());
-            drop(t);
+        if let Some((dir_key, asked, existing)) = self.ns.alias_of(ino) {
             self.note_resolved("open for writing", &dir_key, &asked, &existing);
         }
     }
@@ -206,24 +192,18 @@ impl<S: ObjectStore> Fs<S> {
     /// The entries `readdir` shows: one winner per group of names equal ignoring case.
     pub(crate) async fn ci_entries(&self, dir: Ino) -> FsResult<Vec<Listed>> {
         let listing = self.dir_listing(dir).await?;
-        let local = self.local_children(dir);
+        let local = self.ns.local_children(dir);
         let local_names: BTreeSet<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
-        let mut all: Vec<Listed> = lock(&listing)
-            .names
-            .values()
+        let mut all: Vec<Listed> = listing
+            .into_iter()
             .filter(|l| !local_names.contains(l.name()))
-            .cloned()
             .collect();
         all.extend(local.iter().map(|(n, i)| Listed::Local(n.clone(), *i)));
         let mut groups: std::collections::BTreeMap<String, Vec<Listed>> = Default::default();
         for l in all {
             groups.entry(self.folded(l.name())).or_default().push(l);
         }
-        let dir_key = self
-            .table()
-            .get(dir)
-            .map(|d| d.key.clone())
-            .unwrap_or_default();
+        let dir_key = self.ns.key_of(dir, None).unwrap_or_default();
         let mut out = Vec::with_capacity(groups.len());
         for g in groups.values() {
             if g.len() > 1 {
@@ -231,7 +211,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.note_group(&dir_key, &names);
             }
             let is_dir = |l: &Listed| match l {
-                Listed::Local(_, ino) => self.table().get(*ino).is_some_and(|i| i.is_dir()),
+                Listed::Local(_, ino) => self.ns.get(*ino).is_some_and(|i| i.is_dir()),
                 other => other.is_dir(),
             };
             if let Some(w) = winner(g, is_dir, |l| l.name()) {
@@ -240,16 +220,5 @@ impl<S: ObjectStore> Fs<S> {
         }
         out.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(out)
-    }
-
-    /// `target` was renamed or removed: its other spellings must not resolve to it any more.
-    pub(crate) fn ci_drop_aliases(&self, target: Ino) {
-        if !self.config.case_insensitive {
-            return;
-        }
-        let gone = self.table().drop_aliases_of(target);
-        for (parent, name) in gone {
-            self.kernel_forget_name(parent, &name);
-        }
     }
 }

@@ -27,53 +27,49 @@ pub const MAX_PAGES: usize = 20;
 /// Directories whose lookups are counted.
 pub const COUNTED_DIRS: usize = 256;
 
-/// Lookups counted in one directory.
+/// Lookups counted in one directory (kept by the namespace).
 #[derive(Clone, Copy, Debug)]
 pub struct Probes {
     since: Instant,
     count: u32,
 }
 
+impl Probes {
+    pub fn new(now: Instant) -> Self {
+        Probes {
+            since: now,
+            count: 0,
+        }
+    }
+
+    /// Counts one more lookup at `now`; true for the `PROBES`-th within `ttl`.
+    pub fn count(&mut self, now: Instant, ttl: std::time::Duration) -> bool {
+        if now.saturating_duration_since(self.since) > ttl {
+            *self = Probes::new(now);
+        }
+        self.count += 1;
+        self.count == PROBES
+    }
+}
+
 impl<S: ObjectStore> Fs<S> {
     /// Counts a lookup in `dir` that has to ask S3; the `PROBES`-th within the TTL starts a
     /// background listing of the directory.
     pub(crate) fn note_probe(&self, dir: Ino) {
-        let ttl = self.config.metadata_ttl;
-        if ttl.is_zero() {
-            return;
-        }
-        let start = {
-            let mut c = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-            let p = c.get_or_insert_mut(dir, || Probes {
-                since: Instant::now(),
-                count: 0,
-            });
-            if p.since.elapsed() > ttl {
-                *p = Probes {
-                    since: Instant::now(),
-                    count: 0,
-                };
-            }
-            p.count += 1;
-            p.count == PROBES
-        };
-        if !start {
+        if !self.ns.note_probe(dir) {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
         tokio::spawn(async move { me.scan_dir(dir).await });
     }
 
-    /// Lists `dir` (up to `MAX_PAGES` pages) and keeps the listing if nothing changed meanwhile.
+    /// Lists `dir` (up to `MAX_PAGES` pages) and hands the listing to the namespace, which
+    /// keeps it if nothing changed here meanwhile.
     async fn scan_dir(&self, dir: Ino) {
-        let Some((prefix, mtime)) = ({
-            let t = self.table();
-            t.get(dir)
-                .filter(|i| i.is_dir())
-                .map(|i| (i.key.clone(), i.stat.mtime))
-        }) else {
+        let Ok(asked) = self.ns.ask(dir) else {
             return;
         };
+        let prefix = asked.dir_key.clone();
         let mut st = ListState::new(prefix.clone(), HashSet::new());
         let mut out = VecDeque::new();
         for _ in 0..MAX_PAGES {
@@ -89,10 +85,7 @@ impl<S: ObjectStore> Fs<S> {
             log::debug!("{prefix:?} has more than {MAX_PAGES} pages: looked up name by name");
             return;
         }
-        let unchanged = self.table().get(dir).is_some_and(|i| i.stat.mtime == mtime);
-        if unchanged {
-            log::debug!("listed {prefix:?} ({} entries) for lookups", out.len());
-            self.listing_store(dir, out.into());
-        }
+        log::debug!("listed {prefix:?} ({} entries) for lookups", out.len());
+        self.ns.keep_listing(dir, &asked, out.into());
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use super::attr::{Kind, Stat};
 use super::error::{FsError, FsResult};
@@ -125,71 +125,44 @@ impl<S: ObjectStore> Fs<S> {
         if self.config.case_insensitive && (mode.writable || mode.truncate) {
             self.ci_note_open(ino);
         }
-        let ino = self.canon(ino);
-        // Refresh size and ETag first if they are older than the TTL, so a reader is pinned
-        // to the object as it is now.
-        let needs_refresh = {
-            let t = self.table();
-            let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            match i.stat.kind {
-                Kind::Dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
-                Kind::Symlink => return Err(FsError::new(libc::ELOOP, "is a symlink")),
-                Kind::File => {}
-            }
-            i.open.is_none() && i.remote && (i.etag.is_none() || !i.fresh(self.config.metadata_ttl))
-        };
-        if needs_refresh {
-            if let Some(i) = self.table().get_mut(ino) {
-                i.validated = None;
-            }
+        let ino = self.ns.canon(ino);
+        // A new open reads the version S3 has now: what S3 said is checked again first when
+        // it is older than the negative TTL.
+        if self.ns.open_check(ino)? {
+            let before = self.ns.get(ino).and_then(|i| i.etag);
+            self.ns.expire(ino);
             self.getattr(ino).await?;
-        }
-        let (of, keep_cache) = {
-            let mut t = self.table();
-            let i = t.get_mut(ino).ok_or_else(FsError::not_found)?;
-            // Pages the kernel cached are still good when the object is the same version.
-            let keep_cache = i.etag.is_some() && i.page_cache_etag == i.etag && !mode.truncate;
-            // After a truncate the pages will hold data no stored version has (yet).
-            i.page_cache_etag = if mode.truncate { None } else { i.etag.clone() };
-            let of = match &i.open {
-                Some(of) => of.clone(),
-                None => {
-                    let etag = i.etag.clone().unwrap_or_default();
-                    let of = Arc::new(OpenFile::for_object(
-                        i.key.clone(),
-                        i.stat,
-                        etag,
-                        i.user_meta.as_ref(),
-                    ));
-                    i.open = Some(of.clone());
-                    of
-                }
-            };
-            i.handles += 1;
-            (of, keep_cache)
-        };
-        if !mode.writable && !mode.truncate {
-            let at = {
-                let t = self.table();
-                t.get(ino).map(|i| (i.parent, i.name.clone()))
-            };
-            if let Some((parent, name)) = at {
-                self.note_read_open(parent, &name);
+            if self.ns.get(ino).and_then(|i| i.etag) != before {
+                // The kernel's cached size is the old version's (a lookup may have just
+                // answered from what the mount knew): it must ask again before reading.
+                self.kernel_forget_attr(ino);
+                self.kernel_delivered().await;
             }
+        }
+        let opened = self.ns.attach(ino, mode.truncate, |i| {
+            OpenFile::for_object(
+                i.key.clone(),
+                i.stat,
+                i.etag.clone().unwrap_or_default(),
+                i.user_meta.as_ref(),
+            )
+        })?;
+        if !mode.writable && !mode.truncate {
+            self.note_read_open(opened.at.0, &opened.at.1);
         }
         if mode.truncate && mode.writable {
-            let r = self.truncate_open(&of, 0).await;
+            let r = self.truncate_open(&opened.of, 0).await;
             if let Err(e) = r {
-                self.drop_handle_ref(ino, &of);
+                self.drop_handle_ref(ino, &opened.of);
                 return Err(e);
             }
         }
         Ok(self.handle_table().insert(Handle::File(FileHandle {
             ino,
-            of,
+            of: opened.of,
             writable: mode.writable,
             reads: Default::default(),
-            keep_cache,
+            keep_cache: opened.keep_cache,
         })))
     }
 
@@ -207,7 +180,7 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let name = names::name_from_os(name)?;
-        let parent = self.canon(parent);
+        let parent = self.ns.canon(parent);
         let open_mode = OpenMode::from_flags(flags);
         // In case-insensitive mode another spelling may exist: refused (error mode) or used.
         self.ci_check_create(parent, name, "create").await?;
@@ -219,45 +192,29 @@ impl<S: ObjectStore> Fs<S> {
                 if attr.stat.kind == Kind::Dir {
                     return Err(FsError::new(libc::EISDIR, "is a directory"));
                 }
-                let ino = self.canon(attr.ino);
+                let ino = self.ns.canon(attr.ino);
                 let fh = self.open(ino, flags).await?;
-                let mut t = self.table();
-                let attr = self.attr_of(&mut t, ino, true);
+                let attr = self.ns.attr(ino, true)?;
                 return Ok((attr, fh));
             }
             Err(e) if e.errno == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
-        let dir_key = self.parent_dir_key(parent)?;
-        let key = names::child_key(&dir_key, name);
         let mut stat = Stat::new(Kind::File, &self.config.defaults, SystemTime::now());
         stat.perm = (mode & !umask & 0o7777) as u16;
         stat.uid = uid;
         stat.gid = gid;
-        let of = Arc::new(OpenFile::created(key.clone(), stat));
-        self.negative_remove(parent, name);
-        let ino = {
-            let mut t = self.table();
-            if t.get(parent).is_none() {
-                return Err(FsError::not_found());
-            }
-            let i = t.link_new(parent, name, key, stat);
-            i.remote = false;
-            i.open = Some(of.clone());
-            i.handles = 1;
-            i.validated = Some(Instant::now());
-            i.ino
-        };
-        self.name_added(parent, name, Kind::File);
+        let (attr, of) = self.ns.created(parent, name, stat, |key| {
+            Arc::new(OpenFile::created(key.to_string(), stat))
+        })?;
         let fh = self.handle_table().insert(Handle::File(FileHandle {
-            ino,
+            ino: attr.ino,
             of,
             writable: open_mode.writable,
             reads: Default::default(),
             keep_cache: false,
         }));
-        let mut t = self.table();
-        Ok((self.attr_of(&mut t, ino, true), fh))
+        Ok((attr, fh))
     }
 
     /// Whether the kernel may keep its page cache for handle `fh` (`FOPEN_KEEP_CACHE`).
@@ -272,18 +229,27 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Closes a handle. The kernel sent `flush` at each `close()` before this; the last
-    /// release of a still-dirty file retries the upload once, then keeps the data aside.
+    /// release of a still-dirty file uploads it (a new file never written stores its empty
+    /// object here, see `flush`), or retries a failed upload once, then keeps the data aside.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        self.close_handle(fh, true).await
+    }
+
+    /// `release`, taking the rename fence for an upload unless the caller holds it.
+    pub(crate) async fn close_handle(&self, fh: u64, take_fence: bool) -> FsResult<()> {
         let Some(h) = self.handle_table().take_file(fh) else {
             return Err(FsError::new(libc::EBADF, "bad file handle"));
         };
-        let last = {
-            let t = self.table();
-            t.get(h.ino).is_none_or(|i| i.handles <= 1)
-        };
+        let last = self.ns.handles(h.ino) <= 1;
         let mut result = Ok(());
         if last && h.of.is_dirty() {
-            if let Err(e) = self.flush_file(h.ino, &h.of).await {
+            let stored = if take_fence {
+                let _fence = self.ns.shared().await;
+                self.flush_file(h.ino, &h.of).await
+            } else {
+                self.flush_file(h.ino, &h.of).await
+            };
+            if let Err(e) = stored {
                 self.give_up(h.ino, &h.of, &e);
                 self.kernel_delivered().await;
                 result = Err(e);
@@ -298,17 +264,9 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Decrements the inode's handle count; the last one detaches the open state.
     fn drop_handle_ref(&self, ino: Ino, of: &Arc<OpenFile>) {
-        let mut t = self.table();
-        let Some(i) = t.get_mut(ino) else { return };
-        i.handles = i.handles.saturating_sub(1);
-        if i.handles == 0 && i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
-            i.stat = of.stat();
-            i.open = None;
-            if let Some(spool) = of.lock().spool.take() {
-                self.spool_budget.release(&spool);
-            }
+        if let Some(spool) = self.ns.detach(ino, of) {
+            self.uploader.release_spool(&spool);
         }
-        t.maybe_drop(ino);
     }
 
     /// An upload failed for good: keeps the data aside, poisons the open file so every
@@ -319,8 +277,7 @@ impl<S: ObjectStore> Fs<S> {
             return;
         }
         self.keep_failed(of, e);
-        self.failed_uploads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.uploader.count_failed();
         {
             let mut s = of.lock();
             s.failed = Some(FsError::new(
@@ -330,25 +287,12 @@ impl<S: ObjectStore> Fs<S> {
             s.dirty = false;
             s.meta_dirty = false;
             if let Some(spool) = s.spool.take() {
-                self.spool_budget.release(&spool);
+                self.uploader.release_spool(&spool);
             }
         }
-        let mut t = self.table();
-        let Some(i) = t.get_mut(ino) else { return };
-        if i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
-            i.open = None;
-        }
-        i.validated = None;
-        // The kernel's pages hold the data that failed to upload.
-        i.page_cache_etag = None;
-        if !i.remote && i.linked {
-            let (p, n) = (i.parent, i.name.clone());
-            t.unlink(p, &n);
-            drop(t);
-            self.kernel_forget_name(p, &n);
-        } else {
-            drop(t);
-            self.kernel_forget_data(ino);
+        match self.ns.gave_up(ino, of) {
+            Some((parent, name)) => self.kernel_forget_name(parent, &name),
+            None => self.kernel_forget_data(ino),
         }
     }
 

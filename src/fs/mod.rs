@@ -5,22 +5,33 @@
 //! [`crate::store::memory::MemoryStore`] without a kernel. The FUSE adapter turns each kernel
 //! request into one call here and one reply.
 //!
-//! Modules, by concern: `inode` (the table), `names` (keys versus names), `attr` (stat and its
-//! S3 metadata), `namespace` (lookup, mkdir, unlink, ...), `readdir`, `handles` (open, create,
-//! release), `read`, `write` and `upload` (spool to S3), `openfile` (per-file shared state),
-//! `spool`, `ranges`, `parts`, `error`.
+//! [`Fs`] is a few components that each own their state, and the operations that use them:
 //!
-//! Lock order: the inode table (`inodes`), then the handle table (`handles`); an
-//! [`openfile::OpenFile`]'s own locks are never taken while holding either. No std lock is held
-//! across an `.await`.
+//! * [`namespace::Namespace`] (`namespace/`): names, inodes, keys, cached listings, negative
+//!   entries and case aliases, with their invariants and lock order at its top;
+//! * the handle table (`handles`): open file and directory handles;
+//! * the reader (`readahead::Reader`): cached blocks, fetches in flight, read-ahead budget;
+//! * the uploader (`upload::Uploader`): part layout, upload slots, spool budget, counters.
+//!
+//! Operations, by concern: `lookup` (lookup, getattr, probes), `dirops` (mkdir, rmdir,
+//! unlink, symlink, readlink), `readdir` and `listing` (LIST pages), `dirscan` and
+//! `siblings` (listing and reading ahead for many names), `case` (case-insensitive names),
+//! `handles` (open, create, release), `read` and `readahead`, `write` and `upload`, `rename`,
+//! `setattr` and `xattr`; `openfile` (per-file shared state), `spool`, `ranges`, `parts` and
+//! `recovery` (what an open file keeps on disk), `attr`, `names` and `error`.
+//!
+//! Locks, in order: the namespace's rename fence, an open file's `upload` lock, the namespace
+//! state, the handle table, an open file's `state` (see `namespace` and `openfile`). No std
+//! lock is held across an `.await`.
 
 pub mod attr;
 pub mod case;
+pub mod dirops;
 pub mod dirscan;
 pub mod error;
 pub mod handles;
-pub mod inode;
 pub mod listing;
+pub mod lookup;
 pub mod names;
 pub mod namespace;
 pub mod openfile;
@@ -38,17 +49,20 @@ pub mod upload;
 pub mod write;
 pub mod xattr;
 
-use std::collections::HashMap;
+/// Inode numbers (kept at this path for the adapter and the tests).
+pub mod inode {
+    pub use super::namespace::{Ino, ROOT};
+}
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use attr::{Defaults, Kind, Stat};
 use error::{FsError, FsResult};
-use inode::{Ino, InodeTable};
+use inode::Ino;
 use names::SkipLog;
-use parts::PartLayout;
-use spool::SpoolBudget;
+use namespace::{Namespace, NsConfig};
 
 use crate::store::ObjectStore;
 
@@ -59,8 +73,11 @@ pub struct FsConfig {
     pub prefix: String,
     pub defaults: Defaults,
     pub read_only: bool,
-    /// How long attributes, entries and negative lookups are trusted without asking S3.
+    /// How long attributes and names are trusted without asking S3.
     pub metadata_ttl: Duration,
+    /// How long "no such name" is trusted, and how old the version a new open() reads may be
+    /// (never more than `metadata_ttl`).
+    pub negative_ttl: Duration,
     /// Size of the first multipart parts; files up to this size are one PUT.
     pub part_size: u64,
     /// Parts uploaded at once across the mount (bounds memory: each holds a part in RAM).
@@ -100,6 +117,7 @@ impl FsConfig {
             },
             read_only: false,
             metadata_ttl: Duration::from_secs(DEFAULT_METADATA_TTL_SECS),
+            negative_ttl: Duration::from_millis(DEFAULT_NEGATIVE_TTL_MS),
             part_size: 8 * 1024 * 1024,
             upload_concurrency: 8,
             memory_limit: DEFAULT_MEMORY_LIMIT,
@@ -158,6 +176,8 @@ pub trait KernelCache: Send + Sync {
     fn forget_name(&self, parent: Ino, name: &str);
     /// Forget cached pages and attributes of `ino`.
     fn forget_data(&self, ino: Ino);
+    /// Forget the cached attributes of `ino` (its size), keeping its pages.
+    fn forget_attr(&self, ino: Ino);
     /// Resolves once every notification queued before it was delivered to the kernel.
     fn delivered(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
         None
@@ -168,39 +188,15 @@ pub trait KernelCache: Send + Sync {
 pub struct Fs<S: ObjectStore> {
     pub(crate) store: Arc<S>,
     pub(crate) config: FsConfig,
-    pub(crate) layout: PartLayout,
-    pub(crate) inodes: Mutex<InodeTable>,
+    pub(crate) ns: Namespace,
     pub(crate) handles: Mutex<handles::HandleTable>,
-    /// Names known not to exist: (parent, name) -> when checked.
-    pub(crate) negative: Mutex<HashMap<(Ino, String), Instant>>,
+    pub(crate) reader: readahead::Reader,
+    pub(crate) uploader: upload::Uploader,
     pub(crate) skip_log: SkipLog,
-    /// Bounds parts in memory at once (early and flush uploads alike).
-    pub(crate) part_slots: Arc<tokio::sync::Semaphore>,
-    pub(crate) spool_budget: SpoolBudget,
-    /// When the mount started: the times of directories without a marker object.
-    pub(crate) started: SystemTime,
+    pub(crate) case_log: case::CaseLog,
     pub(crate) kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
-    /// Whole directory listings (see `listing`).
-    pub(crate) listings: Mutex<lru::LruCache<Ino, Arc<Mutex<listing::DirListing>>>>,
-    pub(crate) collisions: std::sync::atomic::AtomicU64,
-    pub(crate) collision_groups: Mutex<std::collections::HashSet<String>>,
-    pub(crate) block_cache: crate::cache::BlockCache,
-    pub(crate) disk_cache: Option<Arc<crate::cache::disk::DiskCache>>,
-    pub(crate) inflight: readahead::InFlight,
-    /// Read-ahead in flight, in blocks.
-    pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
-    /// Lookups that had to ask S3, by directory (see `dirscan`).
-    pub(crate) probes: Mutex<lru::LruCache<Ino, dirscan::Probes>>,
-    /// The last file opened for reading in each recently used directory (see `siblings`).
-    pub(crate) read_cursors: Mutex<lru::LruCache<Ino, String>>,
-    /// Directories whose entries' metadata is being fetched in the background.
-    pub(crate) prefetching: Mutex<std::collections::HashSet<Ino>>,
     /// This filesystem, for spawning background work from `&self` methods.
     pub(crate) me: std::sync::Weak<Fs<S>>,
-    /// Files whose upload failed for good (see `give_up`).
-    pub(crate) failed_uploads: std::sync::atomic::AtomicU64,
-    /// Uploads running now (flushes and fsyncs), for a clean shutdown.
-    pub(crate) uploading: std::sync::atomic::AtomicU64,
 }
 
 /// The default `--memory-limit`: what the mount may hold in RAM for data (cache, read-ahead,
@@ -210,8 +206,8 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 /// The default `--metadata-ttl`, in seconds.
 pub const DEFAULT_METADATA_TTL_SECS: u64 = 5;
 
-/// Most names kept in the negative-lookup cache.
-const NEGATIVE_CACHE_MAX: usize = 65_536;
+/// The default `--negative-metadata-ttl`, in milliseconds.
+pub const DEFAULT_NEGATIVE_TTL_MS: u64 = 1000;
 
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: S, config: FsConfig) -> FsResult<Arc<Self>> {
@@ -224,57 +220,29 @@ impl<S: ObjectStore> Fs<S> {
                 ),
             )
         })?;
-        let now = SystemTime::now();
-        let root = Stat::new(Kind::Dir, &config.defaults, now);
         let shares = crate::cache::MemoryShares::split(config.memory_limit, config.part_size);
         crate::buffers::POOL.set_max_idle(shares.pool as usize);
-        let disk_cache = match &config.disk_cache {
-            Some((dir, cap)) => Some(Arc::new(
-                crate::cache::disk::DiskCache::open(dir, *cap).map_err(|e| {
-                    FsError::new(
-                        libc::EIO,
-                        format!("cannot open the disk cache {}: {e}", dir.display()),
-                    )
-                })?,
-            )),
-            None => None,
-        };
-        let upload_slots = config
-            .upload_concurrency
-            .min((shares.uploads / config.part_size.max(1)) as usize)
-            .max(1);
+        let reader = readahead::Reader::new(&shares, config.disk_cache.as_ref())?;
+        let uploader = upload::Uploader::new(&config, &shares);
+        let ns = Namespace::new(NsConfig {
+            prefix: config.prefix.clone(),
+            defaults: config.defaults,
+            ttl: config.metadata_ttl,
+            negative_ttl: config.negative_ttl.min(config.metadata_ttl),
+            case_insensitive: config.case_insensitive,
+            normalize: config.normalize_names,
+            started: SystemTime::now(),
+        });
         Ok(Arc::new_cyclic(|me| Fs {
             me: me.clone(),
-            prefetching: Mutex::new(std::collections::HashSet::new()),
-            probes: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(dirscan::COUNTED_DIRS).expect("non-zero"),
-            )),
-            read_cursors: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(siblings::CURSORS).expect("non-zero"),
-            )),
             store: Arc::new(store),
-            layout: PartLayout::new(config.part_size),
-            inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root)),
+            ns,
             handles: Mutex::new(handles::HandleTable::default()),
-            negative: Mutex::new(HashMap::new()),
+            reader,
+            uploader,
             skip_log: SkipLog::new(10_000),
-            part_slots: Arc::new(tokio::sync::Semaphore::new(upload_slots)),
-            spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
-            started: now,
+            case_log: case::CaseLog::default(),
             kernel: std::sync::OnceLock::new(),
-            listings: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(listing::LISTING_CACHE_DIRS).expect("non-zero"),
-            )),
-            collisions: std::sync::atomic::AtomicU64::new(0),
-            collision_groups: Mutex::new(std::collections::HashSet::new()),
-            block_cache: crate::cache::BlockCache::new(shares.cache),
-            disk_cache,
-            failed_uploads: std::sync::atomic::AtomicU64::new(0),
-            uploading: std::sync::atomic::AtomicU64::new(0),
-            inflight: readahead::InFlight::default(),
-            read_slots: Arc::new(tokio::sync::Semaphore::new(
-                (shares.read_ahead / crate::cache::BLOCK).max(readahead::CHUNK_BLOCKS) as usize,
-            )),
             config,
         }))
     }
@@ -298,6 +266,12 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    pub(crate) fn kernel_forget_attr(&self, ino: Ino) {
+        if let Some(k) = self.kernel.get() {
+            k.forget_attr(ino);
+        }
+    }
+
     pub(crate) fn kernel_forget_data(&self, ino: Ino) {
         if let Some(k) = self.kernel.get() {
             k.forget_data(ino);
@@ -306,13 +280,8 @@ impl<S: ObjectStore> Fs<S> {
 
     /// `"/path" (key "k")` of an inode, or of its entry `name`, for log lines.
     pub fn describe(&self, ino: Ino, name: Option<&str>) -> String {
-        let key = {
-            let t = self.table();
-            match (t.get(ino), name) {
-                (Some(i), Some(n)) => names::child_key(&i.key, n),
-                (Some(i), None) => i.key.clone(),
-                (None, _) => return format!("inode {ino}"),
-            }
+        let Some(key) = self.ns.key_of(ino, name) else {
+            return format!("inode {ino}");
         };
         let path = key
             .strip_prefix(self.config.prefix.as_str())
@@ -322,39 +291,39 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Open files with changes not uploaded yet.
     pub fn pending_uploads(&self) -> u64 {
-        let t = self.table();
-        t.iter()
-            .filter(|i| i.open.as_ref().is_some_and(|o| o.is_dirty()))
+        self.ns
+            .open_files()
+            .iter()
+            .filter(|(_, o)| o.is_dirty())
             .count() as u64
     }
 
     /// Files whose upload failed for good since the mount started.
     pub fn failed_uploads(&self) -> u64 {
-        self.failed_uploads
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.uploader.failed()
     }
 
     /// Uploads running now.
     pub fn uploads_running(&self) -> u64 {
-        self.uploading.load(std::sync::atomic::Ordering::SeqCst)
+        self.uploader.running()
     }
 
     /// Spool disk in use.
     pub fn spool_used(&self) -> u64 {
-        self.spool_budget.used()
+        self.uploader.spool_used()
     }
 
     /// At shutdown: every open file with changes not uploaded keeps its spool and journal on
     /// disk, for the next mount to rebuild (see `recovery`), and its early multipart upload
     /// is aborted. Returns the keys, for the report.
     pub async fn preserve_unsaved(&self) -> Vec<String> {
-        let files: Vec<Arc<openfile::OpenFile>> = {
-            let t = self.table();
-            t.iter()
-                .filter_map(|i| i.open.clone())
-                .filter(|o| o.is_dirty())
-                .collect()
-        };
+        let files: Vec<Arc<openfile::OpenFile>> = self
+            .ns
+            .open_files()
+            .into_iter()
+            .map(|(_, o)| o)
+            .filter(|o| o.is_dirty())
+            .collect();
         let mut keys = Vec::new();
         for of in files {
             // Parts being uploaded early finish first; none starts after (the file is
@@ -381,7 +350,12 @@ impl<S: ObjectStore> Fs<S> {
 
     /// The block cache (for stats and tests).
     pub fn block_cache(&self) -> &crate::cache::BlockCache {
-        &self.block_cache
+        self.reader.block_cache()
+    }
+
+    /// The namespace (names, inodes, listings), for stats and tests.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -397,10 +371,6 @@ impl<S: ObjectStore> Fs<S> {
         self.skip_log.keys()
     }
 
-    pub(crate) fn table(&self) -> MutexGuard<'_, InodeTable> {
-        self.inodes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn handle_table(&self) -> MutexGuard<'_, handles::HandleTable> {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -411,34 +381,6 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             Ok(())
         }
-    }
-
-    /// Number of inodes in the table (for tests and stats).
-    pub fn inode_count(&self) -> usize {
-        self.table().len()
-    }
-
-    pub(crate) fn negative_hit(&self, parent: Ino, name: &str) -> bool {
-        let neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
-        neg.get(&(parent, name.to_string()))
-            .is_some_and(|t| t.elapsed() < self.config.metadata_ttl)
-    }
-
-    pub(crate) fn negative_insert(&self, parent: Ino, name: &str) {
-        let mut neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
-        if neg.len() >= NEGATIVE_CACHE_MAX {
-            let ttl = self.config.metadata_ttl;
-            neg.retain(|_, t| t.elapsed() < ttl);
-            if neg.len() >= NEGATIVE_CACHE_MAX {
-                neg.clear();
-            }
-        }
-        neg.insert((parent, name.to_string()), Instant::now());
-    }
-
-    pub(crate) fn negative_remove(&self, parent: Ino, name: &str) {
-        let mut neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
-        neg.remove(&(parent, name.to_string()));
     }
 
     pub fn statfs(&self) -> StatFs {

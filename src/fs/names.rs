@@ -28,6 +28,8 @@ pub enum Unrepresentable {
     DotSegment,
     TooLong,
     ContentInDirectoryMarker,
+    /// The server listed it under a prefix it does not start with.
+    OutsidePrefix,
 }
 
 impl std::fmt::Display for Unrepresentable {
@@ -40,6 +42,9 @@ impl std::fmt::Display for Unrepresentable {
             Unrepresentable::TooLong => "a segment is longer than 255 bytes",
             Unrepresentable::ContentInDirectoryMarker => {
                 "it ends in \"/\" but holds data; shown as a directory, its bytes are not reachable"
+            }
+            Unrepresentable::OutsidePrefix => {
+                "the server listed it under a prefix it does not start with"
             }
         })
     }

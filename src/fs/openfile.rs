@@ -71,8 +71,11 @@ pub struct FileState {
     pub present: RangeSet,
     /// Content differs from what S3 holds.
     pub dirty: bool,
-    /// Attributes (mode, owner, times) differ from what S3 holds.
+    /// Attributes (mode, owner, times, extended attributes) differ from what S3 holds.
     pub meta_dirty: bool,
+    /// Bumped by every change of the attributes; an upload clears `meta_dirty` only if
+    /// nothing changed them while it ran.
+    pub meta_version: u64,
     pub stat: Stat,
     /// Metadata to carry over on upload (other tools' headers).
     pub foreign_meta: UserMeta,
@@ -83,6 +86,8 @@ pub struct FileState {
     pub inflight: HashSet<u64>,
     /// The name was removed: nothing is uploaded any more.
     pub unlinked: bool,
+    /// Bytes of the base object were returned to a reader (it may not move to a new version).
+    pub served: bool,
     /// An upload failed for good and the data was set aside: every further use of this
     /// open file answers this error, so nothing written through it is silently lost.
     pub failed: Option<super::error::FsError>,
@@ -245,6 +250,7 @@ impl OpenFile {
             present: RangeSet::new(),
             dirty: false,
             meta_dirty: false,
+            meta_version: 0,
             stat,
             foreign_meta: meta.cloned().unwrap_or_default(),
             version: 0,
@@ -252,6 +258,7 @@ impl OpenFile {
             mp: None,
             inflight: HashSet::new(),
             unlinked: false,
+            served: false,
             failed: None,
         })
     }
@@ -266,6 +273,7 @@ impl OpenFile {
             present: RangeSet::new(),
             dirty: true,
             meta_dirty: false,
+            meta_version: 0,
             stat,
             foreign_meta: UserMeta::new(),
             version: 1,
@@ -273,6 +281,7 @@ impl OpenFile {
             mp: None,
             inflight: HashSet::new(),
             unlinked: false,
+            served: false,
             failed: None,
         })
     }
@@ -309,6 +318,48 @@ impl OpenFile {
         s.note_key();
     }
 
+    /// Attributes stored by a self-copy while this file was open (its content unchanged, now
+    /// at `new_etag`): taken unless it has attribute changes of its own pending.
+    pub fn adopt_meta(&self, stat: &Stat, meta: &UserMeta, old_etag: Option<&str>, new_etag: &str) {
+        let mut s = self.lock();
+        if !s.meta_dirty {
+            s.stat.perm = stat.perm;
+            s.stat.uid = stat.uid;
+            s.stat.gid = stat.gid;
+            if !s.dirty {
+                (s.stat.atime, s.stat.mtime, s.stat.ctime) = (stat.atime, stat.mtime, stat.ctime);
+            }
+            s.foreign_meta = meta.clone();
+        }
+        if let Some(b) = s.base.as_mut()
+            && Some(b.etag.as_str()) == old_etag
+        {
+            b.etag = new_etag.to_string();
+        }
+    }
+
+    /// Moves an unchanged, unread open file from version `old` to `m` (another client's);
+    /// false if it was read or changed meanwhile.
+    pub fn repin(&self, old: &Base, m: &crate::store::ObjectMeta) -> bool {
+        let mut s = self.lock();
+        if s.served || s.dirty || !s.present.is_empty() || s.base.as_ref() != Some(old) {
+            return false;
+        }
+        s.base = Some(Base {
+            key: old.key.clone(),
+            etag: m.etag.clone(),
+            len: m.size,
+        });
+        s.size = m.size;
+        s.stat.size = m.size;
+        s.stat.mtime = m.last_modified;
+        if let Some(meta) = &m.user_meta {
+            s.stat.apply_meta(meta);
+            s.foreign_meta = meta.clone();
+        }
+        true
+    }
+
     /// Current attributes (size and times reflect unflushed writes).
     pub fn stat(&self) -> Stat {
         let s = self.lock();
@@ -320,6 +371,13 @@ impl OpenFile {
     pub fn is_dirty(&self) -> bool {
         let s = self.lock();
         (s.dirty || s.meta_dirty) && !s.unlinked && s.failed.is_none()
+    }
+
+    /// A file created here that nothing was written to yet (see `write`: not stored at a
+    /// flush).
+    pub fn never_written(&self) -> bool {
+        let s = self.lock();
+        s.base.is_none() && s.spool.is_none() && s.size == 0
     }
 
     /// The error this open file is poisoned with, if any.

@@ -2,16 +2,23 @@
 //! ETag the file was opened at.
 //!
 //! Pinning (`If-Match`) is what guarantees a reader never gets half of one version and half of
-//! another: if another client replaces the object while it is open, the next read that needs
-//! S3 fails with `ESTALE` instead. Our own uploads move the pin forward (the bytes are the same
-//! ones the reader already sees), so a reader racing with a local flush waits for it to finish
-//! and retries once with the new ETag rather than failing.
+//! another. If another client replaced the object since the file was opened:
+//!
+//! * an open file that has returned nothing from S3 yet and has no changes of its own moves to
+//!   the new version (a new `open` reads what S3 holds, even when the attributes it was opened
+//!   with were a moment old), and the kernel is told its cached size is stale;
+//! * otherwise the read fails with `ESTALE`: the application would see two versions mixed.
+//!
+//! Our own uploads move the pin forward (the bytes are the same ones the reader already sees),
+//! so a reader racing with a local flush waits for it to finish and retries once with the new
+//! ETag rather than failing.
 
 use bytes::{Bytes, BytesMut};
 
 use super::Fs;
 use super::error::{FsError, FsResult};
-use super::openfile::Piece;
+use super::inode::Ino;
+use super::openfile::{Base, OpenFile, Piece};
 use crate::store::ObjectStore;
 
 impl<S: ObjectStore> Fs<S> {
@@ -31,7 +38,7 @@ impl<S: ObjectStore> Fs<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .observe(offset, size as u64);
-        let mut retried = false;
+        let (mut retried, mut repinned) = (false, false);
         loop {
             let (pieces, base, spool) = {
                 let s = h.of.lock();
@@ -57,6 +64,7 @@ impl<S: ObjectStore> Fs<S> {
                             .ok_or_else(|| FsError::new(libc::EIO, "no base object"))?;
                         match self.read_base(b, r.clone(), seq, window).await {
                             Ok(data) if data.len() as u64 == r.end - r.start => {
+                                h.of.lock().served = true;
                                 if pieces.len() == 1 {
                                     return Ok(data);
                                 }
@@ -93,6 +101,10 @@ impl<S: ObjectStore> Fs<S> {
                 retried = true;
                 continue;
             }
+            if !moved && !repinned && self.repin(h.ino, &h.of, &old).await? {
+                repinned = true;
+                continue;
+            }
             return Err(FsError::new(
                 libc::ESTALE,
                 format!(
@@ -101,5 +113,38 @@ impl<S: ObjectStore> Fs<S> {
                 ),
             ));
         }
+    }
+}
+
+impl<S: ObjectStore> Fs<S> {
+    /// Moves the open file `of` (on `ino`) from `old` to the version of its key S3 holds now,
+    /// if nothing of `old` was returned and it has no changes of its own. True when it moved.
+    async fn repin(&self, ino: Ino, of: &OpenFile, old: &Base) -> FsResult<bool> {
+        let fresh = {
+            let s = of.lock();
+            !s.served && !s.dirty && s.present.is_empty() && s.base.as_ref() == Some(old)
+        };
+        if !fresh {
+            return Ok(false);
+        }
+        let m = match self.store.head(&old.key).await {
+            Ok(m) => m,
+            Err(crate::store::StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(FsError::from_store(e, &old.key)),
+        };
+        if !of.repin(old, &m) {
+            return Ok(false);
+        }
+        log::debug!(
+            "{:?} was replaced in S3 since it was opened; reading the new version ({} bytes)",
+            old.key,
+            m.size
+        );
+        self.ns.repinned(ino, &m);
+        // The kernel's cached size is the old version's: it must ask again before it stops
+        // reading at the old end.
+        self.kernel_forget_attr(ino);
+        self.kernel_delivered().await;
+        Ok(true)
     }
 }

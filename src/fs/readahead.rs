@@ -23,8 +23,10 @@ use futures::future::{BoxFuture, Shared};
 
 use super::Fs;
 use super::error::{FsError, FsResult};
+use super::inode::Ino;
 use super::openfile::Base;
-use crate::cache::{BLOCK, BlockKey};
+use crate::cache::disk::DiskCache;
+use crate::cache::{BLOCK, BlockCache, BlockKey};
 use crate::store::ObjectStore;
 
 /// Largest single GET of read-ahead, in blocks.
@@ -81,6 +83,54 @@ impl InFlight {
     }
 }
 
+/// The reader's state: blocks cached in memory (and on disk), fetches in flight, the
+/// read-ahead budget, and per directory the last file opened for reading (see `siblings`).
+pub struct Reader {
+    block_cache: BlockCache,
+    disk_cache: Option<Arc<DiskCache>>,
+    inflight: InFlight,
+    /// Read-ahead in flight, in blocks.
+    read_slots: Arc<tokio::sync::Semaphore>,
+    read_cursors: Mutex<lru::LruCache<Ino, String>>,
+}
+
+impl Reader {
+    pub fn new(
+        shares: &crate::cache::MemoryShares,
+        disk: Option<&(std::path::PathBuf, u64)>,
+    ) -> FsResult<Self> {
+        let disk_cache = match disk {
+            Some((dir, cap)) => Some(Arc::new(DiskCache::open(dir, *cap).map_err(|e| {
+                FsError::new(
+                    libc::EIO,
+                    format!("cannot open the disk cache {}: {e}", dir.display()),
+                )
+            })?)),
+            None => None,
+        };
+        let slots = (shares.read_ahead / BLOCK).max(CHUNK_BLOCKS) as usize;
+        Ok(Reader {
+            block_cache: BlockCache::new(shares.cache),
+            disk_cache,
+            inflight: InFlight::default(),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            read_cursors: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(super::siblings::CURSORS).expect("non-zero"),
+            )),
+        })
+    }
+
+    pub fn block_cache(&self) -> &BlockCache {
+        &self.block_cache
+    }
+
+    /// `name` in `dir` is opened for reading: the name opened before it there, if any.
+    pub fn note_open(&self, dir: Ino, name: &str) -> Option<String> {
+        let mut c = self.read_cursors.lock().unwrap_or_else(|e| e.into_inner());
+        c.put(dir, name.to_string())
+    }
+}
+
 fn block_key(b: &Base, index: u64) -> BlockKey {
     BlockKey {
         key: Arc::from(b.key.as_str()),
@@ -105,14 +155,19 @@ impl<S: ObjectStore> Fs<S> {
         let (first, last) = (r.start / BLOCK, (end - 1) / BLOCK);
         let available = |i: u64| {
             let k = block_key(b, i);
-            self.block_cache.contains(&k)
-                || self.inflight.lock().contains_key(&k)
-                || self.disk_cache.as_ref().is_some_and(|d| d.contains(&k))
+            self.reader.block_cache.contains(&k)
+                || self.reader.inflight.lock().contains_key(&k)
+                || self
+                    .reader
+                    .disk_cache
+                    .as_ref()
+                    .is_some_and(|d| d.contains(&k))
         };
         if !seq && !(first..=last).all(available) {
             // Random read: exactly the bytes asked for, not cached.
             log::trace!("random read {:?} {}..{}", b.key, r.start, end);
             let _permits = self
+                .reader
                 .read_slots
                 .acquire_many((end - r.start).div_ceil(BLOCK) as u32)
                 .await
@@ -121,7 +176,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let blocks = b.len.div_ceil(BLOCK);
         // Read-ahead waits in the cache until it is read: never fetch more than half of it.
-        let window = window.min((self.block_cache.cap() / BLOCK / 2).max(1));
+        let window = window.min((self.reader.block_cache.cap() / BLOCK / 2).max(1));
         let chunk = if seq {
             window.clamp(1, CHUNK_BLOCKS)
         } else {
@@ -204,19 +259,20 @@ impl<S: ObjectStore> Fs<S> {
     /// One block, from the cache or its fetch in flight (starting one if neither).
     async fn block(self: &Arc<Self>, b: &Base, i: u64) -> FsResult<Bytes> {
         let k = block_key(b, i);
-        if let Some(d) = self.block_cache.get(&k) {
+        if let Some(d) = self.reader.block_cache.get(&k) {
             return Ok(d);
         }
-        let pending = self.inflight.lock().get(&k).cloned();
+        let pending = self.reader.inflight.lock().get(&k).cloned();
         let (fut, chunk_start) = match pending {
             Some(p) => p,
             None => {
                 self.start_fetches(b, i, i + 1, 1);
-                match self.inflight.lock().get(&k).cloned() {
+                match self.reader.inflight.lock().get(&k).cloned() {
                     Some(p) => p,
                     // Finished between the two looks: it is in the cache now.
                     None => {
                         return self
+                            .reader
                             .block_cache
                             .get(&k)
                             .ok_or_else(|| FsError::new(libc::EIO, "block vanished"));
@@ -233,10 +289,10 @@ impl<S: ObjectStore> Fs<S> {
     /// chunks of at most `chunk` blocks. Checking and registering happen under one lock, so
     /// two readers never fetch the same block twice.
     pub(super) fn start_fetches(self: &Arc<Self>, b: &Base, from: u64, to: u64, chunk: u64) {
-        let mut m = self.inflight.lock();
+        let mut m = self.reader.inflight.lock();
         let free = |m: &HashMap<BlockKey, (ChunkFuture, u64)>, i: u64| {
             let k = block_key(b, i);
-            !m.contains_key(&k) && !self.block_cache.contains(&k)
+            !m.contains_key(&k) && !self.reader.block_cache.contains(&k)
         };
         let mut i = from;
         while i < to {
@@ -258,7 +314,7 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Blocks `first..first + n` from the disk cache, if it has them all.
     async fn read_disk_blocks(&self, b: &Base, first: u64, n: u64) -> Option<Arc<[Bytes]>> {
-        let disk = self.disk_cache.clone()?;
+        let disk = self.reader.disk_cache.clone()?;
         let keys: Vec<BlockKey> = (first..first + n).map(|i| block_key(b, i)).collect();
         if !keys.iter().all(|k| disk.contains(k)) {
             return None;
@@ -282,6 +338,7 @@ impl<S: ObjectStore> Fs<S> {
         let base = b.clone();
         let task = tokio::spawn(async move {
             let permits = fs
+                .reader
                 .read_slots
                 .clone()
                 .acquire_many_owned(n as u32)
@@ -291,7 +348,7 @@ impl<S: ObjectStore> Fs<S> {
                 Some(blocks) => Ok(blocks),
                 None => {
                     let r = fs.get_blocks(&base, start..end).await;
-                    if let (Ok(blocks), Some(disk)) = (&r, &fs.disk_cache) {
+                    if let (Ok(blocks), Some(disk)) = (&r, &fs.reader.disk_cache) {
                         for (j, block) in blocks.iter().enumerate() {
                             disk.put(block_key(&base, first + j as u64), block.clone());
                         }
@@ -301,11 +358,12 @@ impl<S: ObjectStore> Fs<S> {
             };
             if let Ok(blocks) = &r {
                 for (j, block) in blocks.iter().enumerate() {
-                    fs.block_cache
+                    fs.reader
+                        .block_cache
                         .put(block_key(&base, first + j as u64), block.clone());
                 }
             }
-            let mut m = fs.inflight.lock();
+            let mut m = fs.reader.inflight.lock();
             for j in 0..n {
                 m.remove(&block_key(&base, first + j));
             }

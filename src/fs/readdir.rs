@@ -25,15 +25,13 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 
-use super::attr::{Kind, Stat, kind_from_meta};
 use super::error::{FsError, FsResult};
 use super::inode::Ino;
 use super::listing::{ListState, Listed};
-use super::names;
+use super::namespace::Asked;
 use super::{Attr, Fs};
 use crate::store::{ObjectMeta, ObjectStore};
 
@@ -56,6 +54,8 @@ pub struct DirHandle {
     local_added: bool,
     /// What the S3 listing returned so far, to keep as a whole listing when it ends.
     collected: Option<Vec<Listed>>,
+    /// The namespace's stamp when the listing started (see `namespace`, invariant 3).
+    asked: Option<Asked>,
 }
 
 impl DirHandle {
@@ -68,6 +68,7 @@ impl DirHandle {
             list: ListState::new(prefix, HashSet::new()),
             local_added: false,
             collected: Some(Vec::new()),
+            asked: None,
         }
     }
 
@@ -83,15 +84,8 @@ impl DirHandle {
 impl<S: ObjectStore> Fs<S> {
     /// Opens a directory for listing.
     pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        let ino = self.canon(ino);
-        let prefix = {
-            let t = self.table();
-            let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            if !i.is_dir() {
-                return Err(FsError::new(libc::ENOTDIR, "not a directory"));
-            }
-            i.key.clone()
-        };
+        let ino = self.ns.canon(ino);
+        let prefix = self.ns.dir_key(ino)?;
         let dh = DirHandle::new(ino, prefix);
         Ok(self
             .handle_table()
@@ -127,9 +121,10 @@ impl<S: ObjectStore> Fs<S> {
                 h.entries.extend(all);
                 h.list.done = true;
                 h.local_added = true;
-            } else if let Some(cached) = self.listing_snapshot(h.ino) {
-                // Listed less than the metadata TTL ago: no LIST needed.
+            } else if let Some(cached) = self.ns.listing_for_readdir(h.ino) {
+                // Listed recently enough (see `namespace`): no LIST needed.
                 let local: HashSet<String> = self
+                    .ns
                     .local_children(h.ino)
                     .into_iter()
                     .map(|(n, _)| n)
@@ -139,7 +134,9 @@ impl<S: ObjectStore> Fs<S> {
                 h.list.done = true;
                 h.collected = None;
             } else {
+                h.asked = Some(self.ns.ask(h.ino)?);
                 h.list.local = self
+                    .ns
                     .local_children(h.ino)
                     .into_iter()
                     .map(|(n, _)| n)
@@ -172,20 +169,24 @@ impl<S: ObjectStore> Fs<S> {
                     entries,
                     collected,
                     ino,
+                    asked,
                     ..
                 } = &mut *h;
                 let before = entries.len();
                 self.list_page(list, entries).await?;
                 if let Some(c) = collected {
                     c.extend(entries.iter().skip(before).cloned());
-                    if c.len() > super::listing::LISTING_CACHE_MAX_ENTRIES {
+                    if c.len() > super::namespace::listings::LISTING_CACHE_MAX_ENTRIES {
                         *collected = None;
-                    } else if list.done && list.local.is_empty() {
-                        self.listing_store(*ino, std::mem::take(c));
+                    } else if list.done
+                        && list.local.is_empty()
+                        && let Some(a) = asked
+                    {
+                        self.ns.keep_listing(*ino, a, std::mem::take(c));
                     }
                 }
             } else {
-                for (name, ino) in self.local_children(h.ino) {
+                for (name, ino) in self.ns.local_children(h.ino) {
                     h.entries.push_back(Listed::Local(name, ino));
                 }
                 h.local_added = true;
@@ -224,73 +225,18 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     fn dot_entries(&self, ino: Ino) -> FsResult<(Attr, Attr)> {
-        let t = self.table();
-        let i = t.get(ino).ok_or_else(FsError::not_found)?;
-        let parent = t.get(i.parent).map(|p| p.stat).unwrap_or(i.stat);
-        Ok((Attr::new(ino, i.stat), Attr::new(i.parent, parent)))
-    }
-
-    /// Files created here and not uploaded yet (and directories holding such files).
-    pub(crate) fn local_children(&self, dir: Ino) -> Vec<(String, Ino)> {
-        let t = self.table();
-        let mut local: Vec<(String, Ino)> = t
-            .children_of(dir)
-            .iter()
-            .filter(|c| {
-                c.linked && (!c.remote || (c.is_dir() && self.has_local_children(&t, c.ino)))
-            })
-            .map(|c| (c.name.clone(), c.ino))
-            .collect();
-        local.sort();
-        local
+        self.ns.dot_entries(ino)
     }
 
     /// Attributes for listed entries. Without `plus`, existing inodes keep their numbers and
     /// other entries get a stable synthetic number; with `plus`, every entry gets an inode and
     /// exact attributes (a HEAD for files whose metadata is not known at this ETag).
     async fn entry_attrs(&self, dir: Ino, listed: &[Listed], plus: bool) -> FsResult<Vec<Attr>> {
-        let d = self.config.defaults;
-        if !plus {
-            let t = self.table();
-            return Ok(listed
-                .iter()
-                .map(|l| {
-                    let existing = t.child(dir, l.name());
-                    let kind = match l {
-                        Listed::Dir(_) => Kind::Dir,
-                        _ => Kind::File,
-                    };
-                    match existing {
-                        Some(c) if c.stat.kind == kind || matches!(l, Listed::Local(..)) => {
-                            Attr::new(c.ino, c.stat)
-                        }
-                        _ => Attr::new(
-                            synthetic_ino(dir, l.name()),
-                            Stat::new(kind, &d, self.started()),
-                        ),
-                    }
-                })
-                .collect());
-        }
-        // Which files need a HEAD for their metadata?
-        let need_head: Vec<(usize, String)> = {
-            let t = self.table();
-            listed
-                .iter()
-                .enumerate()
-                .filter_map(|(n, l)| match l {
-                    Listed::File(_, _) if self.config.fast_listing => None,
-                    Listed::File(name, meta) => {
-                        let known = t.child(dir, name).is_some_and(|c| {
-                            c.open.is_some()
-                                || (c.user_meta.is_some()
-                                    && c.etag.as_deref() == Some(meta.etag.as_str()))
-                        });
-                        (!known).then(|| (n, meta.key.clone()))
-                    }
-                    _ => None,
-                })
-                .collect()
+        let asked = self.ns.ask(dir)?;
+        let need_head = if plus && !self.config.fast_listing {
+            self.ns.entries_needing_head(dir, listed)
+        } else {
+            Vec::new()
         };
         let heads: Vec<(usize, Result<ObjectMeta, crate::store::StoreError>)> =
             stream::iter(need_head)
@@ -308,112 +254,6 @@ impl<S: ObjectStore> Fs<S> {
                 Err(e) => return Err(FsError::from_store(e, listed[n].name())),
             }
         }
-        let mut t = self.table();
-        if t.get(dir).is_none() {
-            return Err(FsError::not_found());
-        }
-        let dir_key = t.get(dir).map(|i| i.key.clone()).unwrap_or_default();
-        let now = Instant::now();
-        let mut out = Vec::with_capacity(listed.len());
-        for (n, l) in listed.iter().enumerate() {
-            let attr = match l {
-                Listed::Local(_, ino) if t.get(*ino).is_some() => self.attr_of(&mut t, *ino, false),
-                Listed::Local(name, _) | Listed::Dir(name) => {
-                    let existing = t
-                        .child(dir, name)
-                        .filter(|c| c.is_dir() || !c.remote)
-                        .map(|c| c.ino);
-                    let ino = match existing {
-                        Some(ino) => ino,
-                        None => {
-                            let key = names::child_prefix(&dir_key, name);
-                            let i = t.link_new(
-                                dir,
-                                name,
-                                key,
-                                Stat::new(Kind::Dir, &d, self.started()),
-                            );
-                            i.validated = Some(now);
-                            i.ino
-                        }
-                    };
-                    self.attr_of(&mut t, ino, false)
-                }
-                Listed::File(name, listed_meta) => {
-                    let known = t
-                        .child(dir, name)
-                        .filter(|c| {
-                            c.open.is_some()
-                                || !c.remote
-                                || (c.user_meta.is_some()
-                                    && c.etag.as_deref() == Some(listed_meta.etag.as_str()))
-                        })
-                        .map(|c| c.ino);
-                    if let (Some(ino), false) = (known, headed.contains_key(&n)) {
-                        if let Some(i) = t.get_mut(ino) {
-                            i.validated = Some(now);
-                        }
-                        out.push(self.attr_of(&mut t, ino, false));
-                        continue;
-                    }
-                    let m = headed.get(&n).unwrap_or(listed_meta);
-                    let kind = m
-                        .user_meta
-                        .as_ref()
-                        .and_then(kind_from_meta)
-                        .filter(|k| *k == Kind::Symlink)
-                        .unwrap_or(Kind::File);
-                    let reuse = t
-                        .child(dir, name)
-                        .filter(|c| c.stat.kind == kind || c.open.is_some() || !c.remote)
-                        .map(|c| c.ino);
-                    let ino = match reuse {
-                        Some(ino) => ino,
-                        None => {
-                            t.link_new(
-                                dir,
-                                name,
-                                m.key.clone(),
-                                Stat::new(kind, &d, m.last_modified),
-                            )
-                            .ino
-                        }
-                    };
-                    let i = t.get_mut(ino).expect("just linked");
-                    if i.open.is_none() && i.remote {
-                        if m.user_meta.is_some() {
-                            i.stat = Stat::from_object(
-                                kind,
-                                m.size,
-                                m.last_modified,
-                                m.user_meta.as_ref(),
-                                &d,
-                            );
-                            i.user_meta = m.user_meta.clone();
-                        } else if i.etag.as_deref() != Some(m.etag.as_str()) {
-                            i.stat = Stat::from_object(kind, m.size, m.last_modified, None, &d);
-                        }
-                        if i.etag.as_deref() != Some(m.etag.as_str()) {
-                            i.target = None;
-                        }
-                        i.etag = Some(m.etag.clone());
-                        i.validated = Some(now);
-                    }
-                    self.attr_of(&mut t, ino, false)
-                }
-            };
-            out.push(attr);
-        }
-        Ok(out)
+        self.ns.entry_attrs(dir, listed, &headed, &asked, plus)
     }
-}
-
-/// A stable inode number for an entry listed without an inode (plain readdir). The top bit
-/// keeps it apart from real inode numbers, which count up from 1.
-fn synthetic_ino(dir: Ino, name: &str) -> Ino {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    dir.hash(&mut h);
-    name.hash(&mut h);
-    h.finish() | (1 << 63)
 }

@@ -1,13 +1,19 @@
 //! rename(2) on an object store, which has no rename: copy, then delete.
 //!
 //! Files: a server-side CopyObject (UploadPartCopy above 5 GiB) to the new key, which replaces
-//! any object there as a whole, then a DELETE of the old key. A file with unflushed writes is
-//! flushed first; a file created here and never uploaded is renamed in memory only.
+//! any object there as a whole, then a DELETE of the old key, with the file's upload lock held
+//! throughout, so no upload of it lands on the old key after the copy. A file with unflushed
+//! writes is flushed first; a file created here and never uploaded is renamed in memory only
+//! (decided once any upload in flight finished).
 //!
-//! Directories: every key under the old prefix is copied, and only when all copies succeeded
-//! are the old keys deleted, so a failure midway loses nothing (the copies made are removed).
-//! It is not atomic: while it runs, another S3 client can see both trees, or a partial new
-//! tree; the mount itself shows the rename only once it is done. Directories holding more than
+//! Directories: the rename holds the namespace's fence exclusively, so no upload, delete or
+//! copy of anything lands under either prefix while it runs. Every key under the old prefix is
+//! copied (the directory's own marker last, so an existing empty target keeps its marker until
+//! everything else is copied), and only when all copies succeeded are the old keys deleted, so
+//! a failure while copying loses nothing (the copies made are removed). If deleting fails
+//! midway, the new tree is complete and the mount shows it, and shows what S3 still holds
+//! under the old name; the rename answers `EIO`. It is not atomic for other S3 clients: while
+//! it runs they can see both trees, or a partial new tree. Directories holding more than
 //! `max_rename_objects` keys are refused with `EPERM` and a log line naming the limit.
 //!
 //! `RENAME_NOREPLACE` is honoured; `RENAME_EXCHANGE` and `RENAME_WHITEOUT` cannot be done
@@ -15,16 +21,16 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
-use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 
 use super::Fs;
+use super::dirops::same_open;
 use super::error::{FsError, FsResult};
-use super::inode::{Ino, Inode};
+use super::inode::Ino;
 use super::names::{self, child_key, child_prefix};
-use super::openfile::{Base, OpenFile};
+use super::namespace::{Inode, Move, Removed};
+use super::openfile::Base;
 use crate::store::{ListRequest, ObjectMeta, ObjectStore, Pages, StoreError};
 
 const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
@@ -52,7 +58,27 @@ impl<S: ObjectStore> Fs<S> {
         }
         let name = names::name_from_os(name)?;
         let newname = names::name_from_os(newname)?;
-        let (parent, newparent) = (self.canon(parent), self.canon(newparent));
+        let (parent, newparent) = (self.ns.canon(parent), self.ns.canon(newparent));
+        // A directory rename excludes every other change to S3 while it runs.
+        if self.child_inode(parent, name).await?.is_dir() {
+            let _fence = self.ns.exclusive().await;
+            self.rename_fenced(parent, name, newparent, newname, flags)
+                .await
+        } else {
+            let _fence = self.ns.shared().await;
+            self.rename_fenced(parent, name, newparent, newname, flags)
+                .await
+        }
+    }
+
+    async fn rename_fenced(
+        &self,
+        parent: Ino,
+        name: &str,
+        newparent: Ino,
+        newname: &str,
+        flags: u32,
+    ) -> FsResult<()> {
         let src = self.child_inode(parent, name).await?;
         let name = src.name.clone();
         let name = name.as_str();
@@ -98,7 +124,7 @@ impl<S: ObjectStore> Fs<S> {
                 _ => {}
             }
         }
-        let new_dir_key = self.parent_dir_key(newparent)?;
+        let new_dir_key = self.ns.dir_key(newparent)?;
         // A file replaced by the rename lives on through its open handles, unlinked: it must
         // not be uploaded over the renamed file when they close.
         let replaced = dst.as_ref().and_then(|d| d.open.clone());
@@ -106,7 +132,11 @@ impl<S: ObjectStore> Fs<S> {
             Some(of) => Some(of.upload.write().await),
             None => None,
         };
-        if src.is_dir() {
+        let to = Target {
+            from: (parent, name),
+            to: (newparent, newname),
+        };
+        let result = if src.is_dir() {
             let new_prefix = child_prefix(&new_dir_key, newname);
             if new_prefix.starts_with(&src.key) {
                 return Err(FsError::new(
@@ -114,112 +144,130 @@ impl<S: ObjectStore> Fs<S> {
                     "cannot move a directory into itself",
                 ));
             }
-            self.rename_dir(&src, &new_prefix).await?;
-            self.finish_rename(src.ino, parent, name, newparent, newname, new_prefix);
+            self.rename_dir(&src, &new_prefix, &to).await
         } else {
-            let new_key = child_key(&new_dir_key, newname);
-            self.rename_file(&src, &new_key).await?;
-            self.finish_rename(src.ino, parent, name, newparent, newname, new_key);
-        }
-        if let Some(of) = &replaced {
+            self.rename_file(&src, &child_key(&new_dir_key, newname), &to)
+                .await
+        };
+        if let Some(of) = &replaced
+            && result.is_ok()
+        {
             of.lock().mark_unlinked();
         }
+        result?;
         if let Some(d) = &dst {
-            if !src.remote && d.remote && d.name == newname && !d.is_dir() {
-                // A file not uploaded yet replaced an object: the object goes now, as the
-                // name no longer shows it (the new content follows at close).
-                self.store
-                    .delete(&d.key)
-                    .await
-                    .map_err(|e| FsError::from_store(e, &d.key))?;
-            }
-            if d.name != newname {
-                // A target of another spelling keeps its own key and name: remove both.
-                if d.remote {
-                    let _ = self.store.delete(&d.key).await;
-                }
-                {
-                    let mut t = self.table();
-                    if t.child(newparent, &d.name).map(|c| c.ino) == Some(d.ino) {
-                        t.unlink(newparent, &d.name);
-                    }
-                }
-                self.name_removed(newparent, &d.name, d.ino);
-            } else {
-                self.ci_drop_aliases(d.ino);
-            }
+            self.drop_replaced(&src, d, newparent, newname).await?;
         }
         Ok(())
     }
 
-    fn finish_rename(
+    /// After a rename onto an existing entry `d`: what is left of it goes.
+    async fn drop_replaced(
         &self,
-        ino: Ino,
-        parent: Ino,
-        name: &str,
+        src: &Inode,
+        d: &Inode,
         newparent: Ino,
         newname: &str,
-        key: String,
-    ) {
-        let mut t = self.table();
-        t.relink(ino, newparent, newname, key);
-        if let Some(i) = t.get_mut(ino) {
-            i.validated = Some(Instant::now());
+    ) -> FsResult<()> {
+        if !src.remote && d.remote && d.name == newname && !d.is_dir() {
+            // A file not uploaded yet replaced an object: the object goes now, as the name
+            // no longer shows it (the new content follows at close).
+            self.store
+                .delete(&d.key)
+                .await
+                .map_err(|e| FsError::from_store(e, &d.key))?;
         }
-        drop(t);
-        self.negative_remove(newparent, newname);
-        self.negative_insert(parent, name);
-        self.name_removed(parent, name, ino);
-        let kind = self
-            .table()
-            .get(ino)
-            .map(|i| i.stat.kind)
-            .unwrap_or(super::attr::Kind::File);
-        self.name_added(newparent, newname, kind);
-        // rename(2) may update the moved inode's ctime; Linux file systems do.
-        if let Some(i) = self.table().get_mut(ino) {
-            i.stat.ctime = std::time::SystemTime::now();
-        }
-    }
-
-    async fn rename_file(&self, src: &Inode, new_key: &str) -> FsResult<()> {
-        if !src.remote {
-            // Never uploaded: only the key it will be uploaded to changes.
-            if let Some(of) = &src.open {
-                let _g = of.upload.write().await;
-                of.rekey(new_key);
+        if d.name != newname {
+            // A target of another spelling keeps its own key and name: remove both.
+            if d.remote {
+                let _ = self.store.delete(&d.key).await;
             }
-            return Ok(());
-        }
-        if let Some(of) = &src.open
-            && of.is_dirty()
-        {
-            self.flush_file(src.ino, of).await?;
-        }
-        let (etag, size, meta) = {
-            let t = self.table();
-            let i = t.get(src.ino).ok_or_else(FsError::not_found)?;
-            let etag = match &i.open {
-                Some(of) => of.etag(),
-                None => i.etag.clone(),
+            let removed = self.ns.removed(newparent, &d.name, d.ino);
+            self.forget_names(removed);
+        } else {
+            let removed = Removed {
+                aliases: self.ns.drop_aliases_of(d.ino),
             };
-            (etag, i.stat.size, i.user_meta.clone())
-        };
-        let new_etag = self
-            .copy_object(&src.key, new_key, etag.as_deref(), size, meta.as_ref())
-            .await?;
-        if let Some(of) = &src.open {
-            let _g = of.upload.write().await;
-            of.moved(&src.key, new_key, &new_etag);
-        }
-        self.store
-            .delete(&src.key)
-            .await
-            .map_err(|e| FsError::from_store(e, &src.key))?;
-        if let Some(i) = self.table().get_mut(src.ino) {
-            i.etag = Some(new_etag);
+            self.forget_names(removed);
         }
         Ok(())
+    }
+
+    /// Renames a file or symlink: copy, then delete, under its upload lock.
+    async fn rename_file(&self, src: &Inode, new_key: &str, to: &Target<'_>) -> FsResult<()> {
+        let mut open = src.open.clone();
+        let (now, _guard) = loop {
+            let guard = match &open {
+                Some(of) => Some(of.upload.write().await),
+                None => None,
+            };
+            let now = self.current(src)?;
+            if same_open(&now.open, &open) {
+                break (now, guard);
+            }
+            drop(guard);
+            open = now.open.clone();
+        };
+        if !now.remote {
+            // Never uploaded: only the key it will be uploaded to changes.
+            self.finish_move(now.ino, to, None, true, HashMap::new());
+            return Ok(());
+        }
+        if let Some(of) = &now.open
+            && of.is_dirty()
+            && let Some(stored) = self.upload_held(of).await?
+        {
+            self.ns
+                .stored(now.ino, of, &stored.etag, &stored.meta, stored.stat);
+        }
+        let i = self.ns.get(now.ino).ok_or_else(FsError::not_found)?;
+        let etag = match &i.open {
+            Some(of) => of.etag(),
+            None => i.etag.clone(),
+        };
+        let new_etag = self
+            .copy_object(
+                &i.key,
+                new_key,
+                etag.as_deref(),
+                i.stat.size,
+                i.user_meta.as_ref(),
+            )
+            .await?;
+        if let Some(of) = &i.open {
+            of.moved(&i.key, new_key, &new_etag);
+        }
+        let deleted = self
+            .store
+            .delete(&i.key)
+            .await
+            .map_err(|e| FsError::from_store(e, &i.key));
+        self.finish_move(i.ino, to, Some(new_etag), deleted.is_ok(), HashMap::new());
+        deleted
+    }
+
+    /// Tells the namespace what the rename did, and the kernel which names to forget.
+    fn finish_move(
+        &self,
+        ino: Ino,
+        to: &Target<'_>,
+        etag: Option<String>,
+        complete: bool,
+        copied: HashMap<String, String>,
+    ) {
+        let removed = self.ns.moved(Move {
+            ino,
+            from: to.from,
+            to: to.to,
+            etag,
+            complete,
+            copied,
+        });
+        self.forget_names(removed);
+        if !complete {
+            // What is left under the old name is for S3 to say, the kernel included.
+            self.kernel_forget_name(to.from.0, to.from.1);
+        }
     }
 
     /// Copies one object of any size, keeping its metadata; returns the new ETag.
@@ -262,19 +310,24 @@ impl<S: ObjectStore> Fs<S> {
         self.multipart_copy(src, dst, &base, &meta).await
     }
 
-    /// Copies every key under `src.key` to `new_prefix`, then deletes the originals.
-    async fn rename_dir(&self, src: &Inode, new_prefix: &str) -> FsResult<()> {
+    /// Copies every key under `src.key` to `new_prefix`, then deletes the originals. The
+    /// caller holds the fence exclusively.
+    async fn rename_dir(&self, src: &Inode, new_prefix: &str, to: &Target<'_>) -> FsResult<()> {
         let old_prefix = src.key.clone();
-        // Open files below with unflushed data go first, so S3 holds what is copied.
-        let open: Vec<(Ino, Arc<OpenFile>)> = {
-            let t = self.table();
-            let mut v = Vec::new();
-            self.collect_open_below(&t, src.ino, &mut v);
-            v
-        };
+        // Open files below: their parts in flight finish first, and none uploads until the
+        // rename is done; one with unsaved changes is stored first, so S3 holds what is copied.
+        let open = self.ns.open_below(src.ino);
+        let mut guards = Vec::with_capacity(open.len());
+        for (_, of) in &open {
+            guards.push(of.upload.write().await);
+        }
         for (ino, of) in &open {
-            if of.is_dirty() && self.table().get(*ino).is_some_and(|i| i.remote) {
-                self.flush_file(*ino, of).await?;
+            if of.is_dirty()
+                && self.ns.get(*ino).is_some_and(|i| i.remote)
+                && let Some(stored) = self.upload_held(of).await?
+            {
+                self.ns
+                    .stored(*ino, of, &stored.etag, &stored.meta, stored.stat);
             }
         }
         let keys = self.list_all(&old_prefix).await?;
@@ -292,18 +345,64 @@ impl<S: ObjectStore> Fs<S> {
                 ),
             ));
         }
-        let copies: Vec<_> = keys
-            .iter()
-            .map(|o| self.copy_under(o, &old_prefix, new_prefix))
+        let copied = self.copy_tree(&keys, &old_prefix, new_prefix).await?;
+        // Open files below now read from the copies.
+        for (_, of) in &open {
+            let base_key = of.lock().base.as_ref().map(|b| b.key.clone());
+            if let Some(old) = base_key
+                && let Some((dst, etag)) = copied.get(&old)
+            {
+                of.moved(&old, dst, etag);
+            }
+        }
+        let deletes: Vec<_> = keys.iter().map(|o| self.delete_key(&o.key)).collect();
+        let results: Vec<Result<(), (String, StoreError)>> =
+            stream::iter(deletes).buffer_unordered(16).collect().await;
+        let failed = results.into_iter().find_map(|r| r.err());
+        let etags: HashMap<String, String> = copied
+            .into_iter()
+            .map(|(old, (_, etag))| (old, etag))
             .collect();
-        let results: Vec<FsResult<(String, String, String)>> =
-            stream::iter(copies).buffer_unordered(16).collect().await;
-        let mut copied = Vec::with_capacity(results.len());
+        self.finish_move(src.ino, to, None, failed.is_none(), etags);
+        drop(guards);
+        match failed {
+            Some((key, e)) => {
+                log::warn!(
+                    "rename of {old_prefix:?} to {new_prefix:?}: the copy is complete, but {key:?} could not be deleted ({e}); both names show what S3 holds"
+                );
+                Err(FsError::from_store(e, &key))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Copies `keys` from under `old_prefix` to `new_prefix`, the directory's own marker last;
+    /// returns old key -> (new key, new ETag). On a failure the copies made are removed.
+    async fn copy_tree(
+        &self,
+        keys: &[ObjectMeta],
+        old_prefix: &str,
+        new_prefix: &str,
+    ) -> FsResult<HashMap<String, (String, String)>> {
+        let (markers, others): (Vec<&ObjectMeta>, Vec<&ObjectMeta>) =
+            keys.iter().partition(|o| o.key == old_prefix);
+        let mut copied = Vec::with_capacity(keys.len());
         let mut failure = None;
-        for r in results {
-            match r {
-                Ok(c) => copied.push(c),
-                Err(e) => failure = failure.or(Some(e)),
+        for batch in [others, markers] {
+            let copies: Vec<_> = batch
+                .into_iter()
+                .map(|o| self.copy_under(o, old_prefix, new_prefix))
+                .collect();
+            let results: Vec<FsResult<(String, String, String)>> =
+                stream::iter(copies).buffer_unordered(16).collect().await;
+            for r in results {
+                match r {
+                    Ok(c) => copied.push(c),
+                    Err(e) => failure = failure.or(Some(e)),
+                }
+            }
+            if failure.is_some() {
+                break;
             }
         }
         if let Some(e) = failure {
@@ -318,34 +417,7 @@ impl<S: ObjectStore> Fs<S> {
             }
             return Err(e);
         }
-        let moved: HashMap<&str, (&str, &str)> = copied
-            .iter()
-            .map(|(s, d, e)| (s.as_str(), (d.as_str(), e.as_str())))
-            .collect();
-        {
-            // Cached inodes below keep their identity; their objects now have new ETags.
-            let mut t = self.table();
-            for i in t.iter_mut() {
-                if let Some((_, etag)) = moved.get(i.key.as_str()) {
-                    i.etag = Some(etag.to_string());
-                }
-            }
-        }
-        for (_, of) in &open {
-            let _g = of.upload.write().await;
-            let base_key = of.lock().base.as_ref().map(|b| b.key.clone());
-            if let Some((dst, etag)) = base_key.as_deref().and_then(|k| moved.get(k)) {
-                let old = base_key.clone().unwrap_or_default();
-                of.moved(&old, dst, etag);
-            }
-        }
-        let deletes: Vec<_> = keys.iter().map(|o| self.delete_key(&o.key)).collect();
-        let results: Vec<Result<(), (String, StoreError)>> =
-            stream::iter(deletes).buffer_unordered(16).collect().await;
-        if let Some(Err((key, e))) = results.into_iter().find(|r| r.is_err()) {
-            return Err(FsError::from_store(e, &key));
-        }
-        Ok(())
+        Ok(copied.into_iter().map(|(s, d, e)| (s, (d, e))).collect())
     }
 
     async fn copy_under(
@@ -354,7 +426,13 @@ impl<S: ObjectStore> Fs<S> {
         old_prefix: &str,
         new_prefix: &str,
     ) -> FsResult<(String, String, String)> {
-        let dst = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
+        let rest = o.key.strip_prefix(old_prefix).ok_or_else(|| {
+            FsError::new(
+                libc::EIO,
+                format!("the listing of {old_prefix:?} returned {:?}", o.key),
+            )
+        })?;
+        let dst = format!("{new_prefix}{rest}");
         let etag = self
             .copy_object(&o.key, &dst, Some(&o.etag), o.size, None)
             .await?;
@@ -366,22 +444,6 @@ impl<S: ObjectStore> Fs<S> {
             .delete(key)
             .await
             .map_err(|e| (key.to_string(), e))
-    }
-
-    fn collect_open_below(
-        &self,
-        t: &super::inode::InodeTable,
-        dir: Ino,
-        out: &mut Vec<(Ino, Arc<OpenFile>)>,
-    ) {
-        for c in t.children_of(dir) {
-            if let Some(of) = &c.open {
-                out.push((c.ino, of.clone()));
-            }
-            if c.is_dir() {
-                self.collect_open_below(t, c.ino, out);
-            }
-        }
     }
 
     /// Every object under `prefix` (no delimiter), all pages.
@@ -400,4 +462,10 @@ impl<S: ObjectStore> Fs<S> {
         }
         Ok(out)
     }
+}
+
+/// Where a rename moves an entry from and to: (directory, name) each.
+struct Target<'a> {
+    from: (Ino, &'a str),
+    to: (Ino, &'a str),
 }

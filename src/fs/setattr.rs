@@ -4,11 +4,12 @@
 //! other machines and by s3fs. On a file that is not open, a change is stored at once with a
 //! self-copy (no data is uploaded again); a directory stores its attributes in its marker
 //! object, creating one for an implicit directory. On an open file with unflushed writes, the
-//! change rides along with the upload at flush (see `modify_meta`). `truncate` by path is stored at once;
-//! `ftruncate` at the next flush. The bucket root has no object to hold attributes, so changing
+//! change rides along with the upload at flush (see `modify_meta`). A truncation of a file that
+//! is not open is stored at once; of an open file (`ftruncate`, `open(O_TRUNC)`, truncate(2) of
+//! a file open elsewhere) at its next flush. The bucket root has no object to hold attributes, so changing
 //! them fails with `EPERM` rather than being accepted and lost.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -28,8 +29,6 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
-    /// The handle, when the change came through one (`fchmod`, `ftruncate`).
-    pub fh: Option<u64>,
 }
 
 impl SetAttr {
@@ -67,12 +66,9 @@ impl SetAttr {
 impl<S: ObjectStore> Fs<S> {
     pub async fn setattr(&self, ino: Ino, sa: SetAttr) -> FsResult<Attr> {
         self.check_writable()?;
-        let ino = self.canon(ino);
-        let inode = self
-            .table()
-            .get(ino)
-            .cloned()
-            .ok_or_else(FsError::not_found)?;
+        let ino = self.ns.canon(ino);
+        let _fence = self.ns.shared().await;
+        let inode = self.ns.get(ino).ok_or_else(FsError::not_found)?;
         if sa.size.is_some() && inode.stat.kind != Kind::File {
             return Err(FsError::new(
                 if inode.is_dir() {
@@ -85,36 +81,11 @@ impl<S: ObjectStore> Fs<S> {
         }
         let now = SystemTime::now();
         match (&inode.open, sa.size) {
-            (Some(of), Some(len)) => {
-                self.truncate_open(of, len).await?;
-                if sa.fh.is_none() {
-                    self.flush_file(ino, of).await?;
-                }
-            }
-            (None, Some(len)) => {
-                // truncate(2) by path: open, change, upload, close.
-                let fh = self.open(ino, libc::O_RDWR).await?;
-                let h = self.file_handle(fh)?;
-                let r = self.truncate_open(&h.of, len).await;
-                let r = match r {
-                    Ok(()) if sa.touches_meta() => {
-                        self.modify_meta(ino, |st, _| {
-                            sa.apply(st, now);
-                            Ok(())
-                        })
-                        .await
-                    }
-                    other => other,
-                };
-                let r = match r {
-                    Ok(()) => self.flush_file(ino, &h.of).await,
-                    e => e,
-                };
-                let closed = self.release(fh).await;
-                r?;
-                closed?;
-                return self.attr_now(ino);
-            }
+            // Stored with the file's next upload, like its other changes: the kernel sends the
+            // truncation of `open(O_TRUNC)` without the new handle, exactly like truncate(2) by
+            // path, and storing it at once would store an empty object before the new content.
+            (Some(of), Some(len)) => self.truncate_open(of, len).await?,
+            (None, Some(len)) => return self.truncate_path(ino, len, sa, now).await,
             _ => {}
         }
         if sa.touches_meta() {
@@ -124,20 +95,43 @@ impl<S: ObjectStore> Fs<S> {
             })
             .await?;
         }
-        self.attr_now(ino)
+        self.ns.attr(ino, false)
     }
 
-    fn attr_now(&self, ino: Ino) -> FsResult<Attr> {
-        let mut t = self.table();
-        if t.get(ino).is_none() {
-            return Err(FsError::not_found());
-        }
-        Ok(self.attr_of(&mut t, ino, false))
+    /// truncate(2) by path of a file not open: open, change, upload, close.
+    async fn truncate_path(
+        &self,
+        ino: Ino,
+        len: u64,
+        sa: SetAttr,
+        now: SystemTime,
+    ) -> FsResult<Attr> {
+        let fh = self.open(ino, libc::O_RDWR).await?;
+        let h = self.file_handle(fh)?;
+        let r = self.truncate_open(&h.of, len).await;
+        let r = match r {
+            Ok(()) if sa.touches_meta() => {
+                self.modify_meta(ino, |st, _| {
+                    sa.apply(st, now);
+                    Ok(())
+                })
+                .await
+            }
+            other => other,
+        };
+        let r = match r {
+            Ok(()) => self.flush_file(ino, &h.of).await,
+            e => e,
+        };
+        let closed = self.close_handle(fh, false).await;
+        r?;
+        closed?;
+        self.ns.attr(ino, false)
     }
 
     /// Changes an inode's attributes and/or stored metadata with `f`, and stores the result:
     /// with the pending upload of an open file with unflushed data, with a self-copy for a
-    /// file, in the marker object for a directory.
+    /// file, in the marker object for a directory. The caller holds the rename fence.
     ///
     /// The kernel sends `fchmod`, `fchown` and `futimens` without the file handle, exactly as
     /// it sends `chmod` by path, so the two cannot be told apart: a change to a file whose
@@ -149,22 +143,19 @@ impl<S: ObjectStore> Fs<S> {
         f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
     ) -> FsResult<()> {
         self.check_writable()?;
-        let ino = self.canon(ino);
-        let inode = self
-            .table()
-            .get(ino)
-            .cloned()
-            .ok_or_else(FsError::not_found)?;
+        let ino = self.ns.canon(ino);
+        let inode = self.ns.get(ino).ok_or_else(FsError::not_found)?;
         if let Some(of) = &inode.open {
             let content_dirty = {
                 let mut s = of.lock();
-                let (before, before_meta) = (s.stat, s.foreign_meta.clone());
                 let (mut st, mut meta) = (s.stat, s.foreign_meta.clone());
                 f(&mut st, &mut meta)?;
-                s.stat = st;
-                s.foreign_meta = meta;
-                if s.stat != before || s.foreign_meta != before_meta {
+                check_meta_size(&st.to_meta(Some(&meta)))?;
+                if st != s.stat || meta != s.foreign_meta {
+                    s.stat = st;
+                    s.foreign_meta = meta;
                     s.meta_dirty = true;
+                    s.meta_version += 1;
                 }
                 s.dirty
             };
@@ -178,92 +169,68 @@ impl<S: ObjectStore> Fs<S> {
             return self.modify_dir_meta(ino, f).await;
         }
         self.ensure_meta(ino).await?;
-        let (key, mut stat, etag, mut meta) = {
-            let t = self.table();
-            let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            (
-                i.key.clone(),
-                i.stat,
-                i.etag.clone().unwrap_or_default(),
-                i.user_meta.clone().unwrap_or_default(),
-            )
-        };
+        let i = self.ns.get(ino).ok_or_else(FsError::not_found)?;
+        let (mut stat, mut meta) = (i.stat, i.user_meta.clone().unwrap_or_default());
         f(&mut stat, &mut meta)?;
         let new_meta = stat.to_meta(Some(&meta));
         check_meta_size(&new_meta)?;
         let base = Base {
-            key: key.clone(),
-            etag,
+            key: i.key.clone(),
+            etag: i.etag.clone().unwrap_or_default(),
             len: stat.size,
         };
-        let etag = self.copy_with_meta(&key, &base, &new_meta).await?;
-        let mut t = self.table();
-        if let Some(i) = t.get_mut(ino) {
-            i.stat = stat;
-            i.etag = Some(etag);
-            i.user_meta = Some(new_meta);
-            i.validated = Some(Instant::now());
-        }
+        let etag = self.copy_with_meta(&i.key, &base, &new_meta).await?;
+        self.ns.meta_stored(ino, stat, etag, new_meta);
         Ok(())
     }
 
     /// Makes sure the inode's stored metadata was read (a HEAD when missing or stale).
     pub(crate) async fn ensure_meta(&self, ino: Ino) -> FsResult<()> {
-        let needs_head = {
-            let t = self.table();
-            let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            i.open.is_none()
-                && i.remote
-                && (i.user_meta.is_none() || i.etag.is_none() || !i.fresh(self.config.metadata_ttl))
-                && (!i.is_dir() || i.has_marker)
-        };
-        if needs_head {
-            if let Some(i) = self.table().get_mut(ino) {
-                i.validated = None;
-            }
+        if self.ns.needs_meta(ino)? {
+            self.ns.expire(ino);
             self.getattr(ino).await?;
         }
         Ok(())
     }
 
-    /// Attributes of a directory live in its marker object (created for implicit ones).
+    /// Attributes of a directory live in its marker object (created for implicit ones). What
+    /// else the marker holds (another tool's metadata) is kept.
     async fn modify_dir_meta(
         &self,
         ino: Ino,
         f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
     ) -> FsResult<()> {
-        self.ensure_meta(ino).await?;
-        let (key, mut stat, mut meta) = {
-            let t = self.table();
-            let i = t.get(ino).ok_or_else(FsError::not_found)?;
-            (
-                i.key.clone(),
-                i.stat,
-                i.user_meta.clone().unwrap_or_default(),
-            )
-        };
-        if ino == ROOT && key.is_empty() {
+        let i = self.ns.get(ino).ok_or_else(FsError::not_found)?;
+        if ino == ROOT && i.key.is_empty() {
             return Err(FsError::new(
                 libc::EPERM,
                 "the bucket root has no object to store attributes in",
             ));
         }
+        let (mut stat, mut meta) = (i.stat, i.user_meta.clone());
+        if meta.is_none() || self.ns.needs_meta(ino)? {
+            // A directory known from a listing: its marker, if any, may hold metadata.
+            meta = match self.store.head(&i.key).await {
+                Ok(m) => {
+                    if let Some(um) = &m.user_meta {
+                        stat.apply_meta(um);
+                    }
+                    m.user_meta
+                }
+                Err(crate::store::StoreError::NotFound) => None,
+                Err(e) => return Err(FsError::from_store(e, &i.key)),
+            };
+        }
+        let mut meta = meta.unwrap_or_default();
         f(&mut stat, &mut meta)?;
         let new_meta = stat.to_meta(Some(&meta));
         check_meta_size(&new_meta)?;
         let put = self
             .store
-            .put(&key, Bytes::new(), &new_meta)
+            .put(&i.key, Bytes::new(), &new_meta)
             .await
-            .map_err(|e| FsError::from_store(e, &key))?;
-        let mut t = self.table();
-        if let Some(i) = t.get_mut(ino) {
-            i.stat = stat;
-            i.etag = Some(put.etag);
-            i.user_meta = Some(new_meta);
-            i.has_marker = true;
-            i.validated = Some(Instant::now());
-        }
+            .map_err(|e| FsError::from_store(e, &i.key))?;
+        self.ns.meta_stored(ino, stat, put.etag, new_meta);
         Ok(())
     }
 }

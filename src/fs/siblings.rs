@@ -11,11 +11,8 @@
 //! since the listing opens at another ETag and misses, so nothing stale is ever served. Only
 //! a fresh listing is used, and random opens in a large directory trigger nothing.
 
-use std::ops::Bound;
-
 use super::Fs;
 use super::inode::Ino;
-use super::listing::{Listed, lock};
 use super::openfile::Base;
 use crate::cache::BLOCK;
 use crate::store::ObjectStore;
@@ -29,49 +26,20 @@ pub const CURSORS: usize = 64;
 impl<S: ObjectStore> Fs<S> {
     /// Called when `name` in `dir` is opened for reading (not writing, not truncating).
     pub(crate) fn note_read_open(&self, dir: Ino, name: &str) {
-        let prev = {
-            let mut c = self.read_cursors.lock().unwrap_or_else(|e| e.into_inner());
-            c.put(dir, name.to_string())
+        let Some(prev) = self.reader.note_open(dir, name) else {
+            return;
         };
-        let Some(prev) = prev else { return };
         if prev.as_str() >= name {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
-        let ttl = self.config.metadata_ttl;
-        let todo: Vec<Base> = {
-            let cache = self.listings.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(l) = cache.peek(&dir) else { return };
-            let l = lock(l);
-            if !l.is_fresh(ttl) {
-                return;
-            }
-            // In order only if `name` comes soon after the previous name.
-            let between = l
-                .names
-                .range::<str, _>((Bound::Excluded(prev.as_str()), Bound::Excluded(name)))
-                .take(AHEAD)
-                .count();
-            if between >= AHEAD {
-                return;
-            }
-            l.names
-                .range::<str, _>((Bound::Excluded(name), Bound::Unbounded))
-                .take(AHEAD)
-                .filter_map(|(_, e)| match e {
-                    Listed::File(_, m) if m.size > 0 && m.size <= BLOCK && !m.etag.is_empty() => {
-                        Some(Base {
-                            key: m.key.clone(),
-                            etag: m.etag.clone(),
-                            len: m.size,
-                        })
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        for b in &todo {
-            me.start_fetches(b, 0, 1, 1);
+        for m in self.ns.files_after(dir, &prev, name, AHEAD, BLOCK) {
+            let b = Base {
+                key: m.key,
+                etag: m.etag,
+                len: m.size,
+            };
+            me.start_fetches(&b, 0, 1, 1);
         }
     }
 }

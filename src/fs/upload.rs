@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -23,11 +24,70 @@ use super::Fs;
 use super::attr::{self, Stat};
 use super::error::{FsError, FsResult};
 use super::openfile::{Base, Multipart, OpenFile, UploadedPart};
+use super::parts::PartLayout;
 use super::ranges::RangeSet;
 use super::recovery::Record;
-use super::spool::Spool;
+use super::spool::{Spool, SpoolBudget};
 use crate::buffers::POOL;
 use crate::store::{ObjectStore, UserMeta};
+
+/// The uploader's state: how files are cut into parts, how many parts may be in memory at
+/// once, the spool's disk budget, and counters for stats and a clean stop.
+pub struct Uploader {
+    layout: PartLayout,
+    /// Bounds parts in memory at once (early and flush uploads alike).
+    part_slots: Arc<tokio::sync::Semaphore>,
+    spool_budget: SpoolBudget,
+    /// Files whose upload failed for good (see `give_up`).
+    failed: AtomicU64,
+    /// Uploads running now (flushes and fsyncs), for a clean shutdown.
+    running: AtomicU64,
+}
+
+impl Uploader {
+    pub fn new(config: &super::FsConfig, shares: &crate::cache::MemoryShares) -> Self {
+        let slots = config
+            .upload_concurrency
+            .min((shares.uploads / config.part_size.max(1)) as usize)
+            .max(1);
+        Uploader {
+            layout: PartLayout::new(config.part_size),
+            part_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
+            failed: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+        }
+    }
+
+    pub fn layout(&self) -> &PartLayout {
+        &self.layout
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn count_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn running(&self) -> u64 {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    pub fn spool_used(&self) -> u64 {
+        self.spool_budget.used()
+    }
+
+    /// Waits for spool space for `spool` to reach `end` bytes (ENOSPC after the wait).
+    pub async fn grow_spool(&self, spool: &Spool, end: u64) -> FsResult<()> {
+        self.spool_budget.grow(spool, end).await
+    }
+
+    pub fn release_spool(&self, spool: &Spool) {
+        self.spool_budget.release(spool);
+    }
+}
 
 /// What an upload stored.
 #[derive(Clone, Debug)]
@@ -48,6 +108,7 @@ struct Snapshot {
     mp: Option<Multipart>,
     stat: Stat,
     meta: UserMeta,
+    meta_version: u64,
     spool: Option<Arc<Spool>>,
     dirty: bool,
 }
@@ -72,10 +133,20 @@ fn differs_beyond_times(a: &UserMeta, b: &UserMeta) -> bool {
 }
 
 impl<S: ObjectStore> Fs<S> {
+    /// The part layout of uploads.
+    pub(crate) fn layout(&self) -> &PartLayout {
+        self.uploader.layout()
+    }
+
     /// Uploads the file if it has changes. `None` when there was nothing to do.
     pub(crate) async fn upload(&self, of: &Arc<OpenFile>) -> FsResult<Option<Stored>> {
-        let _running = Running::start(&self.uploading);
         let _exclusive = of.upload.write().await;
+        self.upload_held(of).await
+    }
+
+    /// [`Self::upload`] for a caller that holds the file's upload lock.
+    pub(crate) async fn upload_held(&self, of: &Arc<OpenFile>) -> FsResult<Option<Stored>> {
+        let _running = Running::start(&self.uploader.running);
         let snap = {
             let mut s = of.lock();
             // An upload that ran while this one waited for the lock failed for good: this
@@ -97,6 +168,7 @@ impl<S: ObjectStore> Fs<S> {
                 mp: s.mp.take(),
                 stat: s.stat,
                 meta: s.upload_meta(),
+                meta_version: s.meta_version,
                 spool: s.spool.clone(),
                 dirty: s.dirty,
             }
@@ -106,7 +178,7 @@ impl<S: ObjectStore> Fs<S> {
                 Some(b) if b.key == snap.key => self.copy_with_meta(&snap.key, b, &snap.meta).await,
                 _ => self.upload_whole(&snap).await,
             }
-        } else if snap.size <= self.layout.base() {
+        } else if snap.size <= self.layout().base() {
             if let Some(mp) = &snap.mp {
                 // The file shrank below one part after parts were sent early.
                 let _ = self.store.abort_multipart(&mp.key, &mp.upload_id).await;
@@ -139,10 +211,11 @@ impl<S: ObjectStore> Fs<S> {
             s.dirty = false;
             s.part_version.clear();
         }
-        if s.stat == snap.stat {
+        // Attributes changed while the upload ran (chmod, setxattr) are stored by the next.
+        if s.meta_version == snap.meta_version {
             s.meta_dirty = false;
+            s.foreign_meta = snap.meta.clone();
         }
-        s.foreign_meta = snap.meta.clone();
         let mut stat = snap.stat;
         stat.size = snap.size;
         Ok(Some(Stored {
@@ -154,10 +227,10 @@ impl<S: ObjectStore> Fs<S> {
 
     /// One PUT of the whole file.
     async fn upload_whole(&self, snap: &Snapshot) -> FsResult<String> {
-        if snap.size > self.layout.base() {
+        if snap.size > self.layout().base() {
             return self.upload_multipart(snap).await;
         }
-        let _permit = self.part_slots.acquire().await.map_err(closed)?;
+        let _permit = self.uploader.part_slots.acquire().await.map_err(closed)?;
         let body = self.assemble(snap, 0..snap.size).await?;
         let put = self
             .store
@@ -250,10 +323,10 @@ impl<S: ObjectStore> Fs<S> {
         upload_id: &str,
         uploaded: &BTreeMap<u64, UploadedPart>,
     ) -> FsResult<Vec<(i32, String)>> {
-        let count = self.layout.count(snap.size).max(1);
+        let count = self.layout().count(snap.size).max(1);
         let mut jobs = Vec::with_capacity(count as usize);
         for p in 0..count {
-            let full = self.layout.range(p);
+            let full = self.layout().range(p);
             let r = full.start..full.end.min(snap.size);
             let version = snap.part_version.get(&p).copied().unwrap_or(0);
             let job = match uploaded.get(&p) {
@@ -280,7 +353,7 @@ impl<S: ObjectStore> Fs<S> {
                 let etag = match job {
                     PartJob::Reuse(etag) => etag,
                     PartJob::Copy(r) => {
-                        let _permit = self.part_slots.acquire().await.map_err(closed)?;
+                        let _permit = self.uploader.part_slots.acquire().await.map_err(closed)?;
                         let b = snap.base.as_ref().expect("copy jobs have a base");
                         self.store
                             .upload_part_copy(&snap.key, upload_id, number, &b.key, r, &b.etag)
@@ -288,7 +361,7 @@ impl<S: ObjectStore> Fs<S> {
                             .map_err(|e| FsError::from_store(e, &b.key))?
                     }
                     PartJob::Upload(r) => {
-                        let _permit = self.part_slots.acquire().await.map_err(closed)?;
+                        let _permit = self.uploader.part_slots.acquire().await.map_err(closed)?;
                         let body = self.assemble(snap, r).await?;
                         self.store
                             .upload_part(&snap.key, upload_id, number, body)
@@ -336,12 +409,12 @@ impl<S: ObjectStore> Fs<S> {
             .create_multipart(dst, meta)
             .await
             .map_err(|e| FsError::from_store(e, dst))?;
-        let count = self.layout.count(base.len);
+        let count = self.layout().count(base.len);
         let result: FsResult<Vec<(i32, String)>> = stream::iter(0..count)
             .map(|p| {
                 let id = id.clone();
                 async move {
-                    let full = self.layout.range(p);
+                    let full = self.layout().range(p);
                     let r = full.start..full.end.min(base.len);
                     let etag = self
                         .store
@@ -376,11 +449,11 @@ impl<S: ObjectStore> Fs<S> {
     /// Uploads part `p` of a file still being written, if it is still as it was.
     pub(crate) async fn upload_part_early(self: Arc<Self>, of: Arc<OpenFile>, p: u64) {
         let _shared = of.upload.read().await;
-        let r = self.layout.range(p);
+        let r = self.layout().range(p);
         let done = |of: &OpenFile| {
             of.lock().inflight.remove(&p);
         };
-        let Ok(_permit) = self.part_slots.acquire().await else {
+        let Ok(_permit) = self.uploader.part_slots.acquire().await else {
             return done(&of);
         };
         let (version, key, spool) = {
@@ -487,18 +560,18 @@ impl<S: ObjectStore> Fs<S> {
 }
 
 /// Counts an upload as running while alive.
-struct Running<'a>(&'a std::sync::atomic::AtomicU64);
+struct Running<'a>(&'a AtomicU64);
 
 impl<'a> Running<'a> {
-    fn start(c: &'a std::sync::atomic::AtomicU64) -> Self {
-        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    fn start(c: &'a AtomicU64) -> Self {
+        c.fetch_add(1, Ordering::SeqCst);
         Running(c)
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

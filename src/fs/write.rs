@@ -5,18 +5,24 @@
 //! background right away, so closing a large file only waits for the last part and the
 //! completion. `flush` (every `close()`) and `fsync` upload whatever is left and return the
 //! upload's error, if any: the application learns at `close()` that its data is not stored.
+//!
+//! One exception: a file created here and never written is not stored at a flush. A shell
+//! redirect (`echo hi > f`) opens the file, duplicates the descriptor and closes the first
+//! one before it writes; storing an empty object at that first close would show other
+//! clients (and bucket notifications) an empty file, cost a second PUT, and leave a 0-byte
+//! object behind if the daemon died before the write. The empty file is stored at the next
+//! flush after a write, at `fsync`, or at the last close (`release`), where `touch` stores it.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use super::Fs;
 use super::error::{FsError, FsResult};
 use super::inode::Ino;
-use super::listing::Listed;
 use super::openfile::OpenFile;
 use super::recovery::{BaseRef, Record};
 use super::spool::Spool;
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::ObjectStore;
 
 impl<S: ObjectStore> Fs<S> {
     /// Writes `data` at `offset` through handle `fh`.
@@ -31,14 +37,14 @@ impl<S: ObjectStore> Fs<S> {
         }
         let end = offset
             .checked_add(data.len() as u64)
-            .filter(|e| *e <= self.layout.max_object_size())
+            .filter(|e| *e <= self.layout().max_object_size())
             .ok_or_else(|| FsError::new(libc::EFBIG, "file would exceed the largest S3 object"))?;
         let spool = self.spool_of(&h.of)?;
-        self.spool_budget.grow(&spool, end).await?;
+        self.uploader.grow_spool(&spool, end).await?;
         let ready = {
             let mut s = h.of.lock();
             spool.write_at(offset, data)?;
-            s.wrote(&self.layout, offset, data.len() as u64, SystemTime::now())
+            s.wrote(self.layout(), offset, data.len() as u64, SystemTime::now())
         };
         for part in ready {
             let fs = self.clone();
@@ -78,18 +84,20 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(e) = h.of.failure() {
             return Err(e);
         }
-        if !h.of.is_dirty() {
+        if !h.of.is_dirty() || h.of.never_written() {
             return Ok(());
         }
-        let r = self.flush_file(h.ino, &h.of).await;
-        if let Err(e) = &r {
-            let last = self.table().get(h.ino).is_none_or(|i| i.handles <= 1);
-            if last {
-                self.give_up(h.ino, &h.of, e);
-                // close() reports the failure only once the kernel forgot the file's name
-                // (a new file that could not be stored disappears).
-                self.kernel_delivered().await;
-            }
+        let r = {
+            let _fence = self.ns.shared().await;
+            self.flush_file(h.ino, &h.of).await
+        };
+        if let Err(e) = &r
+            && self.ns.handles(h.ino) <= 1
+        {
+            self.give_up(h.ino, &h.of, e);
+            // close() reports the failure only once the kernel forgot the file's name
+            // (a new file that could not be stored disappears).
+            self.kernel_delivered().await;
         }
         r
     }
@@ -101,47 +109,22 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(e) = h.of.failure() {
             return Err(e);
         }
+        let _fence = self.ns.shared().await;
         self.flush_file(h.ino, &h.of).await
     }
 
-    /// Uploads `of` if dirty and brings the inode up to date with what was stored.
+    /// Uploads `of` if dirty and tells the namespace what was stored.
     pub(crate) async fn flush_file(&self, ino: Ino, of: &Arc<OpenFile>) -> FsResult<()> {
-        let stored = self.upload(of).await?;
-        let Some(stored) = stored else { return Ok(()) };
-        let mut t = self.table();
-        let mut listed = None;
-        if let Some(i) = t.get_mut(ino)
-            && i.open.as_ref().is_none_or(|o| Arc::ptr_eq(o, of))
-        {
-            i.remote = true;
-            i.etag = Some(stored.etag.clone());
-            // The kernel's pages hold what was just stored.
-            i.page_cache_etag = i.etag.clone();
-            i.user_meta = Some(stored.meta.clone());
-            i.stat = stored.stat;
-            i.validated = Some(Instant::now());
-            i.target = None;
-            if i.linked {
-                let meta = ObjectMeta {
-                    key: i.key.clone(),
-                    size: stored.stat.size,
-                    etag: stored.etag,
-                    last_modified: std::time::SystemTime::now(),
-                    user_meta: None,
-                };
-                listed = Some((i.parent, Listed::File(i.name.clone(), meta)));
-            }
-        }
-        drop(t);
-        if let Some((dir, entry)) = listed {
-            self.listing_put(dir, entry);
+        if let Some(stored) = self.upload(of).await? {
+            self.ns
+                .stored(ino, of, &stored.etag, &stored.meta, stored.stat);
         }
         Ok(())
     }
 
     /// `ftruncate`/`O_TRUNC` on an open file: changes the size now, uploads at flush.
     pub(crate) async fn truncate_open(&self, of: &Arc<OpenFile>, len: u64) -> FsResult<()> {
-        if len > self.layout.max_object_size() {
+        if len > self.layout().max_object_size() {
             return Err(FsError::new(
                 libc::EFBIG,
                 "larger than the largest S3 object",
@@ -149,6 +132,6 @@ impl<S: ObjectStore> Fs<S> {
         }
         // Truncation must not race with an upload's view of what S3 holds.
         let _g = of.upload.write().await;
-        of.lock().set_size(&self.layout, len, SystemTime::now())
+        of.lock().set_size(self.layout(), len, SystemTime::now())
     }
 }

@@ -83,10 +83,9 @@ fn user_name(name: &OsStr) -> FsResult<String> {
 
 impl<S: ObjectStore> Fs<S> {
     async fn current_xattrs(&self, ino: Ino) -> FsResult<BTreeMap<String, Vec<u8>>> {
-        let ino = self.canon(ino);
+        let ino = self.ns.canon(ino);
         self.ensure_meta(ino).await?;
-        let t = self.table();
-        let i = t.get(ino).ok_or_else(FsError::not_found)?;
+        let i = self.ns.get(ino).ok_or_else(FsError::not_found)?;
         let meta = match &i.open {
             Some(of) => of.lock().foreign_meta.clone(),
             None => i.user_meta.clone().unwrap_or_default(),
@@ -115,6 +114,7 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let name = user_name(name)?;
         let value = value.to_vec();
+        let _fence = self.ns.shared().await;
         self.modify_meta(ino, |_, meta| {
             let mut attrs = decode(meta);
             let exists = attrs.contains_key(&name);
@@ -133,6 +133,7 @@ impl<S: ObjectStore> Fs<S> {
 
     pub async fn removexattr(&self, ino: Ino, name: &OsStr) -> FsResult<()> {
         let name = user_name(name)?;
+        let _fence = self.ns.shared().await;
         self.modify_meta(ino, |_, meta| {
             let mut attrs = decode(meta);
             if attrs.remove(&name).is_none() {

@@ -203,7 +203,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -218,7 +218,6 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
-            fh: fh.map(|f| f.0),
         };
         self.rt.spawn(async move {
             match fs.setattr(ino.0, sa).await {

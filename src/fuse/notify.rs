@@ -15,6 +15,7 @@ use crate::fs::inode::Ino;
 enum Note {
     Name(Ino, String),
     Data(Ino),
+    Attr(Ino),
     /// Answered once everything queued before it was sent.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
@@ -36,6 +37,9 @@ impl NotifyThread {
                             notifier.inval_entry(INodeNo(parent), name.as_ref())
                         }
                         Note::Data(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                        // A negative offset: attributes only, no page is touched (a page
+                        // being read is locked until that read is answered).
+                        Note::Attr(ino) => notifier.inval_inode(INodeNo(ino), -1, 0),
                         Note::Barrier(done) => {
                             let _ = done.send(());
                             Ok(())
@@ -65,6 +69,10 @@ impl KernelCache for NotifyThread {
 
     fn forget_data(&self, ino: Ino) {
         self.send(Note::Data(ino));
+    }
+
+    fn forget_attr(&self, ino: Ino) {
+        self.send(Note::Attr(ino));
     }
 
     fn delivered(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {

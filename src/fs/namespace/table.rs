@@ -1,5 +1,6 @@
-//! The inode table: numbers the kernel holds, the names they are linked under, and what we
-//! last learned about each from S3.
+//! The inode table of the [`super::Namespace`]: numbers the kernel holds, the names they are
+//! linked under, and what the mount last learned about each from S3. Only the namespace
+//! touches it; everything else asks the namespace.
 //!
 //! Inode numbers are never reused, so a stale number held by the kernel can never reach
 //! another file. An inode lives while the kernel holds lookups on it or a handle is open;
@@ -7,15 +8,15 @@
 //! S3 shows a different kind under a name (a file replaced by a directory), the old inode is
 //! unlinked and a new one takes the name.
 //!
-//! The table sits behind one `std::sync::Mutex` in [`super::Fs`], held only for map updates,
-//! never across an `.await`. Per-file state that needs I/O lives in [`super::openfile`].
+//! The table sits behind the namespace's one `std::sync::Mutex`, held only for map updates,
+//! never across an `.await`. Per-file state that needs I/O lives in [`crate::fs::openfile`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::attr::{Kind, Stat};
-use super::openfile::OpenFile;
+use crate::fs::attr::{Kind, Stat};
+use crate::fs::openfile::OpenFile;
 use crate::store::UserMeta;
 
 pub type Ino = u64;
@@ -32,6 +33,11 @@ pub struct Inode {
     pub stat: Stat,
     /// ETag of the object (or directory marker) last seen.
     pub etag: Option<String>,
+    /// Stamp of the last change made through the mount to this entry (its content, attributes
+    /// or key); an answer from S3 asked for before it is older than what the mount knows.
+    pub changed: u64,
+    /// Directories: stamp of the last name added or removed here through the mount.
+    pub names_changed: u64,
     /// User metadata from the last HEAD; `None` when not read yet.
     pub user_meta: Option<UserMeta>,
     /// When S3 last confirmed this entry; `None` forces a check.
@@ -61,9 +67,10 @@ impl Inode {
         self.stat.kind == Kind::Dir
     }
 
-    /// True when S3 was checked less than `ttl` ago.
-    pub fn fresh(&self, ttl: std::time::Duration) -> bool {
-        self.validated.is_some_and(|t| t.elapsed() < ttl)
+    /// True when S3 was checked less than `ttl` before `now`.
+    pub fn fresh(&self, now: Instant, ttl: std::time::Duration) -> bool {
+        self.validated
+            .is_some_and(|t| now.saturating_duration_since(t) < ttl)
     }
 }
 
@@ -89,6 +96,8 @@ impl InodeTable {
                 key: root_key,
                 stat: root_stat,
                 etag: None,
+                changed: 0,
+                names_changed: 0,
                 user_meta: None,
                 validated: None,
                 has_marker: false,
@@ -178,6 +187,8 @@ impl InodeTable {
                 key,
                 stat,
                 etag: None,
+                changed: 0,
+                names_changed: 0,
                 user_meta: None,
                 validated: None,
                 has_marker: false,
@@ -263,8 +274,16 @@ impl InodeTable {
         Some(ino)
     }
 
-    /// Moves inode `ino` to `new_name` in `new_parent`, replacing what was there.
-    pub fn relink(&mut self, ino: Ino, new_parent: Ino, new_name: &str, new_key: String) {
+    /// Moves inode `ino` to `new_name` in `new_parent`, replacing what was there; the keys of
+    /// everything below a moved directory follow, open files' included, stamped `stamp`.
+    pub fn relink(
+        &mut self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &str,
+        new_key: String,
+        stamp: u64,
+    ) {
         let Some(old) = self.inodes.get(&ino) else {
             return;
         };
@@ -281,23 +300,38 @@ impl InodeTable {
             i.parent = new_parent;
             i.name = new_name.to_string();
             i.linked = true;
+            i.changed = stamp;
             std::mem::replace(&mut i.key, new_key.clone())
         };
         if self.inodes[&ino].is_dir() {
-            self.rekey_descendants(&old_key, &new_key);
+            self.rekey_descendants(&old_key, &new_key, stamp);
         }
     }
 
     /// After a directory moved from prefix `old` to `new`, fixes the keys of cached descendants.
-    fn rekey_descendants(&mut self, old: &str, new: &str) {
+    fn rekey_descendants(&mut self, old: &str, new: &str, stamp: u64) {
         for i in self.inodes.values_mut() {
             if i.ino != ROOT && i.key.starts_with(old) && i.key.len() > old.len() {
                 i.key = format!("{new}{}", &i.key[old.len()..]);
+                i.changed = stamp;
                 if let Some(of) = &i.open {
                     of.rekey(&i.key);
                 }
             }
         }
+    }
+
+    /// Inodes at or below directory `dir` (the directory included), for a rename's bookkeeping.
+    pub fn subtree(&self, dir: Ino) -> Vec<Ino> {
+        let mut out = vec![dir];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(m) = self.children.get(&out[i]) {
+                out.extend(m.values().copied());
+            }
+            i += 1;
+        }
+        out
     }
 
     /// The kernel gives back `n` lookups.
@@ -343,16 +377,5 @@ impl InodeTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &Inode> {
         self.inodes.values()
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Inode> {
-        self.inodes.values_mut()
-    }
-
-    /// Marks every cached entry as needing a check against S3.
-    pub fn invalidate_all(&mut self) {
-        for i in self.inodes.values_mut() {
-            i.validated = None;
-        }
     }
 }

@@ -1,0 +1,137 @@
+//! Open files as the namespace sees them: which inode an [`OpenFile`] belongs to, how many
+//! handles hold it, and what the inode learns when the last one goes.
+
+use std::sync::Arc;
+
+use super::Namespace;
+use super::table::{Ino, Inode};
+use crate::fs::attr::Kind;
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::openfile::OpenFile;
+use crate::fs::spool::Spool;
+use crate::store::ObjectMeta;
+
+/// What `open` got from the namespace.
+pub struct Opened {
+    pub of: Arc<OpenFile>,
+    /// The kernel may keep its cached pages: they hold this same version.
+    pub keep_cache: bool,
+    /// Where the file is, for reading ahead across a directory's files.
+    pub at: (Ino, String),
+}
+
+impl Namespace {
+    /// Before opening `ino`: `EISDIR`/`ELOOP` for what cannot be opened, and whether its
+    /// version must be checked with S3 first (what S3 said is older than the negative TTL,
+    /// so a new open reads what another client stored since).
+    pub fn open_check(&self, ino: Ino) -> FsResult<bool> {
+        let now = self.clock.now();
+        let st = self.lock();
+        let i = st.table.get(ino).ok_or_else(FsError::not_found)?;
+        match i.stat.kind {
+            Kind::Dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
+            Kind::Symlink => return Err(FsError::new(libc::ELOOP, "is a symlink")),
+            Kind::File => {}
+        }
+        Ok(i.open.is_none()
+            && i.remote
+            && (i.etag.is_none() || !i.fresh(now, self.cfg.negative_ttl)))
+    }
+
+    /// Attaches a handle to `ino`: its open state (shared by every handle, built by `make`
+    /// for the first one).
+    pub fn attach(
+        &self,
+        ino: Ino,
+        truncate: bool,
+        make: impl FnOnce(&Inode) -> OpenFile,
+    ) -> FsResult<Opened> {
+        let mut st = self.lock();
+        let i = st.table.get_mut(ino).ok_or_else(FsError::not_found)?;
+        // Pages the kernel cached are still good when the object is the same version.
+        let keep_cache = i.etag.is_some() && i.page_cache_etag == i.etag && !truncate;
+        // After a truncate the pages will hold data no stored version has (yet).
+        i.page_cache_etag = if truncate { None } else { i.etag.clone() };
+        let of = match &i.open {
+            Some(of) => of.clone(),
+            None => {
+                let of = Arc::new(make(i));
+                i.open = Some(of.clone());
+                of
+            }
+        };
+        i.handles += 1;
+        Ok(Opened {
+            of,
+            keep_cache,
+            at: (i.parent, i.name.clone()),
+        })
+    }
+
+    /// The number of handles open on `ino`.
+    pub fn handles(&self, ino: Ino) -> u32 {
+        self.lock().table.get(ino).map_or(0, |i| i.handles)
+    }
+
+    /// A handle on `ino` closed. The last one detaches the open state: the inode keeps its
+    /// final attributes, and the spool is returned for the caller to release.
+    pub fn detach(&self, ino: Ino, of: &Arc<OpenFile>) -> Option<Arc<Spool>> {
+        let mut st = self.lock();
+        let i = st.table.get_mut(ino)?;
+        i.handles = i.handles.saturating_sub(1);
+        let mut spool = None;
+        if i.handles == 0 && i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
+            i.stat = of.stat();
+            i.open = None;
+            spool = of.lock().spool.take();
+        }
+        st.table.maybe_drop(ino);
+        spool
+    }
+
+    /// The upload of `of` failed for good: the inode forgets the open state, so the next open
+    /// sees what S3 holds. A file that never reached S3 disappears: its name is returned,
+    /// for the kernel to forget.
+    pub fn gave_up(&self, ino: Ino, of: &Arc<OpenFile>) -> Option<(Ino, String)> {
+        let mut st = self.lock();
+        let s = st.next_stamp();
+        let i = st.table.get_mut(ino)?;
+        if i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
+            i.open = None;
+        }
+        i.validated = None;
+        i.changed = s;
+        // The kernel's pages hold the data that failed to upload.
+        i.page_cache_etag = None;
+        if i.remote || !i.linked {
+            return None;
+        }
+        let (p, n) = (i.parent, i.name.clone());
+        st.table.unlink(p, &n);
+        if let Some(l) = st.listings.get_mut(&p) {
+            l.remove(&n);
+        }
+        Some((p, n))
+    }
+
+    /// A reader moved the open file of `ino` to the version `meta` another client stored
+    /// (no data of the old one was returned yet).
+    pub fn repinned(&self, ino: Ino, meta: &ObjectMeta) {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        if let Some(i) = st.table.get_mut(ino) {
+            if i.etag.as_deref() != Some(meta.etag.as_str()) {
+                i.target = None;
+            }
+            i.etag = Some(meta.etag.clone());
+            i.stat.size = meta.size;
+            i.stat.mtime = meta.last_modified;
+            if let Some(m) = &meta.user_meta {
+                i.stat.apply_meta(m);
+                i.user_meta = Some(m.clone());
+            }
+            i.validated = Some(now);
+            i.page_cache_etag = None;
+        }
+    }
+}
