@@ -275,6 +275,10 @@ pub struct MountArgs {
     /// Seconds attributes, names and directory listings are trusted without asking S3.
     #[arg(long, value_name = "SECONDS", default_value = "5")]
     pub metadata_ttl: f64,
+    /// Seconds "no such file" is trusted, and how old what S3 said about a file may be when a
+    /// new open() decides which version it reads (at most --metadata-ttl).
+    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    pub negative_metadata_ttl: f64,
     /// Directory for spool files of open files (default: $XDG_CACHE_HOME/pailfs, or
     /// /var/cache/pailfs for root).
     #[arg(long, value_name = "DIR")]

@@ -212,10 +212,14 @@ impl MountConfig {
         let mountpoint = check_mountpoint(&a.mountpoint)?;
         let s3 = s3_settings(conn, &a.s3)?;
         let ttl = a.metadata_ttl;
-        if !(0.0..=86_400.0).contains(&ttl) {
-            return Err(format!(
-                "--metadata-ttl {ttl} must be between 0 and 86400 seconds"
-            ));
+        let negative_ttl = a.negative_metadata_ttl;
+        for (flag, v) in [
+            ("--metadata-ttl", ttl),
+            ("--negative-metadata-ttl", negative_ttl),
+        ] {
+            if !(0.0..=86_400.0).contains(&v) {
+                return Err(format!("{flag} {v} must be between 0 and 86400 seconds"));
+            }
         }
         let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -228,6 +232,7 @@ impl MountConfig {
         };
         fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
         fs.metadata_ttl = Duration::from_secs_f64(ttl);
+        fs.negative_ttl = Duration::from_secs_f64(negative_ttl);
         fs.max_spool_bytes =
             parse_size(&a.max_cache_size).map_err(|e| format!("--max-cache-size: {e}"))?;
         fs.part_size = parse_size(&a.part_size).map_err(|e| format!("--part-size: {e}"))?;
