@@ -7,13 +7,24 @@
 //! from the keys with the documented rules (a directory is any prefix; a directory shadows a
 //! file of the same name). Errors are predicted too, errno for errno.
 //!
-//! Failures found by the search are kept below as named regression tests.
+//! It runs in two modes. Without TTLs, every answer comes from S3 and the mount must match the
+//! model after every step. With the default TTLs (5 s for names and attributes, 1 s for
+//! absent names) and a clock the test moves (`Tick`: the negative TTL runs out, `Expire`:
+//! everything does), the mount must still show its own changes exactly at every step; after
+//! another client's change it may lag until `Expire`, but a `Read` of a file another client
+//! overwrote returns one whole version, and the new one once the negative TTL has run out.
+//! Faults are injected too: the next DELETE or COPY of one key fails, and the model says what
+//! S3 and the mount hold afterwards.
+//!
+//! Failures found by the search are kept below as named regression tests; tests/MODEL.md says
+//! which bugs the search finds on which code.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pailfs::fs::attr::Kind;
@@ -21,8 +32,8 @@ use pailfs::fs::inode::ROOT;
 use pailfs::fs::names::fold;
 use pailfs::fs::setattr::SetAttr;
 use pailfs::fs::{Fs, FsConfig};
-use pailfs::store::memory::MemoryStore;
-use pailfs::store::{ObjectStore, UserMeta};
+use pailfs::store::StoreError;
+use pailfs::store::memory::{MemoryStore, Op as StoreOp};
 use proptest::prelude::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -90,6 +101,37 @@ enum Op {
     },
     HFsync,
     HClose,
+    /// open(O_RDONLY), read everything, close.
+    Read {
+        path: String,
+    },
+    /// The clock moves past the negative TTL.
+    Tick,
+    /// The clock moves past every TTL.
+    Expire,
+    /// The next DELETE of the path's key (or of its directory marker) fails.
+    FailDelete {
+        path: String,
+    },
+    /// The next COPY onto the path's key (or onto its directory marker) fails.
+    FailCopy {
+        path: String,
+    },
+}
+
+/// A fault armed for the next operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fault {
+    Delete(String),
+    Copy(String),
+}
+
+/// What a `Read` must return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ReadExpect {
+    Exact(Vec<u8>),
+    /// Another client overwrote it and the negative TTL has not run out: either version, whole.
+    OneOf(Vec<u8>, Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +154,10 @@ struct Held {
     data: Vec<u8>,
     mode: u16,
     dirty: bool,
+    /// A mode change not stored yet (its self-copy failed): stored at the next fsync or close.
+    meta_pending: bool,
+    /// Created by the open and never written: a close of another descriptor stores nothing.
+    never_written: bool,
     unlinked: bool,
 }
 
@@ -121,6 +167,16 @@ struct Model {
     held: Option<Held>,
     /// Case-insensitive mode: names resolve to the winner of their case-folded group.
     ci: bool,
+    /// TTL mode (see the module documentation).
+    ttl: bool,
+    /// The fault armed for the next operation.
+    fault: Option<Fault>,
+    /// TTL mode: another client created, deleted or replaced something other than a file's
+    /// content; until `Expire` the mount may show anything it learned before.
+    unsettled: bool,
+    /// TTL mode: files another client overwrote since the last `Expire`: their content
+    /// before, and whether the negative TTL ran out since.
+    overwritten: BTreeMap<String, (Vec<u8>, bool)>,
 }
 
 /// What the mount shows at a path.
@@ -362,11 +418,51 @@ impl Model {
 
     /// Ops that cannot apply now (no held file, or another client touching the held file).
     fn skip(&self, op: &Op) -> bool {
+        let lagging = self.unsettled || !self.overwritten.is_empty();
         match op {
             Op::OobPut { path, .. } | Op::OobDelete { path } => self.touches_held(path),
+            Op::FailDelete { .. } | Op::FailCopy { .. } => self.ci || lagging,
+            Op::Tick | Op::Expire => false,
+            // Until everything expired, only reads of what another client changed are
+            // predictable (and only when nothing but file contents changed).
+            Op::Read { .. } => self.unsettled,
+            _ if lagging => true,
             Op::Open { .. } => self.held.is_some(),
             Op::HWrite { .. } | Op::HFsync | Op::HClose => self.held.is_none(),
             _ => false,
+        }
+    }
+
+    /// What a `Read` of `path` must return (when it succeeds).
+    fn expect_read(&self, path: &str) -> ReadExpect {
+        let now = self
+            .view()
+            .get(path)
+            .map(|o| o.data.clone())
+            .unwrap_or_default();
+        match self.overwritten.get(path) {
+            Some((before, false)) => ReadExpect::OneOf(before.clone(), now),
+            _ => ReadExpect::Exact(now),
+        }
+    }
+
+    /// Another client's change, in TTL mode: a plain overwrite of a file's content keeps reads
+    /// predictable; anything else unsettles the mount's view until `Expire`.
+    fn note_oob(&mut self, op: &Op) {
+        if !self.ttl {
+            return;
+        }
+        match op {
+            Op::OobPut { path, .. }
+                if self.kind(path) == Some(Kind::File) && self.s3.contains_key(path) =>
+            {
+                let before = self.s3[path.as_str()].data.clone();
+                self.overwritten
+                    .entry(path.clone())
+                    .and_modify(|(_, ticked)| *ticked = false)
+                    .or_insert((before, false));
+            }
+            _ => self.unsettled = true,
         }
     }
 
@@ -376,7 +472,164 @@ impl Model {
             return None;
         }
         let op = self.canonical(op);
-        Some(self.apply_inner(&op))
+        if matches!(op, Op::OobPut { .. } | Op::OobDelete { .. }) {
+            self.note_oob(&op);
+        }
+        let r = match self.apply_fault(&op) {
+            Some(r) => r,
+            None => self.apply_inner(&op),
+        };
+        if !matches!(op, Op::FailDelete { .. } | Op::FailCopy { .. }) {
+            self.fault = None;
+        }
+        Some(r)
+    }
+
+    /// True when the armed fault (on a path's key and its marker `path/`) is on `key`.
+    fn faulty(&self, delete: bool, key: &str) -> bool {
+        let on = |p: &String| p == key || format!("{p}/") == key;
+        match &self.fault {
+            Some(Fault::Delete(p)) if delete => on(p),
+            Some(Fault::Copy(p)) if !delete => on(p),
+            _ => false,
+        }
+    }
+
+    /// Predicts an operation that meets the armed fault; `None` when it does not meet it.
+    fn apply_fault(&mut self, op: &Op) -> Option<R> {
+        self.fault.as_ref()?;
+        match op {
+            Op::Unlink { path } => {
+                let stored = self.s3.contains_key(path);
+                (self.parent_err(path).is_ok()
+                    && matches!(self.kind(path), Some(Kind::File | Kind::Symlink))
+                    && stored
+                    && self.faulty(true, path))
+                .then_some(Err(libc::EIO))
+            }
+            Op::Rmdir { path } => (self.parent_err(path).is_ok()
+                && self.kind(path) == Some(Kind::Dir)
+                && self.dir_empty(path)
+                && self.faulty(true, &format!("{path}/")))
+            .then_some(Err(libc::EIO)),
+            Op::Rename { from, to } => self.rename_with_fault(from, to),
+            Op::Chmod { path, mode } => self.chmod_with_fault(path, *mode),
+            Op::HFsync | Op::HClose => self.close_with_fault(matches!(op, Op::HClose)),
+            _ => None,
+        }
+    }
+
+    /// A rename that meets the armed fault (see `apply_fault`).
+    fn rename_with_fault(&mut self, from: &str, to: &str) -> Option<R> {
+        let mut dry = self.clone();
+        dry.fault = None;
+        if dry.rename_exact(from, to).is_err() || from == to {
+            return None;
+        }
+        match self.kind(from)? {
+            Kind::Dir => {
+                let pre = format!("{from}/");
+                let keys: Vec<String> = self
+                    .s3
+                    .keys()
+                    .filter(|k| k.starts_with(&pre))
+                    .cloned()
+                    .collect();
+                let copy_fails = keys
+                    .iter()
+                    .any(|k| self.faulty(false, &format!("{to}/{}", &k[pre.len()..])));
+                let delete_fails = keys.iter().find(|k| self.faulty(true, k)).cloned();
+                if copy_fails {
+                    // The held file below is stored first; the copies are removed again.
+                    self.flush_held_below(from);
+                    return Some(Err(libc::EIO));
+                }
+                let kept = delete_fails?;
+                let obj = self.s3[kept.as_str()].clone();
+                self.rename_exact(from, to).ok()?;
+                self.s3.insert(kept, obj);
+                Some(Err(libc::EIO))
+            }
+            _ if !self.s3.contains_key(from) => {
+                // A file not uploaded yet: the object it replaces is deleted first.
+                (self.faulty(true, to) && self.s3.contains_key(to)).then_some(Err(libc::EIO))
+            }
+            _ => {
+                if self.faulty(false, to) {
+                    self.flush_held_at(from);
+                    return Some(Err(libc::EIO));
+                }
+                if !self.faulty(true, from) {
+                    return None;
+                }
+                self.flush_held_at(from);
+                let obj = self.s3[from].clone();
+                self.rename_exact(from, to).ok()?;
+                self.s3.insert(from.to_string(), obj);
+                Some(Err(libc::EIO))
+            }
+        }
+    }
+
+    /// chmod of a file whose self-copy fails.
+    fn chmod_with_fault(&mut self, path: &str, mode: u16) -> Option<R> {
+        if self.parent_err(path).is_err()
+            || self.kind(path) != Some(Kind::File)
+            || !self.s3.contains_key(path)
+            || !self.faulty(false, path)
+        {
+            return None;
+        }
+        if self.is_held(path) {
+            let h = self.held.as_mut().unwrap();
+            if h.dirty {
+                return None; // rides along with the data: no copy now
+            }
+            h.mode = mode;
+            h.meta_pending = true;
+        }
+        Some(Err(libc::EIO))
+    }
+
+    /// fsync or close of the held file when its pending mode change must be copied and fails.
+    fn close_with_fault(&mut self, close: bool) -> Option<R> {
+        let h = self.held.as_ref()?;
+        if h.unlinked || h.dirty || !h.meta_pending || !self.faulty(false, &h.path) {
+            return None;
+        }
+        if close {
+            self.held = None;
+        }
+        Some(Err(libc::EIO))
+    }
+
+    /// The held file, if at `path` and stored before, is uploaded (a rename stores it first).
+    fn flush_held_at(&mut self, path: &str) {
+        if self.s3.contains_key(path)
+            && let Some(h) = self.held.as_mut()
+            && !h.unlinked
+            && h.path == path
+            && (h.dirty || h.meta_pending)
+        {
+            let obj = Obj {
+                kind: ObjKind::File,
+                data: h.data.clone(),
+                mode: h.mode,
+            };
+            h.dirty = false;
+            h.meta_pending = false;
+            self.s3.insert(path.to_string(), obj);
+        }
+    }
+
+    /// The held file, if below directory `dir` and stored before, is uploaded.
+    fn flush_held_below(&mut self, dir: &str) {
+        let held = self.held.as_ref().map(|h| h.path.clone());
+        if let Some(p) = held
+            && p.starts_with(&format!("{dir}/"))
+        {
+            self.flush_held_at(&p);
+        }
     }
 
     /// The op with its paths in stored spelling (another client's ops use raw keys).
@@ -412,6 +665,7 @@ impl Model {
                 target,
             },
             Op::Open { path } => Op::Open { path: c(&path) },
+            Op::Read { path } => Op::Read { path: c(&path) },
             // The target keeps its spelling; `rename` resolves it.
             Op::Rename { from, to } => Op::Rename { from: c(&from), to },
             other => other,
@@ -443,6 +697,14 @@ impl Model {
                     None => Err(libc::ENOENT),
                     Some(Kind::Dir) => Err(libc::EISDIR),
                     Some(Kind::Symlink) => Err(libc::EINVAL),
+                    Some(Kind::File) if self.is_held(path) => {
+                        // An open file's truncation is stored with its next upload.
+                        let h = self.held.as_mut().unwrap();
+                        h.data.resize(*len as usize, 0);
+                        h.dirty = true;
+                        h.never_written &= *len == 0;
+                        Ok(())
+                    }
                     Some(Kind::File) => {
                         self.edit(path, |d| d.resize(*len as usize, 0));
                         Ok(())
@@ -566,6 +828,8 @@ impl Model {
                             data: o.data,
                             mode: o.mode,
                             dirty: false,
+                            meta_pending: false,
+                            never_written: false,
                             unlinked: false,
                         });
                         Ok(())
@@ -576,6 +840,8 @@ impl Model {
                             data: vec![],
                             mode: 0o644,
                             dirty: true,
+                            meta_pending: false,
+                            never_written: true,
                             unlinked: false,
                         });
                         Ok(())
@@ -586,11 +852,58 @@ impl Model {
                 let h = self.held.as_mut().expect("not skipped");
                 write_at(&mut h.data, *off, data);
                 h.dirty = true;
+                h.never_written = false;
+                Ok(())
+            }
+            Op::Read { path } => {
+                self.parent_err(path)?;
+                match self.kind(path) {
+                    None => Err(libc::ENOENT),
+                    Some(Kind::Dir) => Err(libc::EISDIR),
+                    Some(Kind::Symlink) => Err(libc::ELOOP),
+                    Some(Kind::File) => {
+                        // Its close flushes what the held file shares with it.
+                        if let Some(h) = self.held.as_mut()
+                            && !h.unlinked
+                            && h.path == *path
+                            && ((h.dirty && !h.never_written) || h.meta_pending)
+                        {
+                            let obj = Obj {
+                                kind: ObjKind::File,
+                                data: h.data.clone(),
+                                mode: h.mode,
+                            };
+                            h.dirty = false;
+                            h.meta_pending = false;
+                            self.s3.insert(path.clone(), obj);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Op::Tick => {
+                for (_, ticked) in self.overwritten.values_mut() {
+                    *ticked = true;
+                }
+                Ok(())
+            }
+            Op::Expire => {
+                self.unsettled = false;
+                self.overwritten.clear();
+                Ok(())
+            }
+            Op::FailDelete { path } => {
+                self.fault = Some(Fault::Delete(path.clone()));
+                Ok(())
+            }
+            Op::FailCopy { path } => {
+                self.fault = Some(Fault::Copy(path.clone()));
                 Ok(())
             }
             Op::HFsync | Op::HClose => {
                 let h = self.held.as_mut().expect("not skipped");
-                if h.dirty && !h.unlinked {
+                let pending = std::mem::take(&mut h.meta_pending);
+                if (h.dirty || pending) && !h.unlinked {
                     let obj = Obj {
                         kind: ObjKind::File,
                         data: h.data.clone(),
@@ -841,25 +1154,50 @@ fn write_at(d: &mut Vec<u8>, off: u64, data: &[u8]) {
 struct Sut {
     fs: Arc<Fs<MemoryStore>>,
     held: Option<u64>,
+    /// What the last `Read` returned.
+    last_read: Option<Vec<u8>>,
     _spool: tempfile::TempDir,
 }
+
+/// TTL mode's settings, and how far `Tick` and `Expire` move the clock.
+const TTL: Duration = Duration::from_secs(5);
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(1100);
+const EXPIRE: Duration = Duration::from_secs(6);
 
 fn errno(e: pailfs::fs::error::FsError) -> i32 {
     e.errno
 }
 
 impl Sut {
-    fn new(ci: bool) -> Sut {
+    fn new(ci: bool, ttl: bool) -> Sut {
         let spool = tempfile::tempdir().unwrap();
         let mut cfg = FsConfig::new("", spool.path().to_path_buf());
         cfg.case_insensitive = ci;
-        cfg.metadata_ttl = std::time::Duration::ZERO;
+        (cfg.metadata_ttl, cfg.negative_ttl) = if ttl {
+            (TTL, NEGATIVE_TTL)
+        } else {
+            (Duration::ZERO, Duration::ZERO)
+        };
         cfg.part_size = 5 * MIB;
         Sut {
             fs: Fs::new(MemoryStore::new(), cfg).unwrap(),
             held: None,
+            last_read: None,
             _spool: spool,
         }
+    }
+
+    /// Moves the mount's clock (TTLs run out).
+    fn advance(&self, d: Duration) {
+        self.fs.namespace().clock().advance(d);
+    }
+
+    /// Arms a fault on `key` and on the directory marker `key/`.
+    fn arm(&self, op: StoreOp, key: &str) {
+        let e = || StoreError::Other("injected".into());
+        self.fs.store().fail_key(op, key, 1, e());
+        self.fs.store().fail_key(op, &format!("{key}/"), 1, e());
     }
 
     async fn walk_to(&self, path: &str) -> Result<u64, i32> {
@@ -979,15 +1317,13 @@ impl Sut {
                     .map(|_| ())
                     .map_err(errno)
             }
+            // Another client: straight into the store, past any fault armed for the mount.
             Op::OobPut { path, data } => {
-                fs.store()
-                    .put(path, Bytes::from(data.clone()), &UserMeta::new())
-                    .await
-                    .unwrap();
+                fs.store().insert(path, Bytes::from(data.clone()));
                 Ok(())
             }
             Op::OobDelete { path } => {
-                fs.store().delete(path).await.unwrap();
+                fs.store().remove(path);
                 Ok(())
             }
             Op::Open { path } => {
@@ -1010,6 +1346,41 @@ impl Sut {
                 let fh = self.held.take().unwrap();
                 let f = fs.flush(fh).await.map_err(errno);
                 f.and(fs.release(fh).await.map_err(errno))
+            }
+            Op::Read { path } => {
+                let mut data = Vec::new();
+                let r = self
+                    .with_file(path, libc::O_RDONLY, async |fh| {
+                        loop {
+                            let chunk = fs
+                                .read(fh, data.len() as u64, 1 << 20)
+                                .await
+                                .map_err(errno)?;
+                            if chunk.is_empty() {
+                                return Ok(());
+                            }
+                            data.extend_from_slice(&chunk);
+                        }
+                    })
+                    .await;
+                self.last_read = Some(data);
+                r
+            }
+            Op::Tick => {
+                self.advance(TICK);
+                Ok(())
+            }
+            Op::Expire => {
+                self.advance(EXPIRE);
+                Ok(())
+            }
+            Op::FailDelete { path } => {
+                self.arm(StoreOp::Delete, path);
+                Ok(())
+            }
+            Op::FailCopy { path } => {
+                self.arm(StoreOp::Copy, path);
+                Ok(())
             }
         }
     }
@@ -1122,22 +1493,27 @@ fn describe(t: &BTreeMap<String, Seen>) -> Vec<String> {
 }
 
 fn check(ops: &[Op]) {
-    check_mode(ops, false);
+    check_mode(ops, false, false);
 }
 
 fn check_ci(ops: &[Op]) {
-    check_mode(ops, true);
+    check_mode(ops, true, false);
 }
 
-fn check_mode(ops: &[Op], ci: bool) {
+fn check_ttl(ops: &[Op]) {
+    check_mode(ops, false, true);
+}
+
+fn check_mode(ops: &[Op], ci: bool, ttl: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut sut = Sut::new(ci);
+        let mut sut = Sut::new(ci, ttl);
         let mut model = Model {
             ci,
+            ttl,
             ..Model::default()
         };
         for (step, op) in ops.iter().enumerate() {
@@ -1147,17 +1523,34 @@ fn check_mode(ops: &[Op], ci: bool) {
             {
                 continue;
             }
+            let expect_read = match op {
+                Op::Read { path } => Some(model.expect_read(&model.canon_path(path))),
+                _ => None,
+            };
             let Some(want) = model.apply(op) else {
                 continue;
             };
             let got = sut.run(op).await;
+            if !matches!(op, Op::FailDelete { .. } | Op::FailCopy { .. }) {
+                sut.fs.store().clear_faults();
+            }
             assert_eq!(got, want, "step {step}: {op:?}");
-            let (t_got, t_want) = (sut.tree().await, model.expected_tree());
-            assert_eq!(
-                describe(&t_got),
-                describe(&t_want),
-                "tree after step {step}: {op:?}"
-            );
+            if let (Some(expect), Ok(())) = (expect_read, &got) {
+                let read = sut.last_read.take().unwrap_or_default();
+                let ok = match &expect {
+                    ReadExpect::Exact(d) => read == *d,
+                    ReadExpect::OneOf(a, b) => read == *a || read == *b,
+                };
+                assert!(ok, "step {step}: {op:?} read {read:?}, expected {expect:?}");
+            }
+            if !model.unsettled && model.overwritten.is_empty() {
+                let (t_got, t_want) = (sut.tree().await, model.expected_tree());
+                assert_eq!(
+                    describe(&t_got),
+                    describe(&t_want),
+                    "tree after step {step}: {op:?}"
+                );
+            }
             let s3 = sut.s3();
             assert_eq!(
                 s3.iter()
@@ -1222,6 +1615,11 @@ fn op_with(path: fn() -> BoxedStrategy<String>) -> impl Strategy<Value = Op> {
         2 => (offset(), data()).prop_map(|(off, data)| Op::HWrite { off, data }),
         1 => Just(Op::HFsync),
         1 => Just(Op::HClose),
+        2 => path().prop_map(|path| Op::Read { path }),
+        1 => Just(Op::Tick),
+        1 => Just(Op::Expire),
+        1 => path().prop_map(|path| Op::FailDelete { path }),
+        1 => path().prop_map(|path| Op::FailCopy { path }),
     ]
 }
 
@@ -1254,6 +1652,11 @@ proptest! {
     #[test]
     fn the_case_insensitive_core_matches_the_model(ops in prop::collection::vec(ci_op(), 1..40)) {
         check_ci(&ops);
+    }
+
+    #[test]
+    fn the_core_with_ttls_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        check_ttl(&ops);
     }
 }
 
@@ -1509,6 +1912,91 @@ fn regression_ci_rename_into_a_directory_that_loses_to_a_twin() {
         Op::Rename {
             from: p("b"),
             to: p("a/a/a"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_reader_close_stores_what_the_held_file_shares() {
+    check(&[
+        Op::Open { path: p("c") },
+        Op::HWrite {
+            off: 0,
+            data: vec![],
+        },
+        Op::Read { path: p("c") },
+    ]);
+}
+
+#[test]
+fn regression_truncating_the_held_file_by_path_waits_for_its_upload() {
+    check(&[
+        Op::Open { path: p("b") },
+        Op::Truncate {
+            path: p("b"),
+            len: 1,
+        },
+        Op::Read { path: p("b") },
+    ]);
+}
+
+#[test]
+fn regression_ttl_implicit_directories_emptied_by_a_rename_disappear() {
+    check_ttl(&[
+        Op::OobPut {
+            path: p("b/b/a"),
+            data: vec![],
+        },
+        Op::Expire,
+        Op::Rename {
+            from: p("b/b/a"),
+            to: p("c"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_ttl_a_shadowed_file_shows_again_after_its_directory_moves() {
+    check_ttl(&[
+        Op::OobPut {
+            path: p("c"),
+            data: vec![],
+        },
+        Op::OobPut {
+            path: p("c/a"),
+            data: vec![],
+        },
+        Op::Expire,
+        Op::Rename {
+            from: p("c"),
+            to: p("b"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_a_failed_directory_copy_keeps_everything() {
+    check(&[
+        Op::Mkdir { path: p("c") },
+        Op::FailCopy { path: p("b") },
+        Op::Rename {
+            from: p("c"),
+            to: p("b"),
+        },
+    ]);
+}
+
+#[test]
+fn regression_a_failed_self_copy_fails_chmod() {
+    check(&[
+        Op::Write {
+            path: p("a"),
+            data: vec![],
+        },
+        Op::FailCopy { path: p("a") },
+        Op::Chmod {
+            path: p("a"),
+            mode: 0o600,
         },
     ]);
 }

@@ -146,7 +146,13 @@ impl<S: ObjectStore> Fs<S> {
             }
             self.rename_dir(&src, &new_prefix, &to).await
         } else {
-            self.rename_file(&src, &child_key(&new_dir_key, newname), &to)
+            // An object a file not uploaded yet replaces goes at once, as the name no longer
+            // shows it (the new content follows at close).
+            let replaced_key = dst
+                .as_ref()
+                .filter(|d| d.remote && d.name == newname && !d.is_dir())
+                .map(|d| d.key.as_str());
+            self.rename_file(&src, &child_key(&new_dir_key, newname), replaced_key, &to)
                 .await
         };
         if let Some(of) = &replaced
@@ -156,27 +162,13 @@ impl<S: ObjectStore> Fs<S> {
         }
         result?;
         if let Some(d) = &dst {
-            self.drop_replaced(&src, d, newparent, newname).await?;
+            self.drop_replaced(d, newparent, newname).await?;
         }
         Ok(())
     }
 
     /// After a rename onto an existing entry `d`: what is left of it goes.
-    async fn drop_replaced(
-        &self,
-        src: &Inode,
-        d: &Inode,
-        newparent: Ino,
-        newname: &str,
-    ) -> FsResult<()> {
-        if !src.remote && d.remote && d.name == newname && !d.is_dir() {
-            // A file not uploaded yet replaced an object: the object goes now, as the name
-            // no longer shows it (the new content follows at close).
-            self.store
-                .delete(&d.key)
-                .await
-                .map_err(|e| FsError::from_store(e, &d.key))?;
-        }
+    async fn drop_replaced(&self, d: &Inode, newparent: Ino, newname: &str) -> FsResult<()> {
         if d.name != newname {
             // A target of another spelling keeps its own key and name: remove both.
             if d.remote {
@@ -193,8 +185,15 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    /// Renames a file or symlink: copy, then delete, under its upload lock.
-    async fn rename_file(&self, src: &Inode, new_key: &str, to: &Target<'_>) -> FsResult<()> {
+    /// Renames a file or symlink: copy, then delete, under its upload lock. `replaced_key` is
+    /// the object the rename replaces, deleted first when the file is not in S3 yet.
+    async fn rename_file(
+        &self,
+        src: &Inode,
+        new_key: &str,
+        replaced_key: Option<&str>,
+        to: &Target<'_>,
+    ) -> FsResult<()> {
         let mut open = src.open.clone();
         let (now, _guard) = loop {
             let guard = match &open {
@@ -210,6 +209,12 @@ impl<S: ObjectStore> Fs<S> {
         };
         if !now.remote {
             // Never uploaded: only the key it will be uploaded to changes.
+            if let Some(k) = replaced_key {
+                self.store
+                    .delete(k)
+                    .await
+                    .map_err(|e| FsError::from_store(e, k))?;
+            }
             self.finish_move(now.ino, to, None, true, HashMap::new());
             return Ok(());
         }

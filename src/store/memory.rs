@@ -77,6 +77,8 @@ struct Upload {
 struct Fault {
     op: Op,
     key_contains: Option<String>,
+    /// Only this exact key (with `key_contains` unset).
+    key_exact: Option<String>,
     remaining: u32,
     error: StoreError,
 }
@@ -161,6 +163,18 @@ impl MemoryStore {
         self.lock().faults.push(Fault {
             op,
             key_contains: key_contains.map(str::to_string),
+            key_exact: None,
+            remaining: times,
+            error,
+        });
+    }
+
+    /// Makes the next `times` requests of `op` on exactly `key` fail with `error`.
+    pub fn fail_key(&self, op: Op, key: &str, times: u32, error: StoreError) {
+        self.lock().faults.push(Fault {
+            op,
+            key_contains: None,
+            key_exact: Some(key.to_string()),
             remaining: times,
             error,
         });
@@ -266,6 +280,7 @@ impl MemoryStore {
             f.op == op
                 && f.remaining > 0
                 && f.key_contains.as_deref().is_none_or(|k| key.contains(k))
+                && f.key_exact.as_deref().is_none_or(|k| key == k)
         });
         if let Some(fault) = hit {
             fault.remaining -= 1;

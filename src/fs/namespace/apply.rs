@@ -134,6 +134,9 @@ impl Namespace {
         let d = self.cfg.defaults;
         let (kind, key, stat, etag, meta, marker) = match found {
             Found::Nothing => {
+                // What the table still had under the name is gone (it was checked above that
+                // nothing changed it here since the question).
+                st.table.unlink(asked.parent, name);
                 st.negative_insert(asked.parent, name, now, self.cfg.negative_ttl);
                 return Ok(Applied::Absent);
             }

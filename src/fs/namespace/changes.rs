@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::listings::Listed;
-use super::table::{Ino, InodeTable};
+use super::table::{Ino, InodeTable, ROOT};
 use super::{Namespace, State, attr_of};
 use crate::fs::Attr;
 use crate::fs::attr::{Kind, Stat};
@@ -127,11 +127,11 @@ impl Namespace {
         let now = self.clock.now();
         let mut st = self.lock();
         let s = st.next_stamp();
+        let was_dir = st.table.get(ino).is_some_and(|i| i.is_dir());
         if st.table.child(parent, name).map(|c| c.ino) == Some(ino) {
             st.table.unlink(parent, name);
         }
-        st.negative_insert_stamped(parent, name, now, self.cfg.negative_ttl, s);
-        st.name_removed(parent, name, s);
+        st.gone(parent, name, was_dir, now, self.cfg.negative_ttl, s);
         Removed {
             aliases: self.aliases_dropped(&mut st, ino),
         }
@@ -248,12 +248,19 @@ impl Namespace {
         };
         st.negative_remove(m.to.0, m.to.1);
         if m.complete {
-            st.negative_insert_stamped(m.from.0, m.from.1, now, self.cfg.negative_ttl, s);
-            st.name_removed(m.from.0, m.from.1, s);
+            st.gone(
+                m.from.0,
+                m.from.1,
+                kind == Kind::Dir,
+                now,
+                self.cfg.negative_ttl,
+                s,
+            );
         } else {
             // What is left under the old name is for S3 to say.
             st.listings.pop(&m.from.0);
             st.touch_names(m.from.0, s);
+            st.maybe_emptied(m.from.0);
         }
         let entry = match kind {
             Kind::Dir => Listed::Dir(m.to.1.to_string()),
@@ -297,11 +304,49 @@ impl State {
         self.listing_put(dir, entry);
     }
 
+    /// `name` left `dir` here (removed or renamed away). A file that a directory of the same
+    /// name shadowed may show again once the directory is gone: for a directory, S3 is asked
+    /// again (no negative entry, no listing) instead of taking the name as absent.
+    fn gone(
+        &mut self,
+        dir: Ino,
+        name: &str,
+        was_dir: bool,
+        now: std::time::Instant,
+        ttl: std::time::Duration,
+        stamp: u64,
+    ) {
+        if was_dir {
+            self.listings.pop(&dir);
+            self.touch_names(dir, stamp);
+            self.maybe_emptied(dir);
+        } else {
+            self.negative_insert_stamped(dir, name, now, ttl, stamp);
+            self.name_removed(dir, name, stamp);
+        }
+    }
+
     /// A name was removed from `dir` here.
     fn name_removed(&mut self, dir: Ino, name: &str, stamp: u64) {
         self.touch_names(dir, stamp);
         if let Some(l) = self.listings.get_mut(&dir) {
             l.remove(name);
+        }
+        self.maybe_emptied(dir);
+    }
+
+    /// A directory that may have no marker lost an entry: if that was its last key, it is gone
+    /// from S3 too, and so may be its parent if that had no marker either. What is known of
+    /// each (its validation, its parent's listing) is asked again at the next look.
+    fn maybe_emptied(&mut self, mut dir: Ino) {
+        while let Some(d) = self.table.get_mut(dir) {
+            if dir == ROOT || !d.is_dir() || d.has_marker {
+                return;
+            }
+            d.validated = None;
+            let parent = d.parent;
+            self.listings.pop(&parent);
+            dir = parent;
         }
     }
 
