@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +88,40 @@ fn rsync_twice_transfers_nothing_the_second_time() {
     ));
     assert!(out.trim().is_empty(), "second rsync changed things:\n{out}");
     sh(&format!("diff -r '{s}' '{}'", dst.display()));
+}
+
+/// Issue 11, point 5: `rsync -a` over a tree copied in before, after a remount, leaves every
+/// file with the source's mode. rsync writes each file to a temporary name (mode 0600),
+/// closes it, sets its times and mode by path, then renames it over the target; the mode once
+/// got lost when those raced the file's upload or the rename's copy.
+#[test]
+fn rsync_a_over_a_copied_tree_keeps_every_mode() {
+    let mut m = Mount::new(&unique_prefix("rsyncmodes"));
+    let src = tempfile::tempdir().unwrap();
+    let modes = [0o644, 0o600, 0o640, 0o755, 0o700, 0o664];
+    for i in 0..1200 {
+        let dir = src.path().join(format!("d{:02}", i % 30));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(format!("f{i:04}"));
+        fs::write(&f, pseudo_random(i * 7 % 3000, i as u64)).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let s = src.path().display();
+    let dst = m.p("tree");
+    sh(&format!("cp -r '{s}' '{}'", dst.display()));
+    // The source changes mode and times after the copy; rsync must carry both over.
+    for i in 0..1200 {
+        let f = src.path().join(format!("d{:02}/f{i:04}", i % 30));
+        fs::set_permissions(&f, fs::Permissions::from_mode(modes[i % modes.len()])).unwrap();
+    }
+    m.remount();
+    sh(&format!("rsync -a '{s}/' '{}/'", dst.display()));
+    m.remount();
+    let out = sh(&format!(
+        "rsync -a --checksum --itemize-changes -n '{s}/' '{}/'",
+        dst.display()
+    ));
+    assert!(out.trim().is_empty(), "rsync -a left differences:\n{out}");
 }
 
 #[test]

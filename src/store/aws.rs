@@ -12,6 +12,7 @@
 //! * A ranged GET's body length is checked against the range asked for, so a truncated body or
 //!   an error document never reaches a reader as file data.
 
+use std::future::Future;
 use std::ops::Range;
 use std::time::SystemTime;
 
@@ -24,6 +25,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use super::spacing::WriteSpacing;
 use super::{
     ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
     StoreResult, UserMeta,
@@ -42,6 +44,8 @@ const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct AwsStore {
     client: Client,
     bucket: String,
+    /// Writes to one key are spaced (see `spacing`).
+    spacing: std::sync::Arc<WriteSpacing>,
 }
 
 impl AwsStore {
@@ -49,7 +53,20 @@ impl AwsStore {
         AwsStore {
             client,
             bucket: bucket.into(),
+            spacing: Default::default(),
         }
+    }
+
+    /// Runs the write `w` to `key` spaced from the previous write to it.
+    async fn spaced<T>(
+        &self,
+        key: &str,
+        w: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.spacing.before(key).await;
+        let r = w.await;
+        self.spacing.after(key);
+        r
     }
 
     pub fn bucket(&self) -> &str {
@@ -407,17 +424,17 @@ impl ObjectStore for AwsStore {
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
         let len = body.len() as i64;
-        let out = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(len)
             .body(ByteStream::from(body))
-            .set_metadata(Some(meta.clone().into_iter().collect()))
-            .send()
-            .await
-            .map_err(map_err)?;
+            .set_metadata(Some(meta.clone().into_iter().collect()));
+        let out = self
+            .spaced(key, async { req.send().await.map_err(map_err) })
+            .await?;
         Ok(PutResult {
             etag: out.e_tag().unwrap_or("").to_string(),
         })
@@ -501,7 +518,7 @@ impl ObjectStore for AwsStore {
             .iter()
             .map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build())
             .collect();
-        let out = self
+        let req = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -511,10 +528,10 @@ impl ObjectStore for AwsStore {
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build(),
-            )
-            .send()
-            .await
-            .map_err(map_err)?;
+            );
+        let out = self
+            .spaced(key, async { req.send().await.map_err(map_err) })
+            .await?;
         Ok(PutResult {
             etag: out.e_tag().unwrap_or("").to_string(),
         })
@@ -586,7 +603,9 @@ impl ObjectStore for AwsStore {
                 .metadata_directive(MetadataDirective::Replace)
                 .set_metadata(Some(meta.clone().into_iter().collect()));
         }
-        let out = req.send().await.map_err(map_err)?;
+        let out = self
+            .spaced(dst_key, async { req.send().await.map_err(map_err) })
+            .await?;
         Ok(PutResult {
             etag: out
                 .copy_object_result()
@@ -597,13 +616,9 @@ impl ObjectStore for AwsStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(map_err)?;
+        let req = self.client.delete_object().bucket(&self.bucket).key(key);
+        self.spaced(key, async { req.send().await.map_err(map_err) })
+            .await?;
         Ok(())
     }
 }

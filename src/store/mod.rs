@@ -18,6 +18,7 @@ pub mod client;
 pub mod journal;
 pub mod memory;
 pub mod metered;
+pub mod spacing;
 
 use std::collections::BTreeMap;
 use std::future::Future;
