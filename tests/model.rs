@@ -105,6 +105,10 @@ enum Op {
     Read {
         path: String,
     },
+    /// A plain readdir of a directory (names only, no lookups), as `ls` without `-l` makes.
+    List {
+        path: String,
+    },
     /// The clock moves past the negative TTL.
     Tick,
     /// The clock moves past every TTL.
@@ -426,11 +430,27 @@ impl Model {
             // Until everything expired, only reads of what another client changed are
             // predictable (and only when nothing but file contents changed).
             Op::Read { .. } => self.unsettled,
+            Op::List { .. } => self.ci || self.unsettled || !self.overwritten.is_empty(),
             _ if lagging => true,
             Op::Open { .. } => self.held.is_some(),
             Op::HWrite { .. } | Op::HFsync | Op::HClose => self.held.is_none(),
             _ => false,
         }
+    }
+
+    /// The names a listing of directory `path` must show.
+    fn expect_list(&self, path: &str) -> Vec<String> {
+        let pre = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        self.expected_tree()
+            .keys()
+            .filter_map(|k| k.strip_prefix(&pre))
+            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+            .map(str::to_string)
+            .collect()
     }
 
     /// What a `Read` of `path` must return (when it succeeds).
@@ -666,6 +686,7 @@ impl Model {
             },
             Op::Open { path } => Op::Open { path: c(&path) },
             Op::Read { path } => Op::Read { path: c(&path) },
+            Op::List { path } => Op::List { path: c(&path) },
             // The target keeps its spelling; `rename` resolves it.
             Op::Rename { from, to } => Op::Rename { from: c(&from), to },
             other => other,
@@ -879,6 +900,14 @@ impl Model {
                         }
                         Ok(())
                     }
+                }
+            }
+            Op::List { path } => {
+                self.parent_err(path)?;
+                match self.kind(path) {
+                    None => Err(libc::ENOENT),
+                    Some(Kind::Dir) => Ok(()),
+                    Some(_) => Err(libc::ENOTDIR),
                 }
             }
             Op::Tick => {
@@ -1156,6 +1185,8 @@ struct Sut {
     held: Option<u64>,
     /// What the last `Read` returned.
     last_read: Option<Vec<u8>>,
+    /// What the last `List` returned.
+    last_list: Option<Vec<String>>,
     _spool: tempfile::TempDir,
 }
 
@@ -1184,6 +1215,7 @@ impl Sut {
             fs: Fs::new(MemoryStore::new(), cfg).unwrap(),
             held: None,
             last_read: None,
+            last_list: None,
             _spool: spool,
         }
     }
@@ -1366,6 +1398,28 @@ impl Sut {
                 self.last_read = Some(data);
                 r
             }
+            Op::List { path } => {
+                let ino = self.walk_to(path).await?;
+                let dh = fs.opendir(ino).map_err(errno)?;
+                let mut names = Vec::new();
+                let mut off = 0;
+                loop {
+                    let batch = fs.readdir(dh, off, 5, false).await.map_err(errno)?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for e in batch {
+                        off = e.offset;
+                        if e.name != "." && e.name != ".." {
+                            names.push(e.name);
+                        }
+                    }
+                }
+                fs.releasedir(dh);
+                names.sort();
+                self.last_list = Some(names);
+                Ok(())
+            }
             Op::Tick => {
                 self.advance(TICK);
                 Ok(())
@@ -1527,6 +1581,10 @@ fn check_mode(ops: &[Op], ci: bool, ttl: bool) {
                 Op::Read { path } => Some(model.expect_read(&model.canon_path(path))),
                 _ => None,
             };
+            let expect_list = match op {
+                Op::List { path } => Some(model.expect_list(path)),
+                _ => None,
+            };
             let Some(want) = model.apply(op) else {
                 continue;
             };
@@ -1543,7 +1601,18 @@ fn check_mode(ops: &[Op], ci: bool, ttl: bool) {
                 };
                 assert!(ok, "step {step}: {op:?} read {read:?}, expected {expect:?}");
             }
-            if !model.unsettled && model.overwritten.is_empty() {
+            if let (Some(expect), Ok(())) = (expect_list, &got) {
+                let listed = sut.last_list.take().unwrap_or_default();
+                assert_eq!(listed, expect, "step {step}: {op:?}");
+            }
+            // The whole tree is compared after every change; not after a step that only reads
+            // or moves the clock, so what the mount cached at that step (a listing, expired
+            // entries) meets the next change as it is.
+            let passive = matches!(
+                op,
+                Op::Tick | Op::Expire | Op::List { .. } | Op::Read { .. }
+            );
+            if !passive && !model.unsettled && model.overwritten.is_empty() {
                 let (t_got, t_want) = (sut.tree().await, model.expected_tree());
                 assert_eq!(
                     describe(&t_got),
@@ -1616,6 +1685,7 @@ fn op_with(path: fn() -> BoxedStrategy<String>) -> impl Strategy<Value = Op> {
         1 => Just(Op::HFsync),
         1 => Just(Op::HClose),
         2 => path().prop_map(|path| Op::Read { path }),
+        1 => prop_oneof![Just(String::new()), path()].prop_map(|path| Op::List { path }),
         1 => Just(Op::Tick),
         1 => Just(Op::Expire),
         1 => path().prop_map(|path| Op::FailDelete { path }),
