@@ -2070,3 +2070,71 @@ fn regression_a_failed_self_copy_fails_chmod() {
         },
     ]);
 }
+
+#[test]
+fn regression_ttl_a_renamed_directory_listed_without_lookups_keeps_its_files() {
+    check_ttl(&[
+        Op::Mkdir { path: p("a") },
+        Op::Write {
+            path: p("a/b"),
+            data: vec![1, 2, 3],
+        },
+        Op::Expire,
+        Op::List { path: p("a") },
+        Op::Rename {
+            from: p("a"),
+            to: p("c"),
+        },
+        Op::Append {
+            path: p("c/b"),
+            data: vec![4],
+        },
+    ]);
+}
+
+#[test]
+fn regression_ttl_another_clients_overwrite_is_read_after_the_negative_ttl() {
+    check_ttl(&[
+        Op::Write {
+            path: p("a"),
+            data: vec![0],
+        },
+        Op::OobPut {
+            path: p("a"),
+            data: vec![],
+        },
+        Op::Tick,
+        Op::Read { path: p("a") },
+    ]);
+}
+
+#[test]
+fn regression_ttl_an_unlinked_last_key_takes_its_implicit_directory_along() {
+    check_ttl(&[
+        Op::OobPut {
+            path: p("c/b"),
+            data: vec![],
+        },
+        Op::Expire,
+        Op::Unlink { path: p("c/b") },
+        Op::Read { path: p("c") },
+    ]);
+}
+
+#[test]
+fn regression_a_failed_unlink_of_the_held_file_keeps_its_writes() {
+    check(&[
+        Op::Write {
+            path: p("a"),
+            data: vec![1],
+        },
+        Op::Open { path: p("a") },
+        Op::FailDelete { path: p("a") },
+        Op::Unlink { path: p("a") },
+        Op::HWrite {
+            off: 0,
+            data: vec![2],
+        },
+        Op::HClose,
+    ]);
+}

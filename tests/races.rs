@@ -423,3 +423,42 @@ async fn a_new_open_reads_a_version_another_client_stored() {
         b"a longer version of the file"
     );
 }
+
+/// A truncation of a file whose last descriptor is being released (its upload in flight) is
+/// stored, not applied to open state that the release then detaches and nobody uploads
+/// (pjdfstest's `truncate::extend_file_shrink_sparse` met this: `touch`, then `truncate`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_racing_the_last_release_is_stored() {
+    let t = Arc::new(T::new());
+    let fh = t.create("f").await;
+    t.fs.flush(fh).await.unwrap();
+    let gate = t.s().gate(Op::Put, Some("f"), When::Before);
+    let t2 = t.clone();
+    let release = spawn(async move { t2.fs.release(fh).await.map_err(|e| e.errno) });
+    gate.reached(1).await;
+    let ino = t.ino("f").await.unwrap();
+    let t3 = t.clone();
+    let truncate = spawn(async move {
+        let sa = pailfs::fs::setattr::SetAttr {
+            size: Some(100),
+            ..Default::default()
+        };
+        t3.fs
+            .setattr(ino, sa)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.errno)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.open();
+    assert_eq!(release.await.unwrap(), Ok(()));
+    assert_eq!(truncate.await.unwrap(), Ok(()));
+    assert_eq!(t.s().peek("f").unwrap().len(), 100);
+    let sa = pailfs::fs::setattr::SetAttr {
+        size: Some(5),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    assert_eq!(t.s().peek("f").unwrap().len(), 5);
+    assert_eq!(t.read_all("f").await.unwrap(), vec![0; 5]);
+}

@@ -240,31 +240,47 @@ impl<S: ObjectStore> Fs<S> {
         let Some(h) = self.handle_table().take_file(fh) else {
             return Err(FsError::new(libc::EBADF, "bad file handle"));
         };
-        let last = self.ns.handles(h.ino) <= 1;
+        self.let_go(h.ino, &h.of, take_fence).await
+    }
+
+    /// A reference to the open state of `ino` goes (a handle, or `setattr`'s own). Whoever
+    /// drops the last one, decided atomically, stores what is still unsaved (a new file never
+    /// written, a failed upload's one retry) and detaches the open state, so two releases at
+    /// once never both leave it to the other.
+    pub(crate) async fn let_go(
+        &self,
+        ino: Ino,
+        of: &Arc<OpenFile>,
+        take_fence: bool,
+    ) -> FsResult<()> {
+        let last = self.ns.unref(ino) == 0;
         let mut result = Ok(());
-        if last && h.of.is_dirty() {
+        if last && of.is_dirty() {
             let stored = if take_fence {
                 let _fence = self.ns.shared().await;
-                self.flush_file(h.ino, &h.of).await
+                self.flush_file(ino, of).await
             } else {
-                self.flush_file(h.ino, &h.of).await
+                self.flush_file(ino, of).await
             };
             if let Err(e) = stored {
-                self.give_up(h.ino, &h.of, &e);
+                self.give_up(ino, of, &e);
                 self.kernel_delivered().await;
                 result = Err(e);
             }
         }
         if last {
-            self.abort_leftover_upload(&h.of).await;
+            self.abort_leftover_upload(of).await;
         }
-        self.drop_handle_ref(h.ino, &h.of);
+        if let Some(spool) = self.ns.detach_if_unused(ino, of) {
+            self.uploader.release_spool(&spool);
+        }
         result
     }
 
-    /// Decrements the inode's handle count; the last one detaches the open state.
-    fn drop_handle_ref(&self, ino: Ino, of: &Arc<OpenFile>) {
-        if let Some(spool) = self.ns.detach(ino, of) {
+    /// Drops a reference taken by an open that then failed (nothing to store).
+    pub(crate) fn drop_handle_ref(&self, ino: Ino, of: &Arc<OpenFile>) {
+        self.ns.unref(ino);
+        if let Some(spool) = self.ns.detach_if_unused(ino, of) {
             self.uploader.release_spool(&spool);
         }
     }

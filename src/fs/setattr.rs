@@ -13,10 +13,12 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
 use super::attr::{Kind, Stat};
 use super::error::{FsError, FsResult};
 use super::inode::{Ino, ROOT};
-use super::openfile::Base;
+use super::openfile::OpenFile;
 use super::{Attr, Fs};
 use crate::store::{ObjectStore, UserMeta};
 
@@ -80,58 +82,30 @@ impl<S: ObjectStore> Fs<S> {
             ));
         }
         let now = SystemTime::now();
-        match (&inode.open, sa.size) {
-            // Stored with the file's next upload, like its other changes: the kernel sends the
-            // truncation of `open(O_TRUNC)` without the new handle, exactly like truncate(2) by
-            // path, and storing it at once would store an empty object before the new content.
-            (Some(of), Some(len)) => self.truncate_open(of, len).await?,
-            (None, Some(len)) => return self.truncate_path(ino, len, sa, now).await,
-            _ => {}
-        }
-        if sa.touches_meta() {
-            self.modify_meta(ino, |st, _| {
-                sa.apply(st, now);
-                Ok(())
-            })
-            .await?;
-        }
-        self.ns.attr(ino, false)
-    }
-
-    /// truncate(2) by path of a file not open: open, change, upload, close.
-    async fn truncate_path(
-        &self,
-        ino: Ino,
-        len: u64,
-        sa: SetAttr,
-        now: SystemTime,
-    ) -> FsResult<Attr> {
-        let fh = self.open(ino, libc::O_RDWR).await?;
-        let h = self.file_handle(fh)?;
-        let r = self.truncate_open(&h.of, len).await;
-        let r = match r {
-            Ok(()) if sa.touches_meta() => {
+        match sa.size {
+            Some(len) => {
+                self.change_file(ino, Change::Size(len), |st, _| {
+                    sa.apply(st, now);
+                    Ok(())
+                })
+                .await?
+            }
+            None if sa.touches_meta() => {
                 self.modify_meta(ino, |st, _| {
                     sa.apply(st, now);
                     Ok(())
                 })
-                .await
+                .await?
             }
-            other => other,
-        };
-        let r = match r {
-            Ok(()) => self.flush_file(ino, &h.of).await,
-            e => e,
-        };
-        let closed = self.close_handle(fh, false).await;
-        r?;
-        closed?;
+            None => {}
+        }
         self.ns.attr(ino, false)
     }
 
     /// Changes an inode's attributes and/or stored metadata with `f`, and stores the result:
-    /// with the pending upload of an open file with unflushed data, with a self-copy for a
-    /// file, in the marker object for a directory. The caller holds the rename fence.
+    /// in the marker object for a directory; for a file, with its pending upload when it is
+    /// open with unflushed data, else at once (a self-copy: the data is not uploaded again).
+    /// The caller holds the rename fence.
     ///
     /// The kernel sends `fchmod`, `fchown` and `futimens` without the file handle, exactly as
     /// it sends `chmod` by path, so the two cannot be told apart: a change to a file whose
@@ -144,43 +118,74 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<()> {
         self.check_writable()?;
         let ino = self.ns.canon(ino);
-        let inode = self.ns.get(ino).ok_or_else(FsError::not_found)?;
-        if let Some(of) = &inode.open {
-            let content_dirty = {
-                let mut s = of.lock();
-                let (mut st, mut meta) = (s.stat, s.foreign_meta.clone());
-                f(&mut st, &mut meta)?;
-                check_meta_size(&st.to_meta(Some(&meta)))?;
-                if st != s.stat || meta != s.foreign_meta {
-                    s.stat = st;
-                    s.foreign_meta = meta;
-                    s.meta_dirty = true;
-                    s.meta_version += 1;
-                }
-                s.dirty
-            };
-            // With unflushed data, the change rides along with the data's upload.
-            if !content_dirty {
-                self.flush_file(ino, of).await?;
-            }
-            return Ok(());
-        }
-        if inode.is_dir() {
+        if self.ns.get(ino).ok_or_else(FsError::not_found)?.is_dir() {
             return self.modify_dir_meta(ino, f).await;
         }
+        self.change_file(ino, Change::Meta, f).await
+    }
+
+    /// Applies a change to file `ino` through a handle of its own, held while the change is
+    /// made and stored, so the file's open state cannot be detached by a release meanwhile
+    /// (a change made to state being detached would be stored nowhere). The change is stored
+    /// now when no other handle is open, or, for attributes only, when the file has no
+    /// unflushed data; otherwise it rides along with the file's next upload.
+    async fn change_file(
+        &self,
+        ino: Ino,
+        change: Change,
+        f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
+    ) -> FsResult<()> {
         self.ensure_meta(ino).await?;
-        let i = self.ns.get(ino).ok_or_else(FsError::not_found)?;
-        let (mut stat, mut meta) = (i.stat, i.user_meta.clone().unwrap_or_default());
-        f(&mut stat, &mut meta)?;
-        let new_meta = stat.to_meta(Some(&meta));
-        check_meta_size(&new_meta)?;
-        let base = Base {
-            key: i.key.clone(),
-            etag: i.etag.clone().unwrap_or_default(),
-            len: stat.size,
+        let opened = self.ns.attach(ino, false, |i| {
+            OpenFile::for_object(
+                i.key.clone(),
+                i.stat,
+                i.etag.clone().unwrap_or_default(),
+                i.user_meta.as_ref(),
+            )
+        })?;
+        let of = opened.of;
+        let r = self.apply_change(ino, &of, change, &f).await;
+        if r.is_err() && opened.created {
+            // Nobody else has the change: it is not stored later either.
+            self.drop_handle_ref(ino, &of);
+            return r;
+        }
+        let released = self.let_go(ino, &of, false).await;
+        r.and(released)
+    }
+
+    async fn apply_change(
+        &self,
+        ino: Ino,
+        of: &Arc<OpenFile>,
+        change: Change,
+        f: &impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
+    ) -> FsResult<()> {
+        if let Change::Size(len) = change {
+            self.truncate_open(of, len).await?;
+        }
+        let content_dirty = {
+            let mut s = of.lock();
+            let (mut st, mut meta) = (s.stat, s.foreign_meta.clone());
+            f(&mut st, &mut meta)?;
+            check_meta_size(&st.to_meta(Some(&meta)))?;
+            if st != s.stat || meta != s.foreign_meta {
+                s.stat = st;
+                s.foreign_meta = meta;
+                s.meta_dirty = true;
+                s.meta_version += 1;
+            }
+            s.dirty
         };
-        let etag = self.copy_with_meta(&i.key, &base, &new_meta).await?;
-        self.ns.meta_stored(ino, stat, etag, new_meta);
+        let alone = self.ns.handles(ino) <= 1;
+        let now = match change {
+            Change::Size(_) => alone,
+            Change::Meta => alone || !content_dirty,
+        };
+        if now {
+            self.flush_file(ino, of).await?;
+        }
         Ok(())
     }
 
@@ -233,6 +238,15 @@ impl<S: ObjectStore> Fs<S> {
         self.ns.meta_stored(ino, stat, put.etag, new_meta);
         Ok(())
     }
+}
+
+/// What `change_file` changes besides attributes.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// Attributes and metadata only.
+    Meta,
+    /// The size too (truncate).
+    Size(u64),
 }
 
 /// S3 allows 2 KiB of user metadata per object (names and values together).

@@ -18,6 +18,8 @@ pub struct Opened {
     pub keep_cache: bool,
     /// Where the file is, for reading ahead across a directory's files.
     pub at: (Ino, String),
+    /// The open state was made for this handle (no other was open).
+    pub created: bool,
 }
 
 impl Namespace {
@@ -52,12 +54,12 @@ impl Namespace {
         let keep_cache = i.etag.is_some() && i.page_cache_etag == i.etag && !truncate;
         // After a truncate the pages will hold data no stored version has (yet).
         i.page_cache_etag = if truncate { None } else { i.etag.clone() };
-        let of = match &i.open {
-            Some(of) => of.clone(),
+        let (of, created) = match &i.open {
+            Some(of) => (of.clone(), false),
             None => {
                 let of = Arc::new(make(i));
                 i.open = Some(of.clone());
-                of
+                (of, true)
             }
         };
         i.handles += 1;
@@ -65,6 +67,7 @@ impl Namespace {
             of,
             keep_cache,
             at: (i.parent, i.name.clone()),
+            created,
         })
     }
 
@@ -73,12 +76,21 @@ impl Namespace {
         self.lock().table.get(ino).map_or(0, |i| i.handles)
     }
 
-    /// A handle on `ino` closed. The last one detaches the open state: the inode keeps its
-    /// final attributes, and the spool is returned for the caller to release.
-    pub fn detach(&self, ino: Ino, of: &Arc<OpenFile>) -> Option<Arc<Spool>> {
+    /// A reference to the open state of `ino` goes; the number left.
+    pub fn unref(&self, ino: Ino) -> u32 {
+        let mut st = self.lock();
+        let Some(i) = st.table.get_mut(ino) else {
+            return 0;
+        };
+        i.handles = i.handles.saturating_sub(1);
+        i.handles
+    }
+
+    /// Detaches the open state `of` from `ino` when no reference to it is left: the inode
+    /// keeps its final attributes, and the spool is returned for the caller to release.
+    pub fn detach_if_unused(&self, ino: Ino, of: &Arc<OpenFile>) -> Option<Arc<Spool>> {
         let mut st = self.lock();
         let i = st.table.get_mut(ino)?;
-        i.handles = i.handles.saturating_sub(1);
         let mut spool = None;
         if i.handles == 0 && i.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)) {
             i.stat = of.stat();
