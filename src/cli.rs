@@ -48,11 +48,21 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Show a running mount's statistics: requests, retries, errors, bytes, cache, uploads.
     Stats(StatsArgs),
+    /// List one level of a bucket or prefix as S3 lists it (what another S3 client sees).
+    Ls(LsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Write the man pages (pailfs.1 and one per command) into a directory.
     #[command(hide = true)]
     Manpages(ManpagesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// A connection LABEL, or BUCKET[:PREFIX].
+    pub source: String,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Args, Debug)]

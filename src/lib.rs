@@ -23,6 +23,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod fs;
 pub mod fuse;
+pub mod ls;
 pub mod metrics;
 pub mod mount_opts;
 pub mod run;

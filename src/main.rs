@@ -84,6 +84,10 @@ fn run(cli: Cli) -> Result<i32, String> {
             pailfs::doctor::command(args)
         }
         Command::Stats(args) => pailfs::metrics::command(args),
+        Command::Ls(args) => {
+            init_logging("warn", LogTo::Stderr)?;
+            pailfs::ls::command(args)
+        }
         Command::Completions(a) => {
             clap_complete::generate(
                 a.shell,
