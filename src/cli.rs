@@ -276,6 +276,16 @@ pub struct MountArgs {
     #[arg(long, value_name = "MODE", default_value = "resolve", value_parser = ["resolve", "error"])]
     pub case_collision: String,
 
+    /// Show setuid and setgid bits stored in objects' metadata. Off by default: anyone who
+    /// can write to the bucket writes that metadata, and `cp -a` or `rsync -a` out of the
+    /// mount as root would make real setuid files of it.
+    #[arg(long)]
+    pub keep_setuid_bits: bool,
+    /// Show every object as owned by --uid and --gid, whatever owner its metadata names (as
+    /// mountpoint-s3 always does); chown still stores owners for other tools.
+    #[arg(long)]
+    pub ignore_stored_owners: bool,
+
     /// Take attributes from listings: `ls -l` costs no request per entry, but objects not
     /// looked at yet show the default owner and modes and their S3 date instead of what is
     /// stored in their metadata (chmod, chown, touch from any tool).

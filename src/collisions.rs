@@ -279,7 +279,8 @@ pub async fn scan_with_chunk<S: ObjectStore>(
     {
         for o in &page.objects {
             scanned += 1;
-            let rel = &o.key[prefix.len().min(o.key.len())..];
+            // A key outside the prefix asked for (a broken server) is no name here.
+            let rel = o.key.strip_prefix(prefix).unwrap_or("");
             if !rel.is_empty() {
                 records(rel, normalize, &mut runs)
                     .map_err(|e| format!("cannot spill the scan to disk: {e}"))?;

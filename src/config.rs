@@ -87,8 +87,8 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{s:?} is not an octal permission like 644"))
 }
 
-/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/pailfs`, `~/.cache/pailfs`, or
-/// `/var/cache/pailfs` for root.
+/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/pailfs`, `~/.cache/pailfs`,
+/// `/var/cache/pailfs` for root, or without a home a private `/tmp/pailfs-UID/cache`.
 pub fn default_cache_dir() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/cache/pailfs");
@@ -99,7 +99,7 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(h).join(".cache").join("pailfs");
     }
-    std::env::temp_dir().join("pailfs")
+    crate::private::fallback_dir("cache")
 }
 
 /// What a SOURCE argument names: a saved connection, or a bucket and prefix.
@@ -229,6 +229,8 @@ impl MountConfig {
             gid: a.gid.unwrap_or(gid),
             file_mode: parse_mode(&a.file_mode).map_err(|e| format!("--file-mode: {e}"))?,
             dir_mode: parse_mode(&a.dir_mode).map_err(|e| format!("--dir-mode: {e}"))?,
+            keep_setid: a.keep_setuid_bits,
+            stored_owners: !a.ignore_stored_owners,
         };
         fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
         fs.metadata_ttl = Duration::from_secs_f64(ttl);

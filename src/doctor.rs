@@ -132,9 +132,24 @@ pub async fn scan_keys<S: ObjectStore>(
         .await
         .map_err(|e| format!("cannot list s3 prefix {prefix:?}: {e}"))?
     {
+        for raw in &page.unreadable {
+            scanned += 1;
+            add(
+                raw.clone(),
+                Unrepresentable::NotUtf8.to_string(),
+                &mut listed,
+            );
+        }
         for o in &page.objects {
             scanned += 1;
-            let rel = &o.key[prefix.len().min(o.key.len())..];
+            let Some(rel) = o.key.strip_prefix(prefix) else {
+                add(
+                    o.key.clone(),
+                    Unrepresentable::OutsidePrefix.to_string(),
+                    &mut listed,
+                );
+                continue;
+            };
             for hidden in shadows.see(rel) {
                 add(
                     format!("{prefix}{hidden}"),

@@ -12,6 +12,8 @@
 //! * [`store`]: the S3 operations the core needs, over aws-sdk-s3 or in memory for tests.
 //! * [`cli`], [`config`], [`run`]: the command line, its validation, and the mount's lifetime;
 //!   [`diagnose`] explains S3 failures to people.
+//! * [`private`]: local files only their user can read (caches, spool, logs, sockets);
+//!   [`logfile`]: the `--log-file` writer, reopened on SIGHUP.
 
 pub mod buffers;
 pub mod cache;
@@ -23,9 +25,11 @@ pub mod diagnose;
 pub mod doctor;
 pub mod fs;
 pub mod fuse;
+pub mod logfile;
 pub mod ls;
 pub mod metrics;
 pub mod mount_opts;
+pub mod private;
 pub mod run;
 pub mod store;
 pub mod syslog;

@@ -20,14 +20,22 @@ fn init_logging(level: &str, to: LogTo) -> Result<(), String> {
     let default = format!("pailfs={level},fuser=error,warn");
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    b.format_timestamp_millis();
+    // Keys come from whoever writes to the bucket: control characters in them are escaped,
+    // so a key cannot forge log lines or terminal escapes.
+    b.format(|buf, rec| {
+        writeln!(
+            buf,
+            "[{} {:<5} {}] {}",
+            buf.timestamp_millis(),
+            rec.level(),
+            rec.target(),
+            pailfs::syslog::escape_controls(&rec.args().to_string())
+        )
+    });
     match to {
         LogTo::Stderr => {}
         LogTo::File(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            let f = pailfs::logfile::LogFile::open(path.to_path_buf())
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
             b.target(env_logger::Target::Pipe(Box::new(f)));
         }
@@ -43,7 +51,7 @@ fn init_logging(level: &str, to: LogTo) -> Result<(), String> {
                     pailfs::syslog::priority(rec.level()),
                     std::process::id(),
                     rec.target(),
-                    rec.args()
+                    pailfs::syslog::escape_controls(&rec.args().to_string())
                 )
             });
             b.target(env_logger::Target::Pipe(Box::new(w)));

@@ -4,8 +4,10 @@
 //! from the mountpoint (`/run/pailfs/` for root, `$XDG_RUNTIME_DIR/pailfs/` otherwise), so
 //! `pailfs stats` finds a mount from its mountpoint alone, with no daemon to configure.
 //! `--metrics-listen ADDR` also serves the same text over HTTP on a TCP address, for a
-//! Prometheus scraper; it is off by default. Both answer any request with the whole page,
-//! which is all a scraper or `pailfs stats` needs, so a small hand-written responder does.
+//! Prometheus scraper; it is off by default. Both are served by hyper, answering any GET
+//! with the whole page, with at most `MAX_CONNECTIONS` connections at once (more are closed
+//! at once, so a flood of connections cannot use up the process's descriptors, which the S3
+//! client needs) and each bounded to `CONNECTION_TIME`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fs::Fs;
 use crate::store::ObjectStore;
@@ -21,6 +23,11 @@ use crate::store::metered::{ERROR_KINDS, OPS, StoreStats};
 
 /// Produces the current page.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Connections served at once on one endpoint; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest one connection is kept.
+const CONNECTION_TIME: Duration = Duration::from_secs(10);
 
 /// The Prometheus text for a mount.
 pub fn render<S: ObjectStore>(fs: &Fs<S>, st: &StoreStats) -> String {
@@ -127,12 +134,8 @@ pub fn render<S: ObjectStore>(fs: &Fs<S>, st: &StoreStats) -> String {
 
 /// Where the mount on `mountpoint` serves its statistics.
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
-    // FNV-1a: stable across builds, unlike the standard hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in mountpoint.as_os_str().as_encoded_bytes() {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    runtime_dir().join(format!("mount-{h:016x}.sock"))
+    let h = crate::private::stable_hash(&[mountpoint.as_os_str().as_encoded_bytes()]);
+    runtime_dir().join(format!("mount-{h}.sock"))
 }
 
 fn runtime_dir() -> PathBuf {
@@ -141,58 +144,72 @@ fn runtime_dir() -> PathBuf {
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d).join("pailfs"),
-        None => std::env::temp_dir().join(format!("pailfs-{}", unsafe { libc::geteuid() })),
+        None => crate::private::fallback_dir("run"),
     }
 }
 
 /// Serves the page on the unix socket `path` until the runtime stops.
 pub async fn serve_unix(path: PathBuf, render: Render) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::private::private_dir(dir).map_err(std::io::Error::other)?;
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (conn, _) = listener.accept().await?;
-        tokio::spawn(answer(conn, render.clone()));
+        serve_one(conn, render.clone(), &slots);
     }
 }
 
 /// Serves the page over HTTP on a TCP address (`--metrics-listen`).
 pub async fn serve_tcp(listener: tokio::net::TcpListener, render: Render) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         if let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(answer(conn, render.clone()));
+            serve_one(conn, render.clone(), &slots);
         }
     }
 }
 
-/// Reads the request head (whatever it is) and answers with the page.
-async fn answer<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, render: Render) {
-    let mut buf = [0u8; 2048];
-    let mut seen = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(n) = io.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() > 16 * 1024 {
-                break;
-            }
-        }
-    })
-    .await;
-    let body = render();
-    let head = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = io.write_all(head.as_bytes()).await;
-    let _ = io.write_all(body.as_bytes()).await;
-    let _ = io.shutdown().await;
+/// Serves one connection if a slot is free; otherwise closes it at once.
+fn serve_one<IO>(io: IO, render: Render, slots: &Arc<tokio::sync::Semaphore>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        return; // dropped: closed
+    };
+    tokio::spawn(async move {
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let render = render.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &render)) }
+            });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
+        drop(permit);
+    });
+}
+
+fn respond(
+    req: &hyper::Request<hyper::body::Incoming>,
+    render: &Render,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, body) = if req.method() == hyper::Method::GET {
+        (hyper::StatusCode::OK, render())
+    } else {
+        (hyper::StatusCode::METHOD_NOT_ALLOWED, String::new())
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap_or_default()
 }
 
 /// Fetches the page of the mount on `mountpoint`.

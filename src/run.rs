@@ -115,30 +115,34 @@ fn wait_for_report(mut rd: File) -> i32 {
     }
 }
 
-/// The per-mount spool directory, locked for this process.
-fn lock_spool_dir(cfg: &MountConfig) -> Result<(PathBuf, File), String> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    cfg.s3.endpoint_url.hash(&mut h);
-    cfg.source.bucket.hash(&mut h);
-    cfg.source.prefix.hash(&mut h);
-    cfg.mountpoint.hash(&mut h);
-    let dir = cfg
-        .cache_root
-        .join(format!("{}-{:016x}", cfg.source.bucket, h.finish()));
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        format!(
-            "cannot create cache directory {}: {e}; choose another with --cache-dir",
-            dir.display()
-        )
-    })?;
+/// The per-mount spool directory, private and locked for this process. Its name comes from a
+/// stable hash of what is mounted where; a directory named by the standard hasher of earlier
+/// versions is taken over, so its crash-recovery data is not skipped.
+fn lock_spool_dir(cfg: &MountConfig) -> Result<(PathBuf, File, Vec<String>), String> {
+    let mut notices: Vec<String> = crate::private::private_dir(&cfg.cache_root)?
+        .into_iter()
+        .collect();
+    let endpoint = cfg.s3.endpoint_url.clone().unwrap_or_default();
+    let id = crate::private::stable_hash(&[
+        endpoint.as_bytes(),
+        cfg.source.bucket.as_bytes(),
+        cfg.source.prefix.as_bytes(),
+        cfg.mountpoint.as_os_str().as_encoded_bytes(),
+    ]);
+    let dir = cfg.cache_root.join(format!("{}-{id}", cfg.source.bucket));
+    let legacy = cfg.cache_root.join(legacy_name(cfg));
+    if !dir.exists() && legacy.is_dir() {
+        std::fs::rename(&legacy, &dir).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                legacy.display(),
+                dir.display()
+            )
+        })?;
+    }
+    notices.extend(crate::private::private_dir(&dir)?);
     let lock_path = dir.join("lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
+    let lock = crate::private::open_file(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(format!(
@@ -146,9 +150,21 @@ fn lock_spool_dir(cfg: &MountConfig) -> Result<(PathBuf, File), String> {
             dir.display()
         ));
     }
+    let _ = lock.set_len(0);
     let mut l = &lock;
     let _ = l.write_all(format!("{}\n", std::process::id()).as_bytes());
-    Ok((dir, lock))
+    Ok((dir, lock, notices))
+}
+
+/// The name versions before 0.2 gave the per-mount directory (the standard hasher).
+fn legacy_name(cfg: &MountConfig) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    cfg.s3.endpoint_url.hash(&mut h);
+    cfg.source.bucket.hash(&mut h);
+    cfg.source.prefix.hash(&mut h);
+    cfg.mountpoint.hash(&mut h);
+    format!("{}-{:016x}", cfg.source.bucket, h.finish())
 }
 
 /// Makes freed data buffers go back to the system. glibc raises its mmap threshold each time a
@@ -160,6 +176,28 @@ fn keep_malloc_honest() {
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one (often 1,024 against 524,288):
+/// every open file, S3 connection and statistics client takes one, and running out makes S3
+/// requests fail.
+fn raise_descriptor_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max.min(1 << 20);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                log::debug!(
+                    "cannot raise the descriptor limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }
 
@@ -179,7 +217,9 @@ fn check_fuse_device() -> Result<(), String> {
 fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     check_fuse_device()?;
     keep_malloc_honest();
-    let (spool_dir, _lock) = lock_spool_dir(cfg)?;
+    raise_descriptor_limit();
+    crate::private::private_umask();
+    let (spool_dir, _lock, dir_notices) = lock_spool_dir(cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env_count(
             "PAILFS_IO_THREADS",
@@ -192,7 +232,9 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let stats = Arc::new(StoreStats::default());
+    rt.spawn(reopen_log_on_hangup());
     let (store, read_only, mut notices) = rt.block_on(prepare(cfg, stats.attempts.clone()))?;
+    notices.extend(dir_notices);
     // Bound before mounting, so a busy address fails the mount with a clear message.
     let metrics_tcp = match cfg.metrics_listen {
         Some(addr) => Some(
@@ -442,6 +484,20 @@ pub const STOP_BOUND: Duration = Duration::from_secs(30);
 /// next mount to rebuild (uploading them now would store half of what the application is
 /// writing) and says which; then unmounts. If open files keep the mount busy, it is
 /// detached and the process exits anyway, so a stop never hangs.
+/// SIGHUP (logrotate, a closed terminal): the log file is reopened; the mount goes on.
+async fn reopen_log_on_hangup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match crate::logfile::reopen() {
+            Some(msg) => log::info!("{msg}"),
+            None => log::info!("SIGHUP: no log file to reopen; the mount goes on"),
+        }
+    }
+}
+
 async fn shut_down_on_signal<S: ObjectStore>(
     fs: Arc<Fs<S>>,
     mut unmounter: fuser::SessionUnmounter,

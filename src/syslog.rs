@@ -59,9 +59,31 @@ impl Write for SyslogWriter {
     }
 }
 
+/// `s` with control characters (newlines, escapes, NUL...) written as `\n`, `\u{1b}`, ...
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape_controls("plain é"), "plain é");
+    }
 
     #[test]
     fn each_write_is_one_datagram_without_the_newline() {

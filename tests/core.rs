@@ -926,3 +926,37 @@ async fn blocks_kept_on_disk_serve_a_remount_without_a_get() {
     assert_eq!(t.read_all("big").await, vec![9u8; 2 * MIB]);
     assert!(t.s().count(Op::Get) > 0);
 }
+
+/// A server that hands out a continuation token it gave before would make a listing go round
+/// forever: the listing fails with EIO instead, and says why.
+#[tokio::test]
+async fn a_listing_that_repeats_a_token_fails_instead_of_going_round() {
+    let t = T::new();
+    t.s().insert("d/a", "x");
+    t.s().insert("d/b", "y");
+    let ino = t.ino("d").await;
+    t.s().sticky_token(Some("again"));
+    let fh = t.fs.opendir(ino).unwrap();
+    let mut off = 0;
+    let mut err = None;
+    for _ in 0..100 {
+        match t.fs.readdir(fh, off, 10, false).await {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => off = b.last().unwrap().offset,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let e = err.expect("the listing went on");
+    assert_eq!(e.errno, libc::EIO);
+    assert!(
+        e.message.contains("continuation token it gave before"),
+        "{}",
+        e.message
+    );
+    let mut pages = pailfs::store::Pages::new(pailfs::store::ListRequest::flat("d/"));
+    assert!(pages.next(t.s()).await.unwrap().is_some());
+    assert!(pages.next(t.s()).await.is_err());
+}

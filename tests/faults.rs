@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use std::path::Path;
 
 use common::proxy::{Cut, FaultProxy};
@@ -275,6 +277,7 @@ fn hostile_corpus(prefix: &str) -> (Vec<(String, String)>, Vec<String>) {
         "dots/../up",
         &"t".repeat(256),
         "marker-with-data/",
+        "nul-\u{0}-byte",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -396,6 +399,59 @@ fn hostile_keys_are_listed_and_read_or_skipped_and_reported() {
         skips.iter().any(|l| l.contains("x//")),
         "skip not logged: {skips:#?}"
     );
+    // Control characters of keys are escaped in the log: no key forges a line of its own.
+    assert!(
+        !log.lines().any(|l| l.starts_with("line.txt")) && !log.contains('\u{1}'),
+        "a key's control characters reached the log raw"
+    );
+    drop(m);
+    rt.block_on(async { delete_prefix(&store, &prefix).await });
+}
+
+/// A server (or a proxy in between) answering listings with keys that are not UTF-8 or keys
+/// outside the prefix asked for: the good keys still show, the bad ones are skipped and
+/// reported, nothing panics. (A repeated continuation token: `tests/core.rs`,
+/// `a_listing_that_repeats_a_token_fails_instead_of_going_round`.)
+#[test]
+fn a_hostile_server_listing_breaks_nothing() {
+    let env = S3Env::get();
+    let proxy = FaultProxy::start(&env.endpoint);
+    let prefix = unique_prefix("hostlist");
+    let rt = rt();
+    let store = rt.block_on(env.store());
+    rt.block_on(async {
+        for name in ["good1", "good2", "good3", "sub/x"] {
+            store
+                .put(&format!("{prefix}{name}"), "x".into(), &Default::default())
+                .await
+                .unwrap();
+        }
+    });
+    let m = Mount::with_args(&prefix, &["--endpoint-url", &proxy.url]);
+    // good2 becomes a key with bytes that are not UTF-8; good3 one outside the prefix.
+    proxy.set_list_rewrite(Some(Arc::new(|body: String| {
+        let body = body.replace("good2</Key>", "bad%FF%FE</Key>");
+        // The whole key of good3 replaced by one outside the prefix.
+        match (body.find("good3</Key>"), body.find("<Key>")) {
+            (Some(end), Some(_)) => {
+                let start = body[..end].rfind("<Key>").unwrap() + "<Key>".len();
+                format!("{}elsewhere%2Fgood3{}", &body[..start], &body[end + 5..])
+            }
+            _ => body,
+        }
+    })));
+    let names: Vec<String> = std::fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"good1".to_string()), "{names:?}");
+    assert!(names.contains(&"sub".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("bad")), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("good3")), "{names:?}");
+    let log = m.log_text();
+    assert!(log.contains("not UTF-8"), "not reported");
+    assert!(log.contains("elsewhere/good3"), "outside key not reported");
+    proxy.set_list_rewrite(None);
     drop(m);
     rt.block_on(async { delete_prefix(&store, &prefix).await });
 }

@@ -69,6 +69,51 @@ fn stats_count_a_known_workload() {
     rt.block_on(async { delete_prefix(&store, &prefix).await });
 }
 
+/// A client flooding `--metrics-listen` with connections it never uses cannot take the
+/// descriptors the S3 client needs: connections beyond a small cap are closed at once, and
+/// the daemon raised its descriptor limit at start.
+#[test]
+fn a_flood_of_metrics_connections_does_not_break_the_mount() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::with_args(&unique_prefix("flood"), &["--metrics-listen", &addr]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(soft > 1024, "descriptor limit not raised: {soft}");
+    let mut idle = Vec::new();
+    for _ in 0..1500 {
+        if let Ok(c) = std::net::TcpStream::connect(&addr) {
+            idle.push(c);
+        }
+    }
+    for i in 0..50 {
+        std::fs::write(m.p(&format!("f{i}")), format!("{i}")).unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read_to_string(m.p(&format!("f{i}"))).unwrap(),
+            format!("{i}")
+        );
+    }
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    c.read_to_string(&mut page).unwrap();
+    assert!(page.contains("pailfs_requests_total"), "{page}");
+}
+
 #[test]
 fn the_prometheus_endpoint_serves_the_counters() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -85,7 +130,7 @@ fn the_prometheus_endpoint_serves_the_counters() {
         .unwrap();
     let mut page = String::new();
     c.read_to_string(&mut page).unwrap();
-    assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     assert!(page.contains("# TYPE pailfs_requests_total counter"));
     assert!(stat_value(&page, "pailfs_requests_total{op=\"put\"}") >= 1);
     // A taken address fails the mount with a clear message.

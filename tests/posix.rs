@@ -443,7 +443,10 @@ fn a_truncating_open_of_a_running_program_fails_and_changes_nothing() {
 fn pjdfstest_passes_every_group_that_applies() {
     let bin = std::env::var("PAILFS_PJDFSTEST")
         .expect("PAILFS_PJDFSTEST must point at the pjdfstest binary (scripts/test installs it)");
-    let m = Mount::with_args(&unique_prefix("pjd"), &["--allow-other"]);
+    let m = Mount::with_args(
+        &unique_prefix("pjd"),
+        &["--allow-other", "--keep-setuid-bits"],
+    );
     let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest.toml");
     let work = m.p("pjd");
     fs::create_dir(&work).unwrap();

@@ -38,11 +38,8 @@ struct Index {
 }
 
 fn file_name(k: &BlockKey) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    k.key.hash(&mut h);
-    k.etag.hash(&mut h);
-    format!("{:016x}-{}", h.finish(), k.index)
+    let h = crate::private::stable_hash(&[k.key.as_bytes(), k.etag.as_bytes()]);
+    format!("{h}-{}", k.index)
 }
 
 fn header(k: &BlockKey, len: u64) -> Vec<u8> {
@@ -204,7 +201,7 @@ impl DiskCache {
             let tmp = me.dir.join(format!(".{name}.tmp"));
             let write = || -> std::io::Result<()> {
                 use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
+                let mut f = crate::private::create_file(&tmp)?;
                 f.write_all(&header(&k, data.len() as u64))?;
                 f.write_all(&data)?;
                 std::fs::rename(&tmp, me.dir.join(&name))

@@ -1,9 +1,13 @@
 //! The connections file: TOML under `$XDG_CONFIG_HOME/pailfs/connections.toml` (or
 //! `~/.config/pailfs/`), and `/etc/pailfs/connections.toml` for system mounts (fstab, systemd).
 //!
-//! A file that holds a secret and can be read by group or others is refused with the `chmod`
-//! to run, rather than used: a leaked key is worse than a mount that does not start. Writes are
-//! atomic (a temporary file renamed over the old one) and create the file with mode 0600.
+//! Checked as ssh checks its configuration: a file owned by another user, or writable by group
+//! or others, is refused (whoever can write it can send the credentials of a profile to an
+//! endpoint of theirs); one that holds a secret and can be read by group or others is refused
+//! too, each with the `chmod` or `chown` to run: a leaked key is worse than a mount that does
+//! not start. A file that does not parse is reported by line and field, never by its text
+//! (the line may hold a secret). Writes are atomic (a temporary file renamed over the old one)
+//! and create the file with mode 0600.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,11 +69,12 @@ impl ConnectionFile {
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
+        check_owner_and_writers(path)?;
         let doc: Doc = toml::from_str(&text).map_err(|e| {
             format!(
                 "{} is not a valid connections file: {}",
                 path.display(),
-                first_line(&e.to_string())
+                explain(&e, &text)
             )
         })?;
         let file = ConnectionFile {
@@ -122,6 +127,58 @@ impl ConnectionFile {
     }
 }
 
+/// Refuses a file another user owns (root's files are trusted) or that group or others can
+/// write.
+pub fn check_owner_and_writers(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me && m.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to you; run: chown {me} {}",
+            path.display(),
+            m.uid(),
+            path.display()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} can be changed by group or others (mode {:o}); run: chmod go-w {}",
+            path.display(),
+            m.mode() & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Where and what a parse error is (line, column, message, the field of that line), never
+/// the text of the line: it may hold a secret.
+fn explain(e: &toml::de::Error, text: &str) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let (key, value) = line.split_once('=').unwrap_or(("", line));
+    let field = Some(key.trim()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    // A message may quote the value ("invalid type: string \"...\""): never show it.
+    let value = value.trim().trim_matches(|c| c == '\'' || c == '"');
+    let mut msg = e.message().to_string();
+    if value.len() >= 2 {
+        msg = msg.replace(value, "(value hidden)");
+    }
+    match field {
+        Some(f) => format!("line {line_no}, field {f}: {msg}"),
+        None => format!("line {line_no}: {msg}"),
+    }
+}
+
 /// Refuses a secret-holding file that group or others can read.
 pub fn check_private(path: &Path) -> Result<(), String> {
     let mode = std::fs::metadata(path)
@@ -152,14 +209,6 @@ pub fn find(label: &str) -> Result<Option<(Connection, PathBuf)>, String> {
         }
     }
     Ok(None)
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -201,6 +250,50 @@ mod tests {
         let e = ConnectionFile::load(&path).err().unwrap();
         assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
         assert!(!e.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn parse_errors_name_the_line_and_field_never_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(
+            &path,
+            "[connections.x]\nbucket = 'b'\nsecret_access_key = 'wJalrXUtnFEMI\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = ConnectionFile::load(&path).err().unwrap();
+        assert!(
+            e.contains("line 3") && e.contains("secret_access_key"),
+            "{e}"
+        );
+        assert!(!e.contains("wJalr"), "the secret is in the message: {e}");
+        std::fs::write(
+            &path,
+            "[connections.x]\nbucket = 'b'\nsession_token = 'tok3n'\n",
+        )
+        .unwrap();
+        let e = ConnectionFile::load(&path).err().unwrap();
+        assert!(!e.contains("tok3n"), "the value is in the message: {e}");
+        std::fs::write(
+            &path,
+            "[connections.x]\nbucket = 'b'\nread_only = 'hunter22'\n",
+        )
+        .unwrap();
+        let e = ConnectionFile::load(&path).err().unwrap();
+        assert!(e.contains("line 3") && !e.contains("hunter22"), "{e}");
+    }
+
+    #[test]
+    fn files_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, "[connections.x]\nbucket = 'b'\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = ConnectionFile::load(&path).err().unwrap();
+        assert!(e.contains("chmod go-w"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(ConnectionFile::load(&path).is_ok());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::fs::names::normalize_prefix;
 use crate::store::client::{S3Settings, StaticKeys};
 
 /// One saved connection, as stored in `connections.toml` under `[connections.LABEL]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` masks the secret.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {
     pub bucket: String,
@@ -44,9 +45,33 @@ pub struct Connection {
     pub secret_access_key: Option<String>,
 }
 
-/// Labels are short and safe to use as file names and in fstab: `[A-Za-z0-9._-]{1,64}`.
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.masked();
+        f.debug_struct("Connection")
+            .field("bucket", &m.bucket)
+            .field("region", &m.region)
+            .field("endpoint_url", &m.endpoint_url)
+            .field("path_style", &m.path_style)
+            .field("subfolder", &m.subfolder)
+            .field("read_only", &m.read_only)
+            .field("case_insensitive", &m.case_insensitive)
+            .field("profile", &m.profile)
+            .field(
+                "access_key_id",
+                &m.access_key_id.as_deref().map(mask_key_id),
+            )
+            .field("secret_access_key", &m.secret_access_key)
+            .finish()
+    }
+}
+
+/// Labels are short and safe to use as file names and in fstab: `[A-Za-z0-9._-]{1,64}`, and
+/// not `.` or `..` (the systemd unit mounts at /mnt/pailfs/LABEL).
 pub fn validate_label(label: &str) -> Result<(), String> {
     let ok = !label.is_empty()
+        && label != "."
+        && label != ".."
         && label.len() <= 64
         && label
             .chars()
@@ -55,7 +80,7 @@ pub fn validate_label(label: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "connection label {label:?} must be 1 to 64 letters, digits, '.', '-' or '_'"
+            "connection label {label:?} must be 1 to 64 letters, digits, '.', '-' or '_', and not '.' or '..'"
         ))
     }
 }
@@ -127,10 +152,13 @@ impl Connection {
 
 /// Shows the first and last 4 characters of an access key id.
 pub fn mask_key_id(id: &str) -> String {
-    if id.len() <= 10 {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 10 {
         return "****".into();
     }
-    format!("{}…{}", &id[..4], &id[id.len() - 4..])
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 #[cfg(test)]
@@ -138,10 +166,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_masks_the_secret_and_key_ids_of_any_text_are_masked() {
+        let c = Connection {
+            bucket: "b".into(),
+            access_key_id: Some("AKIAIOSFODNN7EXAMPLE".into()),
+            secret_access_key: Some("wJalrXUtnFEMI/K7MDENG".into()),
+            ..Default::default()
+        };
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("wJalr") && !d.contains("AKIAIOSFODNN7EXAMPLE"),
+            "{d}"
+        );
+        assert_eq!(mask_key_id("ÄÖÜäöüßÄÖÜäöü"), "ÄÖÜä…Üäöü");
+        assert_eq!(mask_key_id("é"), "****");
+    }
+
+    #[test]
     fn labels() {
         assert!(validate_label("work-photos_2.0").is_ok());
         assert!(validate_label("").is_err());
         assert!(validate_label("a b").is_err());
+        assert!(validate_label(".").is_err());
+        assert!(validate_label("..").is_err());
         assert!(validate_label(&"x".repeat(65)).is_err());
     }
 

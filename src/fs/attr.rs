@@ -42,13 +42,34 @@ impl Kind {
     }
 }
 
-/// Owner and modes given to objects that carry no metadata.
+/// Owner and modes given to objects that carry no metadata, and how far stored metadata is
+/// trusted: whoever can write to the bucket writes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Defaults {
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+    /// Show stored setuid and setgid bits (off: they are cleared, so `cp -a` or `rsync -a`
+    /// out of the mount never makes a setuid file someone else put in the bucket).
+    pub keep_setid: bool,
+    /// Show stored owners (off: every object belongs to `uid` and `gid`).
+    pub stored_owners: bool,
+}
+
+impl Defaults {
+    /// The defaults of a mount owned by `uid`:`gid` (modes 644 and 755, stored owners shown,
+    /// setuid and setgid bits not).
+    pub fn for_user(uid: u32, gid: u32) -> Self {
+        Defaults {
+            uid,
+            gid,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            keep_setid: false,
+            stored_owners: true,
+        }
+    }
 }
 
 /// The attributes of one inode, without its number.
@@ -97,21 +118,25 @@ impl Stat {
         let mut s = Stat::new(kind, d, last_modified);
         s.size = size;
         if let Some(m) = meta {
-            s.apply_meta(m);
+            s.apply_meta(m, d);
         }
         s
     }
 
-    /// Overrides fields from stored metadata; unparsable values are ignored.
-    pub fn apply_meta(&mut self, m: &UserMeta) {
+    /// Overrides fields from stored metadata, as far as `d` trusts it; unparsable values are
+    /// ignored.
+    pub fn apply_meta(&mut self, m: &UserMeta, d: &Defaults) {
         if let Some(mode) = m.get(META_MODE).and_then(|v| parse_int(v)) {
-            self.perm = (mode as u32 & 0o7777) as u16;
+            let setid = if d.keep_setid { 0 } else { 0o6000 };
+            self.perm = (mode as u32 & 0o7777 & !setid) as u16;
         }
-        if let Some(uid) = m.get(META_UID).and_then(|v| parse_int(v)) {
-            self.uid = uid as u32;
-        }
-        if let Some(gid) = m.get(META_GID).and_then(|v| parse_int(v)) {
-            self.gid = gid as u32;
+        if d.stored_owners {
+            if let Some(uid) = m.get(META_UID).and_then(|v| parse_int(v)) {
+                self.uid = uid as u32;
+            }
+            if let Some(gid) = m.get(META_GID).and_then(|v| parse_int(v)) {
+                self.gid = gid as u32;
+            }
         }
         if let Some(t) = m.get(META_MTIME).and_then(|v| parse_time(v)) {
             self.mtime = t;
@@ -223,7 +248,26 @@ mod tests {
         gid: 1000,
         file_mode: 0o644,
         dir_mode: 0o755,
+        keep_setid: false,
+        stored_owners: true,
     };
+
+    #[test]
+    fn stored_setuid_bits_and_owners_are_trusted_only_when_asked() {
+        let mut m = UserMeta::new();
+        m.insert("mode".into(), (libc::S_IFREG | 0o6755).to_string());
+        m.insert("uid".into(), "0".into());
+        m.insert("gid".into(), "0".into());
+        let s = Stat::from_object(Kind::File, 3, SystemTime::now(), Some(&m), &D);
+        assert_eq!((s.perm, s.uid, s.gid), (0o755, 0, 0));
+        let keep = Defaults {
+            keep_setid: true,
+            stored_owners: false,
+            ..D
+        };
+        let s = Stat::from_object(Kind::File, 3, SystemTime::now(), Some(&m), &keep);
+        assert_eq!((s.perm, s.uid, s.gid), (0o6755, 1000, 1000));
+    }
 
     #[test]
     fn strtoll_spellings() {

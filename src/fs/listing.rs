@@ -23,6 +23,7 @@ pub struct ListState {
     pending: BTreeMap<String, ObjectMeta>,
     /// Names that local entries take: listed entries with these names are dropped.
     pub local: HashSet<String>,
+    tokens: crate::store::Tokens,
 }
 
 impl ListState {
@@ -33,6 +34,7 @@ impl ListState {
             done: false,
             pending: BTreeMap::new(),
             local,
+            tokens: Default::default(),
         }
     }
 
@@ -66,6 +68,14 @@ impl<S: ObjectStore> Fs<S> {
             .list(&req)
             .await
             .map_err(|e| FsError::from_store(e, &st.prefix))?;
+        for raw in &page.unreadable {
+            self.skip_log.skipped(raw, Unrepresentable::NotUtf8);
+        }
+        if let Some(t) = &page.next_token {
+            st.tokens
+                .check(t, &st.prefix)
+                .map_err(|e| FsError::from_store(e, &st.prefix))?;
+        }
         // Objects and prefixes share one key order; merge them.
         let mut items: Vec<(String, Option<ObjectMeta>)> = page
             .objects

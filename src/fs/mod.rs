@@ -109,12 +109,7 @@ impl FsConfig {
     pub fn new(prefix: &str, spool_dir: PathBuf) -> Self {
         FsConfig {
             prefix: prefix.to_string(),
-            defaults: Defaults {
-                uid: 0,
-                gid: 0,
-                file_mode: 0o644,
-                dir_mode: 0o755,
-            },
+            defaults: Defaults::for_user(0, 0),
             read_only: false,
             metadata_ttl: Duration::from_secs(DEFAULT_METADATA_TTL_SECS),
             negative_ttl: Duration::from_millis(DEFAULT_NEGATIVE_TTL_MS),

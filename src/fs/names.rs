@@ -30,6 +30,10 @@ pub enum Unrepresentable {
     ContentInDirectoryMarker,
     /// The server listed it under a prefix it does not start with.
     OutsidePrefix,
+    /// A segment holds a NUL character, which no file name can.
+    Nul,
+    /// The server listed a key that is not UTF-8 (shown percent-encoded).
+    NotUtf8,
 }
 
 impl std::fmt::Display for Unrepresentable {
@@ -46,6 +50,8 @@ impl std::fmt::Display for Unrepresentable {
             Unrepresentable::OutsidePrefix => {
                 "the server listed it under a prefix it does not start with"
             }
+            Unrepresentable::Nul => "it holds a NUL character, which no file name can",
+            Unrepresentable::NotUtf8 => "it is not UTF-8 (shown percent-encoded)",
         })
     }
 }
@@ -58,6 +64,8 @@ pub fn check_segment(seg: &str) -> Result<(), Unrepresentable> {
         Err(Unrepresentable::DotSegment)
     } else if seg.len() > NAME_MAX {
         Err(Unrepresentable::TooLong)
+    } else if seg.contains('\0') {
+        Err(Unrepresentable::Nul)
     } else {
         Ok(())
     }

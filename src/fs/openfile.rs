@@ -340,7 +340,12 @@ impl OpenFile {
 
     /// Moves an unchanged, unread open file from version `old` to `m` (another client's);
     /// false if it was read or changed meanwhile.
-    pub fn repin(&self, old: &Base, m: &crate::store::ObjectMeta) -> bool {
+    pub fn repin(
+        &self,
+        old: &Base,
+        m: &crate::store::ObjectMeta,
+        d: &super::attr::Defaults,
+    ) -> bool {
         let mut s = self.lock();
         if s.served || s.dirty || !s.present.is_empty() || s.base.as_ref() != Some(old) {
             return false;
@@ -354,7 +359,7 @@ impl OpenFile {
         s.stat.size = m.size;
         s.stat.mtime = m.last_modified;
         if let Some(meta) = &m.user_meta {
-            s.stat.apply_meta(meta);
+            s.stat.apply_meta(meta, d);
             s.foreign_meta = meta.clone();
         }
         true
@@ -398,12 +403,7 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn st() -> Stat {
-        let d = Defaults {
-            uid: 0,
-            gid: 0,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-        };
+        let d = Defaults::for_user(0, 0);
         Stat::new(Kind::File, &d, SystemTime::UNIX_EPOCH)
     }
 

@@ -132,7 +132,7 @@ impl<S: ObjectStore> Fs<S> {
             Err(crate::store::StoreError::NotFound) => return Ok(false),
             Err(e) => return Err(FsError::from_store(e, &old.key)),
         };
-        if !of.repin(old, &m) {
+        if !of.repin(old, &m, &self.config.defaults) {
             return Ok(false);
         }
         log::debug!(

@@ -218,7 +218,7 @@ impl<S: ObjectStore> Fs<S> {
             meta = match self.store.head(&i.key).await {
                 Ok(m) => {
                     if let Some(um) = &m.user_meta {
-                        stat.apply_meta(um);
+                        stat.apply_meta(um, &self.config.defaults);
                     }
                     m.user_meta
                 }

@@ -383,8 +383,12 @@ impl ObjectStore for AwsStore {
         let mut page = ListPage::default();
         for o in out.contents() {
             let Some(raw) = o.key() else { continue };
+            let Ok(key) = decode_key(raw) else {
+                page.unreadable.push(raw.to_string());
+                continue;
+            };
             page.objects.push(ObjectMeta {
-                key: decode_key(raw)?,
+                key,
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().unwrap_or("").to_string(),
                 last_modified: to_system_time(o.last_modified()),
@@ -393,7 +397,10 @@ impl ObjectStore for AwsStore {
         }
         for p in out.common_prefixes() {
             if let Some(raw) = p.prefix() {
-                page.prefixes.push(decode_key(raw)?);
+                match decode_key(raw) {
+                    Ok(k) => page.prefixes.push(k),
+                    Err(_) => page.unreadable.push(raw.to_string()),
+                }
             }
         }
         if out.is_truncated().unwrap_or(false) {

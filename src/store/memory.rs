@@ -90,6 +90,8 @@ struct State {
     faults: Vec<Fault>,
     delays: HashMap<Op, std::time::Duration>,
     gates: Vec<(Op, Option<String>, When, Gate)>,
+    /// Answer every listing as truncated, with this continuation token (a broken server).
+    sticky_token: Option<String>,
 }
 
 /// Where a [`Gate`] holds a request: before it takes effect, or after (the change is made,
@@ -222,6 +224,12 @@ impl MemoryStore {
                 meta: UserMeta::new(),
             },
         );
+    }
+
+    /// Makes every listing claim more pages behind the continuation token `token`, as a
+    /// broken server might.
+    pub fn sticky_token(&self, token: Option<&str>) {
+        self.lock().sticky_token = token.map(str::to_string);
     }
 
     /// Holds requests of `op` (on keys containing `key_contains`) at `when` until the returned
@@ -374,7 +382,12 @@ impl ObjectStore for MemoryStore {
 
     async fn list(&self, req: &ListRequest) -> StoreResult<ListPage> {
         self.enter(Op::List, &req.prefix).await?;
-        Ok(Self::list_locked(&self.lock(), req))
+        let state = self.lock();
+        let mut page = Self::list_locked(&state, req);
+        if let Some(t) = &state.sticky_token {
+            page.next_token = Some(t.clone());
+        }
+        Ok(page)
     }
 
     async fn get_range(

@@ -50,6 +50,9 @@ pub struct ListPage {
     pub prefixes: Vec<String>,
     /// Present when more results follow.
     pub next_token: Option<String>,
+    /// Keys the server listed that are not UTF-8, percent-encoded; not in `objects` (no file
+    /// name or key this program can use names them).
+    pub unreadable: Vec<String>,
 }
 
 /// Parameters of a LIST request.
@@ -65,7 +68,8 @@ pub struct ListRequest {
 }
 
 /// The pages of one listing, fetched one after another: the continuation token is carried
-/// from each page to the next request.
+/// from each page to the next request. A server that hands out a token it gave before would
+/// make the listing go round forever: that ends it with an error.
 ///
 /// ```ignore
 /// let mut pages = Pages::new(ListRequest::flat("photos/"));
@@ -74,11 +78,16 @@ pub struct ListRequest {
 pub struct Pages {
     req: ListRequest,
     done: bool,
+    tokens: Tokens,
 }
 
 impl Pages {
     pub fn new(req: ListRequest) -> Self {
-        Pages { req, done: false }
+        Pages {
+            req,
+            done: false,
+            tokens: Tokens::default(),
+        }
     }
 
     /// The next page, or `None` after the last one.
@@ -88,10 +97,31 @@ impl Pages {
         }
         let page = store.list(&self.req).await?;
         match &page.next_token {
-            Some(t) => self.req.token = Some(t.clone()),
+            Some(t) => {
+                self.tokens.check(t, &self.req.prefix)?;
+                self.req.token = Some(t.clone());
+            }
             None => self.done = true,
         }
         Ok(Some(page))
+    }
+}
+
+/// The continuation tokens of one listing so far: a repeated one is an error.
+#[derive(Default, Debug)]
+pub struct Tokens {
+    seen: std::collections::HashSet<String>,
+}
+
+impl Tokens {
+    pub fn check(&mut self, token: &str, prefix: &str) -> StoreResult<()> {
+        if self.seen.insert(token.to_string()) {
+            Ok(())
+        } else {
+            Err(StoreError::Other(format!(
+                "the server answered the listing of {prefix:?} with a continuation token it gave before; the listing would never end"
+            )))
+        }
     }
 }
 

@@ -39,7 +39,12 @@ pub struct Faults {
     pub cut: Mutex<Option<Cut>>,
     /// The `n`th (1-based) GET of a key containing the string gets a `500` with an XML body.
     pub error_on_get: Mutex<Option<(String, u32)>>,
+    /// Rewrites the body of every LIST answer (a hostile or broken server).
+    pub list_rewrite: Mutex<Option<Rewrite>>,
 }
+
+/// A rewrite of a LIST answer's XML body.
+pub type Rewrite = Arc<dyn Fn(String) -> String + Send + Sync>;
 
 /// What was injected, and how much went through.
 #[derive(Default, Debug)]
@@ -117,6 +122,10 @@ impl FaultProxy {
     pub fn set_error_on_get(&self, key_part: &str, nth: u32) {
         self.counts.gets_matching.store(0, Ordering::SeqCst);
         *self.faults.error_on_get.lock().unwrap() = Some((key_part.to_string(), nth));
+    }
+
+    pub fn set_list_rewrite(&self, r: Option<Rewrite>) {
+        *self.faults.list_rewrite.lock().unwrap() = r;
     }
 
     pub fn count(&self, which: fn(&Counts) -> &AtomicU64) -> u64 {
@@ -201,6 +210,12 @@ async fn handle(
     } else {
         None
     };
+    let is_list = is_get && req.uri().query().is_some_and(|q| q.contains("list-type"));
+    let rewrite = if is_list {
+        faults.list_rewrite.lock().unwrap().clone()
+    } else {
+        None
+    };
     let (mut parts, body) = req.into_parts();
     let mut uri = upstream.clone().into_parts();
     uri.path_and_query = parts.uri.path_and_query().cloned();
@@ -208,7 +223,16 @@ async fn handle(
     let req = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
     let resp = client.request(req).await?;
     counts.forwarded.fetch_add(1, Ordering::SeqCst);
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Some(rw) = rewrite {
+        let text = String::from_utf8_lossy(&body.collect().await?.to_bytes()).into_owned();
+        let new = rw(text);
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(
+            parts,
+            Full::new(Bytes::from(new)).map_err(|e| match e {}).boxed(),
+        ));
+    }
     let body: Body = match cut {
         Some(at) if parts.status.is_success() => {
             let data = body.collect().await?.to_bytes();

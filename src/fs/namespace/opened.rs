@@ -139,7 +139,7 @@ impl Namespace {
             i.stat.size = meta.size;
             i.stat.mtime = meta.last_modified;
             if let Some(m) = &meta.user_meta {
-                i.stat.apply_meta(m);
+                i.stat.apply_meta(m, &self.cfg.defaults);
                 i.user_meta = Some(m.clone());
             }
             i.validated = Some(now);
