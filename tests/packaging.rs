@@ -10,6 +10,9 @@ use std::process::Command;
 
 use common::*;
 
+/// The package's test purges /var/cache/pailfs, which the demo's mount uses: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(cmd: &str) -> (bool, String) {
     let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
     (
@@ -41,6 +44,7 @@ fn copy_through(dir: &Path, tag: &str) {
 
 #[test]
 fn the_debian_package_installs_mounts_through_mount_8_and_fstab_and_removes_cleanly() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let deb = std::env::var("PAILFS_DEB")
         .expect("PAILFS_DEB is not set: run the tests through scripts/test, which builds the package with scripts/package");
     assert!(Path::new(&deb).exists(), "{deb} does not exist");
@@ -126,14 +130,59 @@ fn the_debian_package_installs_mounts_through_mount_8_and_fstab_and_removes_clea
     std::fs::copy("/lib/systemd/system/pailfs@.service", &unit).unwrap();
     let (ok, msg) = run(&format!("systemd-analyze verify {}", unit.display()));
     assert!(ok, "systemd-analyze verify: {msg}");
-
-    sh(&format!(
-        "/usr/bin/pailfs connection remove --system {label}"
+    // The unit's hardening, as systemd scores it (9.6 "UNSAFE" without any).
+    let (_, msg) = run(&format!(
+        "systemd-analyze security --offline=true {}",
+        unit.display()
     ));
+    let score: f64 = msg
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for").nth(1))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score: {msg}"));
+    assert!(score <= 4.5, "exposure {score}: {msg}");
+    // The unit keeps only CAP_SYS_ADMIN, with no new privileges: enough to mount.
+    let capped = tempfile::tempdir().unwrap();
+    let c = capped.path().display().to_string();
+    let (ok, msg) = run(&format!(
+        "env -u AWS_ENDPOINT_URL -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
+         setpriv --no-new-privs --bounding-set=-all,+sys_admin --inh-caps=-all \
+         /usr/bin/pailfs mount {label} {c}"
+    ));
+    assert!(ok, "mount with the unit's capabilities failed: {msg}");
+    copy_through(capped.path(), "capped");
+    sh(&format!("umount {c}"));
+
+    // Removal keeps the connections and the cache; purge deletes them (they hold secrets and
+    // kept data), as the maintainer scripts say.
+    let info = sh(&format!("dpkg-deb -I {deb}"));
+    for script in ["postinst", "prerm", "postrm"] {
+        assert!(info.contains(script), "no {script} in the package: {info}");
+    }
+    sh("mkdir -p /var/cache/pailfs && touch /var/cache/pailfs/pkgtest-marker");
     sh("dpkg -r pailfs");
     assert!(!Path::new("/usr/bin/pailfs").exists());
     assert!(!Path::new("/lib/systemd/system/pailfs@.service").exists());
-    assert!(!run("dpkg -s pailfs").0, "the package is still installed");
+    let status = run("dpkg -s pailfs").1;
+    assert!(
+        !status.contains("Status: install ok installed"),
+        "the package is still installed: {status}"
+    );
+    assert!(Path::new("/etc/pailfs/connections.toml").exists());
+    assert!(Path::new("/var/cache/pailfs/pkgtest-marker").exists());
+    sh(&format!("dpkg -i {deb}"));
+    sh(&format!(
+        "/usr/bin/pailfs connection remove --system {label}"
+    ));
+    sh("dpkg --purge pailfs");
+    assert!(!run("dpkg -s pailfs").0, "the package is still known after purge");
+    assert!(!Path::new("/etc/pailfs").exists(), "purge kept /etc/pailfs");
+    assert!(
+        !Path::new("/var/cache/pailfs").exists(),
+        "purge kept the cache"
+    );
     rt().block_on(async { delete_prefix(&env.store().await, &prefix).await });
 }
 
@@ -143,6 +192,7 @@ fn the_debian_package_installs_mounts_through_mount_8_and_fstab_and_removes_clea
 /// signs query strings wrongly on Debian 12.)
 #[test]
 fn the_demo_runs_to_its_end() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mnt = root.join("mnt");
     let (ok, out) = run(&format!("cd {} && scripts/demo", root.display()));
