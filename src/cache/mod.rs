@@ -114,6 +114,8 @@ pub struct MemoryShares {
     pub uploads: u64,
     /// Idle buffers kept for reuse (see `crate::buffers`).
     pub pool: u64,
+    /// What the namespace knows: cached listings and the inode table (see `fs::namespace`).
+    pub names: u64,
 }
 
 /// Memory the process needs besides its data buffers: code, the S3 client and its
@@ -122,13 +124,17 @@ pub struct MemoryShares {
 pub const OVERHEAD: u64 = 40 << 20;
 
 impl MemoryShares {
-    /// Splits what `limit` leaves after [`OVERHEAD`] and an eighth for idle reusable buffers:
-    /// half for the cache (read-ahead waits there until it is read), a quarter each for reads
-    /// in flight and uploads, each at least what one request needs. So the whole process
-    /// stays within `limit`.
+    /// Splits what `limit` leaves after [`OVERHEAD`], an eighth for idle reusable buffers and
+    /// an eighth for names (listings and inodes): half for the cache (read-ahead waits there
+    /// until it is read), a quarter each for reads in flight and uploads, each at least what
+    /// one request needs. So the whole process stays within `limit`.
     pub fn split(limit: u64, part_size: u64) -> Self {
         let pool = limit / 8;
-        let data = limit.saturating_sub(OVERHEAD).saturating_sub(pool);
+        let names = limit / 8;
+        let data = limit
+            .saturating_sub(OVERHEAD)
+            .saturating_sub(pool)
+            .saturating_sub(names);
         let cache = (data / 2).max(BLOCK);
         let read_ahead = (data / 4).max(8 * BLOCK);
         let uploads = (data - data / 2 - data / 4).max(part_size);
@@ -137,6 +143,7 @@ impl MemoryShares {
             read_ahead,
             uploads,
             pool,
+            names,
         }
     }
 }
@@ -187,7 +194,7 @@ mod tests {
     fn shares_add_up_to_the_limit() {
         let s = MemoryShares::split(256 << 20, 8 << 20);
         assert_eq!(
-            s.cache + s.read_ahead + s.uploads + s.pool + OVERHEAD,
+            s.cache + s.read_ahead + s.uploads + s.pool + s.names + OVERHEAD,
             256 << 20
         );
     }

@@ -33,6 +33,8 @@ use crate::store::ObjectStore;
 pub struct CaseLog {
     count: AtomicU64,
     groups: Mutex<HashSet<String>>,
+    /// Directories too large to be listed whole, logged once each.
+    too_big: Mutex<HashSet<String>>,
 }
 
 /// What to do when a name being created differs only in case from an existing one.
@@ -94,12 +96,21 @@ impl<S: ObjectStore> Fs<S> {
         let folded = self.folded(name);
         let listed = match self.ns.listing_group(dir, &folded) {
             Some(g) => g,
-            None => self
-                .dir_listing(dir)
-                .await?
-                .into_iter()
-                .filter(|l| self.folded(l.name()) == folded)
-                .collect(),
+            None => match self.whole_listing(dir).await? {
+                Some(all) => all
+                    .into_iter()
+                    .filter(|l| self.folded(l.name()) == folded)
+                    .collect(),
+                // Too large to list whole: only the exact spelling can be found.
+                None => match self.resolve_exact(dir, name, false).await {
+                    Ok(a) if a.stat.kind == super::attr::Kind::Dir => {
+                        vec![Listed::Dir(name.to_string())]
+                    }
+                    Ok(_) => vec![Listed::Local(name.to_string(), 0)],
+                    Err(e) if e.errno == libc::ENOENT => Vec::new(),
+                    Err(e) => return Err(e),
+                },
+            },
         };
         let mut group: Vec<(String, bool)> = listed
             .iter()
@@ -189,9 +200,33 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// The entries `readdir` shows: one winner per group of names equal ignoring case.
-    pub(crate) async fn ci_entries(&self, dir: Ino) -> FsResult<Vec<Listed>> {
+    /// The whole listing of `dir`, or `None` (logged once) when it is too large for the
+    /// memory budget: there, names match exactly only and every spelling is listed.
+    async fn whole_listing(&self, dir: Ino) -> FsResult<Option<Vec<Listed>>> {
         let listing = self.dir_listing(dir).await?;
+        if listing.is_none() {
+            let key = self.ns.key_of(dir, None).unwrap_or_default();
+            let mut seen = self
+                .case_log
+                .too_big
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.len() < 10_000 && seen.insert(key.clone()) {
+                log::warn!(
+                    "{key:?} has more than {} entries, more than --memory-limit lets one listing hold: names there match exactly, ignoring case does not apply",
+                    self.ns.max_listing_entries()
+                );
+            }
+        }
+        Ok(listing)
+    }
+
+    /// The entries `readdir` shows: one winner per group of names equal ignoring case;
+    /// `None` for a directory too large to list whole (then listed as in the default mode).
+    pub(crate) async fn ci_entries(&self, dir: Ino) -> FsResult<Option<Vec<Listed>>> {
+        let Some(listing) = self.whole_listing(dir).await? else {
+            return Ok(None);
+        };
         let local = self.ns.local_children(dir);
         let local_names: BTreeSet<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
         let mut all: Vec<Listed> = listing
@@ -219,6 +254,6 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         out.sort_by(|a, b| a.name().cmp(b.name()));
-        Ok(out)
+        Ok(Some(out))
     }
 }

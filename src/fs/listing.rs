@@ -135,20 +135,25 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    /// The whole listing of directory `dir` (S3 entries only), cached for the metadata TTL.
-    pub(crate) async fn dir_listing(&self, dir: Ino) -> FsResult<Vec<Listed>> {
+    /// The whole listing of directory `dir` (S3 entries only), cached for the metadata TTL;
+    /// `None` for a directory with more entries than the memory budget lets one listing hold.
+    pub(crate) async fn dir_listing(&self, dir: Ino) -> FsResult<Option<Vec<Listed>>> {
         if let Some(l) = self.ns.listing_entries(dir) {
-            return Ok(l);
+            return Ok(Some(l));
         }
         let asked = self.ns.ask(dir)?;
+        let max = self.ns.max_listing_entries();
         let mut st = ListState::new(asked.dir_key.clone(), HashSet::new());
         let mut out = VecDeque::new();
         while !st.done {
             self.list_page(&mut st, &mut out).await?;
+            if out.len() > max {
+                return Ok(None);
+            }
         }
         let entries: Vec<Listed> = out.into();
         self.ns.keep_listing(dir, &asked, entries.clone());
-        Ok(entries)
+        Ok(Some(entries))
     }
 
     /// Someone is asking for the attributes of a listed file one by one (`ls -l` without

@@ -27,7 +27,9 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
         let name = names::name_from_os(name)?;
         let parent = self.ns.canon(parent);
-        self.resolve(parent, name, true).await
+        let found = self.resolve(parent, name, true).await;
+        self.trim_names();
+        found
     }
 
     /// Gives back `n` kernel lookups of `ino`.

@@ -227,6 +227,7 @@ impl<S: ObjectStore> Fs<S> {
             case_insensitive: config.case_insensitive,
             normalize: config.normalize_names,
             started: SystemTime::now(),
+            budget: shares.names,
         });
         Ok(Arc::new_cyclic(|me| Fs {
             me: me.clone(),
@@ -258,6 +259,14 @@ impl<S: ObjectStore> Fs<S> {
     pub(crate) async fn kernel_delivered(&self) {
         if let Some(rx) = self.kernel.get().and_then(|k| k.delivered()) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await;
+        }
+    }
+
+    /// Keeps the inode table within its memory budget: the kernel is asked to forget the
+    /// oldest entries it holds (see `Namespace::over_budget`).
+    pub(crate) fn trim_names(&self) {
+        for (parent, name) in self.ns.over_budget() {
+            self.kernel_forget_name(parent, &name);
         }
     }
 

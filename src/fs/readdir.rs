@@ -115,9 +115,13 @@ impl<S: ObjectStore> Fs<S> {
         }
         if !h.started {
             h.started = true;
-            if self.config.case_insensitive {
+            let all = if self.config.case_insensitive {
                 // Winners among case variants need the whole directory at once.
-                let all = self.ci_entries(h.ino).await?;
+                self.ci_entries(h.ino).await?
+            } else {
+                None
+            };
+            if let Some(all) = all {
                 h.entries.extend(all);
                 h.list.done = true;
                 h.local_added = true;
@@ -176,7 +180,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.list_page(list, entries).await?;
                 if let Some(c) = collected {
                     c.extend(entries.iter().skip(before).cloned());
-                    if c.len() > super::namespace::listings::LISTING_CACHE_MAX_ENTRIES {
+                    if c.len() > self.ns.max_listing_entries() {
                         *collected = None;
                     } else if list.done
                         && list.local.is_empty()
@@ -214,6 +218,9 @@ impl<S: ObjectStore> Fs<S> {
         let dir_ino = h.ino;
         drop(h);
         let attrs = self.entry_attrs(dir_ino, &listed, plus).await?;
+        if plus {
+            self.trim_names();
+        }
         for (n, (l, attr)) in listed.iter().zip(attrs).enumerate() {
             out.push(DirEntry {
                 name: l.name().to_string(),

@@ -23,13 +23,27 @@ impl State {
         let l = DirListing::new(entries, normalize, fetched, authoritative);
         self.listings.put(dir, l);
     }
+
+    /// Drops the least recently used listings while they hold more than `max` bytes.
+    pub(super) fn trim_listings(&mut self, max: u64) {
+        let mut total: u64 = self.listings.iter().map(|(_, l)| l.bytes).sum();
+        while total > max {
+            let Some((_, l)) = self.listings.pop_lru() else {
+                return;
+            };
+            total = total.saturating_sub(l.bytes);
+        }
+    }
 }
 
 impl Namespace {
     /// Keeps a listing of `dir` fetched from S3 since `asked`, unless the directory moved or
     /// its names changed here meanwhile (the listing could miss that change).
     pub fn keep_listing(&self, dir: Ino, asked: &Asked, entries: Vec<Listed>) {
-        if entries.len() > LISTING_CACHE_MAX_ENTRIES || self.cfg.ttl.is_zero() {
+        if entries.len() > LISTING_CACHE_MAX_ENTRIES
+            || entries.len() > self.max_listing_entries()
+            || self.cfg.ttl.is_zero()
+        {
             return;
         }
         let now = self.clock.now();
@@ -40,6 +54,7 @@ impl Namespace {
             .is_some_and(|d| d.key == asked.dir_key && d.names_changed <= asked.stamp);
         if unchanged {
             st.store_listing(dir, entries, self.cfg.normalize, now, false);
+            st.trim_listings(self.cfg.budget / 2);
         }
     }
 
@@ -106,9 +121,10 @@ impl Namespace {
             let same =
                 matches!(l.names.get(&name), Some(Listed::File(_, m)) if m.etag == meta.etag);
             if same {
-                l.names.insert(name.clone(), Listed::File(name, meta));
+                l.insert(Listed::File(name, meta));
             }
         }
+        st.trim_listings(self.cfg.budget / 2);
     }
 
     /// For reading ahead across files (see `siblings`): when `name` comes soon after `prev`

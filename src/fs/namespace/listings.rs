@@ -54,6 +54,8 @@ pub fn winner<T>(
 /// A whole directory listing, by name, with an index of folded names.
 pub struct DirListing {
     pub(super) fetched: Instant,
+    /// Estimated bytes held (see [`entry_bytes`]).
+    pub(super) bytes: u64,
     /// The directory was created through the mount (its listing started empty and every
     /// change since came through here): a name missing from it is absent.
     pub(super) authoritative: bool,
@@ -71,6 +73,7 @@ impl DirListing {
     ) -> Self {
         let mut l = DirListing {
             fetched,
+            bytes: 0,
             authoritative,
             normalize,
             names: BTreeMap::new(),
@@ -84,16 +87,20 @@ impl DirListing {
 
     pub fn insert(&mut self, e: Listed) {
         let name = e.name().to_string();
-        if self.names.insert(name.clone(), e).is_none() {
-            self.folds
+        self.bytes += entry_bytes(&e);
+        match self.names.insert(name.clone(), e) {
+            Some(old) => self.bytes = self.bytes.saturating_sub(entry_bytes(&old)),
+            None => self
+                .folds
                 .entry(fold(&name, self.normalize))
                 .or_default()
-                .push(name);
+                .push(name),
         }
     }
 
     pub fn remove(&mut self, name: &str) {
-        if self.names.remove(name).is_some() {
+        if let Some(old) = self.names.remove(name) {
+            self.bytes = self.bytes.saturating_sub(entry_bytes(&old));
             let f = fold(name, self.normalize);
             if let Some(v) = self.folds.get_mut(&f) {
                 v.retain(|n| n != name);
@@ -124,6 +131,24 @@ impl DirListing {
             .cloned()
             .collect()
     }
+}
+
+/// Estimated memory of one listed entry: its name twice (by name, and by folded name), its
+/// key and ETag, and the maps' own overhead.
+pub fn entry_bytes(e: &Listed) -> u64 {
+    let meta = match e {
+        Listed::File(_, m) => {
+            let stored: usize = m
+                .user_meta
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len() + 64)
+                .sum();
+            m.key.len() + m.etag.len() + 96 + stored
+        }
+        _ => 0,
+    };
+    (2 * e.name().len() + meta + 160) as u64
 }
 
 /// How many whole listings are kept.

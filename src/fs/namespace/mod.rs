@@ -82,7 +82,13 @@ pub struct NsConfig {
     pub normalize: bool,
     /// When the mount started: the times of directories without a marker object.
     pub started: SystemTime,
+    /// Memory for listings and the inode table together (half each).
+    pub budget: u64,
 }
+
+/// Estimated memory of one inode in the table (the entry, its name twice, its key, ETag and
+/// a few cached attributes).
+pub const INODE_BYTES: u64 = 768;
 
 pub(crate) struct State {
     table: InodeTable,
@@ -194,6 +200,24 @@ impl Namespace {
             Some(n) => super::names::child_key(&i.key, n),
             None => i.key.clone(),
         })
+    }
+
+    /// When the table is over its half of the budget: entries for the kernel to forget
+    /// (the oldest files it holds), so their inodes go when it does. The kernel keeps what is
+    /// in use; the rest is looked up again if needed.
+    pub fn over_budget(&self) -> Vec<(Ino, String)> {
+        let cap = (self.cfg.budget / 2 / INODE_BYTES).max(1024) as usize;
+        let mut st = self.lock();
+        let len = st.table.len();
+        if len <= cap {
+            return Vec::new();
+        }
+        st.table.evict(len - cap * 3 / 4)
+    }
+
+    /// The most entries one cached listing may have (half the budget is for listings).
+    pub fn max_listing_entries(&self) -> usize {
+        (self.cfg.budget / 2 / 256).max(1000) as usize
     }
 
     /// Inodes in the table (for tests and stats).
@@ -362,6 +386,9 @@ fn attr_of(t: &mut InodeTable, ino: Ino, count: bool) -> Attr {
         Some(of) => of.stat(),
         None => i.stat,
     };
+    if count {
+        i.forget_asked = false;
+    }
     let mut a = Attr::new(ino, stat);
     if !i.linked {
         a.nlink = 0;

@@ -60,6 +60,8 @@ pub struct Inode {
     pub alias_of: Option<Ino>,
     /// The ETag whose bytes the kernel may hold in its page cache for this inode.
     pub page_cache_etag: Option<String>,
+    /// The kernel was asked to forget this entry (the table was over its memory budget).
+    pub forget_asked: bool,
 }
 
 impl Inode {
@@ -109,6 +111,7 @@ impl InodeTable {
                 target: None,
                 alias_of: None,
                 page_cache_etag: None,
+                forget_asked: false,
             },
         );
         InodeTable {
@@ -200,6 +203,7 @@ impl InodeTable {
                 target: None,
                 alias_of: None,
                 page_cache_etag: None,
+                forget_asked: false,
             },
         );
         self.inodes.get_mut(&ino).expect("just inserted")
@@ -377,5 +381,40 @@ impl InodeTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &Inode> {
         self.inodes.values()
+    }
+
+    /// Up to `n` of the oldest files the kernel holds that could go (not open, in S3, not
+    /// asked already): marked as asked, their cached metadata dropped. Their `(parent, name)`
+    /// are returned for the kernel to forget.
+    pub fn evict(&mut self, n: usize) -> Vec<(Ino, String)> {
+        let mut old: Vec<Ino> = self
+            .inodes
+            .values()
+            .filter(|i| {
+                i.ino != ROOT
+                    && i.lookups > 0
+                    && i.handles == 0
+                    && i.open.is_none()
+                    && i.remote
+                    && i.linked
+                    && i.alias_of.is_none()
+                    && !i.is_dir()
+                    && !i.forget_asked
+            })
+            .map(|i| i.ino)
+            .collect();
+        if old.len() > n {
+            old.select_nth_unstable(n);
+            old.truncate(n);
+        }
+        old.into_iter()
+            .filter_map(|ino| {
+                let i = self.inodes.get_mut(&ino)?;
+                i.forget_asked = true;
+                i.user_meta = None;
+                i.target = None;
+                Some((i.parent, i.name.clone()))
+            })
+            .collect()
     }
 }
