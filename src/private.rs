@@ -154,6 +154,17 @@ mod tests {
     }
 
     #[test]
+    fn fallbacks_are_per_user() {
+        let uid = unsafe { libc::geteuid() };
+        let d = fallback_dir("cache");
+        assert!(
+            d.ends_with(format!("pailfs-{uid}/cache")),
+            "{}",
+            d.display()
+        );
+    }
+
+    #[test]
     fn stable_hashes_do_not_change() {
         assert_eq!(
             stable_hash(&[b"bucket", b"prefix/"]),

@@ -177,7 +177,10 @@ fn the_debian_package_installs_mounts_through_mount_8_and_fstab_and_removes_clea
         "/usr/bin/pailfs connection remove --system {label}"
     ));
     sh("dpkg --purge pailfs");
-    assert!(!run("dpkg -s pailfs").0, "the package is still known after purge");
+    assert!(
+        !run("dpkg -s pailfs").0,
+        "the package is still known after purge"
+    );
     assert!(!Path::new("/etc/pailfs").exists(), "purge kept /etc/pailfs");
     assert!(
         !Path::new("/var/cache/pailfs").exists(),
