@@ -338,4 +338,15 @@ pub struct MountArgs {
     /// 127.0.0.1:9187 (`pailfs stats MOUNTPOINT` works without it).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Experiments only (`scripts/bench-fuse-settings`): threads reading FUSE requests.
+    #[arg(long, hide = true, default_value_t = crate::config::Tuning::DEFAULT.fuse_threads,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub fuse_threads: u16,
+    /// Experiments only: tokio worker threads for S3 and spool I/O (0: one per core, 2 to 8).
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub io_threads: u16,
+    /// Experiments only: asynchronous requests the kernel keeps in flight (max_background).
+    #[arg(long, hide = true, default_value_t = crate::config::Tuning::DEFAULT.max_background,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub fuse_max_background: u16,
 }

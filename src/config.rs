@@ -184,6 +184,38 @@ pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, 
     Ok(s)
 }
 
+/// Knobs for measuring, not for users (hidden flags; `scripts/bench-fuse-settings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Threads reading FUSE requests from the kernel.
+    pub fuse_threads: u16,
+    /// tokio worker threads (S3 requests, spool I/O).
+    pub io_threads: u16,
+    /// Asynchronous requests the kernel keeps in flight (read-ahead, writeback). Each can hold
+    /// a 1 MiB reply, so this is part of the memory overhead `MemoryShares` reserves.
+    pub max_background: u16,
+}
+
+impl Tuning {
+    pub const DEFAULT: Tuning = Tuning {
+        fuse_threads: 4,
+        io_threads: 2,
+        max_background: 16,
+    };
+
+    fn from_args(a: &MountArgs) -> Tuning {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Tuning {
+            fuse_threads: a.fuse_threads,
+            io_threads: match a.io_threads {
+                0 => cores.clamp(2, 8) as u16,
+                n => n,
+            },
+            max_background: a.fuse_max_background,
+        }
+    }
+}
+
 /// Everything `pailfs mount` needs, validated.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -202,6 +234,7 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     pub kernel_readahead_kb: u32,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub tuning: Tuning,
 }
 
 impl MountConfig {
@@ -272,6 +305,7 @@ impl MountConfig {
             log_file: a.log_file.clone(),
             kernel_readahead_kb: a.kernel_readahead_kb,
             metrics_listen: a.metrics_listen,
+            tuning: Tuning::from_args(a),
         })
     }
 }

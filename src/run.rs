@@ -221,12 +221,7 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
     crate::private::private_umask();
     let (spool_dir, _lock, dir_notices) = lock_spool_dir(cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(env_count(
-            "PAILFS_IO_THREADS",
-            std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .clamp(2, 8),
-        ))
+        .worker_threads(cfg.tuning.io_threads.into())
         .thread_name("pailfs-io")
         .enable_all()
         .build()
@@ -270,13 +265,13 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         *dir = spool_dir.join("blocks");
     }
     fs_config.read_only = read_only;
-    let fs = Fs::new(store, fs_config).map_err(|e| e.message)?;
-    let adapter = Adapter::new(fs.clone(), rt.handle().clone());
+    let fs = Fs::new(store, fs_config).map_err(|e| e.to_string())?;
+    let adapter = Adapter::new(fs.clone(), rt.handle().clone(), cfg.tuning.max_background);
     let settings = MountSettings {
         fsname: format!("pailfs:{}", cfg.source.display()),
         read_only,
         allow_other: cfg.allow_other,
-        threads: env_count("PAILFS_FUSE_THREADS", 4),
+        threads: cfg.tuning.fuse_threads.into(),
     };
     let mut session = mount(adapter, &cfg.mountpoint, &settings)
         .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
@@ -568,15 +563,6 @@ fn sd_notify(state: &str) {
     if let Err(e) = sent {
         log::warn!("cannot notify systemd ({state}): {e}");
     }
-}
-
-/// A thread count from the environment (for tuning experiments), else `default`.
-fn env_count(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0 && *n <= 64)
-        .unwrap_or(default)
 }
 
 /// The kernel reads ahead only 128 KiB for FUSE by default; sequential reads need much more

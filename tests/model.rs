@@ -1197,7 +1197,7 @@ const TICK: Duration = Duration::from_millis(1100);
 const EXPIRE: Duration = Duration::from_secs(6);
 
 fn errno(e: pailfs::fs::error::FsError) -> i32 {
-    e.errno
+    e.errno()
 }
 
 impl Sut {
@@ -1257,7 +1257,7 @@ impl Sut {
 
     async fn with_file(&self, path: &str, flags: i32, f: impl AsyncFnOnce(u64) -> R) -> R {
         let ino = self.walk_to(path).await?;
-        let fh = self.fs.open(ino, flags).await.map_err(errno)?;
+        let fh = self.fs.open(ino, flags).await.map_err(errno)?.fh;
         let r = f(fh).await;
         let flushed = self.fs.flush(fh).await.map_err(errno);
         let released = self.fs.release(fh).await.map_err(errno);
@@ -1485,7 +1485,7 @@ impl Sut {
                         out.insert(path, Seen::Symlink(String::from_utf8(t).unwrap()));
                     }
                     Kind::File => {
-                        let fh = self.fs.open(a.ino, libc::O_RDONLY).await.unwrap();
+                        let fh = self.fs.open(a.ino, libc::O_RDONLY).await.unwrap().fh;
                         let mut data = Vec::new();
                         loop {
                             let chunk = self.fs.read(fh, data.len() as u64, 4 << 20).await.unwrap();

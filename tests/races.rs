@@ -53,7 +53,7 @@ impl T {
                 .fs
                 .lookup(ino, OsStr::new(part))
                 .await
-                .map_err(|e| e.errno)?
+                .map_err(|e| e.errno())?
                 .ino;
         }
         Ok(ino)
@@ -92,12 +92,12 @@ impl T {
 
     async fn open(&self, path: &str, flags: i32) -> u64 {
         let ino = self.ino(path).await.unwrap();
-        self.fs.open(ino, flags).await.unwrap()
+        self.fs.open(ino, flags).await.unwrap().fh
     }
 
     async fn close(&self, fh: u64) -> Result<(), i32> {
-        let f = self.fs.flush(fh).await.map_err(|e| e.errno);
-        let r = self.fs.release(fh).await.map_err(|e| e.errno);
+        let f = self.fs.flush(fh).await.map_err(|e| e.errno());
+        let r = self.fs.release(fh).await.map_err(|e| e.errno());
         f.and(r)
     }
 
@@ -107,20 +107,21 @@ impl T {
             .fs
             .open(ino, libc::O_RDONLY)
             .await
-            .map_err(|e| e.errno)?;
+            .map_err(|e| e.errno())?
+            .fh;
         let mut out = Vec::new();
         loop {
             let chunk = self
                 .fs
                 .read(fh, out.len() as u64, 1 << 20)
                 .await
-                .map_err(|e| e.errno)?;
+                .map_err(|e| e.errno())?;
             if chunk.is_empty() {
                 break;
             }
             out.extend_from_slice(&chunk);
         }
-        self.fs.release(fh).await.map_err(|e| e.errno)?;
+        self.fs.release(fh).await.map_err(|e| e.errno())?;
         Ok(out)
     }
 
@@ -152,12 +153,15 @@ impl T {
         self.fs
             .rename(p1, OsStr::new(&n1), p2, OsStr::new(&n2), 0)
             .await
-            .map_err(|e| e.errno)
+            .map_err(|e| e.errno())
     }
 
     async fn unlink(&self, path: &str) -> Result<(), i32> {
         let (p, n) = self.parent(path).await;
-        self.fs.unlink(p, OsStr::new(&n)).await.map_err(|e| e.errno)
+        self.fs
+            .unlink(p, OsStr::new(&n))
+            .await
+            .map_err(|e| e.errno())
     }
 
     fn keys_under(&self, prefix: &str) -> Vec<String> {
@@ -318,7 +322,7 @@ async fn setxattr_on_an_open_file_checks_the_metadata_limit() {
     let ino = t.ino("f").await.unwrap();
     let big = vec![b'x'; 3000];
     let r = t.fs.setxattr(ino, OsStr::new("user.big"), &big, 0).await;
-    assert_eq!(r.map_err(|e| e.errno), Err(libc::E2BIG));
+    assert_eq!(r.map_err(|e| e.errno()), Err(libc::E2BIG));
     assert_eq!(t.close(fh).await, Ok(()));
 }
 
@@ -331,7 +335,7 @@ async fn a_setxattr_during_an_upload_is_kept() {
     let ino = t.ino("f").await.unwrap();
     let gate = t.s().gate(Op::Put, Some("f"), When::Before);
     let t2 = t.clone();
-    let flush = spawn(async move { t2.fs.flush(fh).await.map_err(|e| e.errno) });
+    let flush = spawn(async move { t2.fs.flush(fh).await.map_err(|e| e.errno()) });
     gate.reached(1).await;
     t.fs.setxattr(ino, OsStr::new("user.a"), b"1", 0)
         .await
@@ -434,7 +438,7 @@ async fn a_truncate_racing_the_last_release_is_stored() {
     t.fs.flush(fh).await.unwrap();
     let gate = t.s().gate(Op::Put, Some("f"), When::Before);
     let t2 = t.clone();
-    let release = spawn(async move { t2.fs.release(fh).await.map_err(|e| e.errno) });
+    let release = spawn(async move { t2.fs.release(fh).await.map_err(|e| e.errno()) });
     gate.reached(1).await;
     let ino = t.ino("f").await.unwrap();
     let t3 = t.clone();
@@ -447,7 +451,7 @@ async fn a_truncate_racing_the_last_release_is_stored() {
             .setattr(ino, sa)
             .await
             .map(|_| ())
-            .map_err(|e| e.errno)
+            .map_err(|e| e.errno())
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     gate.open();

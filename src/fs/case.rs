@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, NsError};
 use super::inode::Ino;
 use super::listing::{Listed, winner};
 use super::names::fold;
@@ -107,7 +107,7 @@ impl<S: ObjectStore> Fs<S> {
                         vec![Listed::Dir(name.to_string())]
                     }
                     Ok(_) => vec![Listed::Local(name.to_string(), 0)],
-                    Err(e) if e.errno == libc::ENOENT => Vec::new(),
+                    Err(e) if e.errno() == libc::ENOENT => Vec::new(),
                     Err(e) => return Err(e),
                 },
             },
@@ -182,12 +182,11 @@ impl<S: ObjectStore> Fs<S> {
         let dir_key = self.ns.key_of(dir, None).unwrap_or_default();
         self.note_resolved(what, &dir_key, name, &existing);
         if self.config.case_collision == CaseCollision::Error {
-            return Err(FsError::new(
-                libc::EEXIST,
-                format!(
-                    "{name:?} differs only in case from the existing {existing:?} (--case-collision=error)"
-                ),
-            ));
+            return Err(NsError::CaseCollision {
+                name: name.to_string(),
+                existing: existing.to_string(),
+            }
+            .into());
         }
         Ok(Some(existing))
     }

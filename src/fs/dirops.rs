@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::attr::{Kind, Stat};
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, NsError};
 use super::inode::Ino;
 use super::names::{self, child_key, child_prefix};
 use super::namespace::Removed;
@@ -55,11 +55,11 @@ impl<S: ObjectStore> Fs<S> {
     /// Fails with EEXIST when `name` exists in `parent` (in any case, in case-insensitive mode).
     pub(crate) async fn ensure_absent(&self, parent: Ino, name: &str, what: &str) -> FsResult<()> {
         if self.ci_check_create(parent, name, what).await?.is_some() {
-            return Err(FsError::new(libc::EEXIST, format!("{name:?} exists")));
+            return Err(NsError::Exists(name.to_string()).into());
         }
         match self.resolve(parent, name, false).await {
-            Ok(_) => Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
-            Err(e) if e.errno == libc::ENOENT => Ok(()),
+            Ok(_) => Err(NsError::Exists(name.to_string()).into()),
+            Err(e) if e.errno() == libc::ENOENT => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -73,7 +73,7 @@ impl<S: ObjectStore> Fs<S> {
         let _fence = self.ns.shared().await;
         let inode = self.child_inode(parent, name).await?;
         if inode.is_dir() {
-            return Err(FsError::new(libc::EISDIR, "is a directory"));
+            return Err(NsError::IsADirectory.into());
         }
         // The file's upload lock: no upload of it runs until the name is gone, and whether it
         // reached S3 is read after any upload in flight finished (taken again if the file was
@@ -131,10 +131,10 @@ impl<S: ObjectStore> Fs<S> {
         let _fence = self.ns.shared().await;
         let inode = self.child_inode(parent, name).await?;
         if !inode.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+            return Err(NsError::NotADirectory.into());
         }
         if !self.dir_is_empty(inode.ino, &inode.key).await? {
-            return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
+            return Err(NsError::NotEmpty.into());
         }
         self.store
             .delete(&inode.key)
@@ -181,7 +181,7 @@ impl<S: ObjectStore> Fs<S> {
         let name = names::name_from_os(name)?;
         let target = target
             .to_str()
-            .ok_or_else(|| FsError::new(libc::EINVAL, "symlink targets must be UTF-8"))?
+            .ok_or(NsError::NotUtf8("symlink targets"))?
             .to_string();
         let parent = self.ns.canon(parent);
         let _fence = self.ns.shared().await;
@@ -212,7 +212,7 @@ impl<S: ObjectStore> Fs<S> {
         let ino = self.ns.canon(ino);
         let i = self.ns.get(ino).ok_or_else(FsError::not_found)?;
         if i.stat.kind != Kind::Symlink {
-            return Err(FsError::new(libc::EINVAL, "not a symlink"));
+            return Err(NsError::NotASymlink.into());
         }
         if let Some(target) = self.ns.target(ino) {
             return Ok(target.into_bytes());
@@ -221,13 +221,11 @@ impl<S: ObjectStore> Fs<S> {
             return Ok(Vec::new());
         }
         if i.stat.size > MAX_TARGET {
-            return Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "{:?} claims to be a symlink of {} bytes, longer than PATH_MAX",
-                    i.key, i.stat.size
-                ),
-            ));
+            return Err(NsError::HostileSymlink {
+                key: i.key.clone(),
+                size: i.stat.size,
+            }
+            .into());
         }
         let data = self
             .store

@@ -74,7 +74,7 @@ impl<S: ObjectStore> Fs<S> {
         let mut out = VecDeque::new();
         for _ in 0..MAX_PAGES {
             if let Err(e) = self.list_page(&mut st, &mut out).await {
-                log::debug!("background listing of {prefix:?} failed: {}", e.message);
+                log::debug!("background listing of {prefix:?} failed: {e}");
                 return;
             }
             if st.done {

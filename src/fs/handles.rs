@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::attr::{Kind, Stat};
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, HandleError, NsError, UploadError};
 use super::inode::Ino;
 use super::names;
 use super::openfile::OpenFile;
@@ -31,8 +31,6 @@ pub struct FileHandle {
     pub of: Arc<OpenFile>,
     pub writable: bool,
     pub reads: Arc<std::sync::Mutex<super::readahead::ReadState>>,
-    /// The kernel may keep its cached pages: they hold this same version.
-    pub keep_cache: bool,
 }
 
 #[derive(Clone)]
@@ -115,9 +113,17 @@ impl OpenMode {
     }
 }
 
+/// What an open gives the kernel: the handle and whether its page cache of the file may stay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// `FOPEN_KEEP_CACHE`: the version the kernel cached is the one this handle reads.
+    pub keep_cache: bool,
+}
+
 impl<S: ObjectStore> Fs<S> {
-    /// Opens a file; returns the handle number.
-    pub async fn open(&self, ino: Ino, flags: i32) -> FsResult<u64> {
+    /// Opens a file.
+    pub async fn open(&self, ino: Ino, flags: i32) -> FsResult<Opened> {
         let mode = OpenMode::from_flags(flags);
         if mode.writable || mode.truncate {
             self.check_writable()?;
@@ -157,13 +163,16 @@ impl<S: ObjectStore> Fs<S> {
                 return Err(e);
             }
         }
-        Ok(self.handle_table().insert(Handle::File(FileHandle {
+        let fh = self.handle_table().insert(Handle::File(FileHandle {
             ino,
             of: opened.of,
             writable: mode.writable,
             reads: Default::default(),
+        }));
+        Ok(Opened {
+            fh,
             keep_cache: opened.keep_cache,
-        })))
+        })
     }
 
     /// Creates (or, without `O_EXCL`, opens) `name` in `parent`.
@@ -187,17 +196,17 @@ impl<S: ObjectStore> Fs<S> {
         match self.resolve(parent, name, false).await {
             Ok(attr) => {
                 if open_mode.exclusive {
-                    return Err(FsError::new(libc::EEXIST, format!("{name:?} exists")));
+                    return Err(NsError::Exists(name.to_string()).into());
                 }
                 if attr.stat.kind == Kind::Dir {
-                    return Err(FsError::new(libc::EISDIR, "is a directory"));
+                    return Err(NsError::IsADirectory.into());
                 }
                 let ino = self.ns.canon(attr.ino);
-                let fh = self.open(ino, flags).await?;
+                let fh = self.open(ino, flags).await?.fh;
                 let attr = self.ns.attr(ino, true)?;
                 return Ok((attr, fh));
             }
-            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) if e.errno() == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
         let mut stat = Stat::new(Kind::File, &self.config.defaults, SystemTime::now());
@@ -212,20 +221,42 @@ impl<S: ObjectStore> Fs<S> {
             of,
             writable: open_mode.writable,
             reads: Default::default(),
-            keep_cache: false,
         }));
         Ok((attr, fh))
     }
 
-    /// Whether the kernel may keep its page cache for handle `fh` (`FOPEN_KEEP_CACHE`).
-    pub fn keep_cache(&self, fh: u64) -> bool {
-        self.handle_table().file(fh).is_some_and(|h| h.keep_cache)
+    /// `mknod(2)`: only a regular file can be stored in S3; it is created empty and stored
+    /// before the call returns, like a `create` followed by `close`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(crate::unsupported!(
+                "device nodes, FIFOs and sockets",
+                libc::EPERM,
+                "only regular files can be stored in S3"
+            ));
+        }
+        let flags = libc::O_WRONLY | libc::O_EXCL;
+        let (attr, fh) = self
+            .create(parent, name, mode, umask, flags, uid, gid)
+            .await?;
+        let stored = self.flush(fh).await;
+        let released = self.release(fh).await;
+        stored.and(released).map(|()| attr)
     }
 
     pub(crate) fn file_handle(&self, fh: u64) -> FsResult<FileHandle> {
         self.handle_table()
             .file(fh)
-            .ok_or_else(|| FsError::new(libc::EBADF, "bad file handle"))
+            .ok_or(HandleError::BadFile.into())
     }
 
     /// Closes a handle. The kernel sent `flush` at each `close()` before this; the last
@@ -238,7 +269,7 @@ impl<S: ObjectStore> Fs<S> {
     /// `release`, taking the rename fence for an upload unless the caller holds it.
     pub(crate) async fn close_handle(&self, fh: u64, take_fence: bool) -> FsResult<()> {
         let Some(h) = self.handle_table().take_file(fh) else {
-            return Err(FsError::new(libc::EBADF, "bad file handle"));
+            return Err(HandleError::BadFile.into());
         };
         self.let_go(h.ino, &h.of, take_fence).await
     }
@@ -296,10 +327,7 @@ impl<S: ObjectStore> Fs<S> {
         self.uploader.count_failed();
         {
             let mut s = of.lock();
-            s.failed = Some(FsError::new(
-                e.errno,
-                format!("an earlier upload of this file failed: {}", e.message),
-            ));
+            s.failed = Some(UploadError::EarlierFailed(Box::new(e.clone())).into());
             s.dirty = false;
             s.meta_dirty = false;
             if let Some(spool) = s.spool.take() {
@@ -319,10 +347,7 @@ impl<S: ObjectStore> Fs<S> {
             (s.key.clone(), s.spool.clone())
         };
         let Some(spool) = spool else {
-            log::error!(
-                "upload of {key:?} failed ({}); the change is lost",
-                e.message
-            );
+            log::error!("upload of {key:?} failed ({e}); the change is lost");
             return;
         };
         let dir = self.config.spool_dir.join("failed");
@@ -344,14 +369,10 @@ impl<S: ObjectStore> Fs<S> {
         let dest = dir.join(format!("{stamp}-{safe}"));
         match std::fs::create_dir_all(&dir).and_then(|_| spool.keep_as(&dest)) {
             Ok(()) => log::error!(
-                "upload of {key:?} failed ({}); its data is kept in {} (holes read as zeros)",
-                e.message,
+                "upload of {key:?} failed ({e}); its data is kept in {} (holes read as zeros)",
                 dest.display()
             ),
-            Err(io) => log::error!(
-                "upload of {key:?} failed ({}); could not keep its data: {io}",
-                e.message
-            ),
+            Err(io) => log::error!("upload of {key:?} failed ({e}); could not keep its data: {io}"),
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, NsError};
 use super::inode::Ino;
 use super::listing::Listed;
 use super::names::{self, child_key, child_prefix};
@@ -78,10 +78,7 @@ impl<S: ObjectStore> Fs<S> {
                 Applied::Again => continue,
             }
         }
-        Err(FsError::new(
-            libc::EAGAIN,
-            format!("{name:?} kept moving while it was looked up"),
-        ))
+        Err(NsError::KeptMoving(name.to_string()).into())
     }
 
     /// What a fresh listing of the directory says about a listed name: directories and (with
@@ -133,15 +130,22 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// Attributes of `ino`, checked against S3 when older than the TTL.
+    /// Attributes of `ino`, checked against S3 when older than the TTL, under the number the
+    /// kernel asked with (in case-insensitive mode another spelling's inode stands for the
+    /// file's own, whose attributes it reports).
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let asked = ino;
         let ino = self.ns.canon(ino);
         let plan = self.ns.head_plan(ino)?;
-        let HeadPlan::Head { key, .. } = &plan else {
-            return self.ns.attr(ino, false);
+        let mut attr = match &plan {
+            HeadPlan::Head { key, .. } => {
+                let answer = self.store.head(key).await;
+                self.ns.apply_head(ino, &plan, answer)?
+            }
+            _ => self.ns.attr(ino, false)?,
         };
-        let answer = self.store.head(key).await;
-        self.ns.apply_head(ino, &plan, answer)
+        attr.ino = asked;
+        Ok(attr)
     }
 
     /// The child `name` of `parent`, resolved (from cache or S3), as the namespace has it now.

@@ -207,12 +207,12 @@ pub const DEFAULT_NEGATIVE_TTL_MS: u64 = 1000;
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: S, config: FsConfig) -> FsResult<Arc<Self>> {
         std::fs::create_dir_all(&config.spool_dir).map_err(|e| {
-            FsError::new(
-                libc::EIO,
+            FsError::local(
                 format!(
-                    "cannot create spool directory {}: {e}",
+                    "cannot create spool directory {}",
                     config.spool_dir.display()
                 ),
+                e,
             )
         })?;
         let shares = crate::cache::MemoryShares::split(config.memory_limit, config.part_size);
@@ -282,17 +282,6 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// `"/path" (key "k")` of an inode, or of its entry `name`, for log lines.
-    pub fn describe(&self, ino: Ino, name: Option<&str>) -> String {
-        let Some(key) = self.ns.key_of(ino, name) else {
-            return format!("inode {ino}");
-        };
-        let path = key
-            .strip_prefix(self.config.prefix.as_str())
-            .unwrap_or(&key);
-        format!("/{} (key {key:?})", path.trim_end_matches('/'))
-    }
-
     /// Open files with changes not uploaded yet.
     pub fn pending_uploads(&self) -> u64 {
         self.ns
@@ -338,10 +327,7 @@ impl<S: ObjectStore> Fs<S> {
                 if let Some(sp) = &s.spool {
                     sp.keep();
                 }
-                s.failed = Some(error::FsError::new(
-                    libc::EIO,
-                    "the mount is stopping; the file's data is kept in the cache directory",
-                ));
+                s.failed = Some(error::UploadError::Stopping.into());
                 (s.key.clone(), s.mp.take())
             };
             if let Some(mp) = mp {
@@ -381,7 +367,7 @@ impl<S: ObjectStore> Fs<S> {
 
     pub(crate) fn check_writable(&self) -> FsResult<()> {
         if self.config.read_only {
-            Err(FsError::read_only())
+            Err(FsError::ReadOnly)
         } else {
             Ok(())
         }

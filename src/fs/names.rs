@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::sync::Mutex;
 
-use super::error::{FsError, FsResult};
+use super::error::{FsResult, NsError};
 
 /// Linux `NAME_MAX`.
 pub const NAME_MAX: usize = 255;
@@ -73,20 +73,12 @@ pub fn check_segment(seg: &str) -> Result<(), Unrepresentable> {
 
 /// Validates a name given by the kernel (for lookup or create) and returns it as UTF-8.
 pub fn name_from_os(name: &OsStr) -> FsResult<&str> {
-    let s = name
-        .to_str()
-        .ok_or_else(|| FsError::new(libc::EINVAL, "file names must be UTF-8 to become S3 keys"))?;
+    let s = name.to_str().ok_or(NsError::NotUtf8("file names"))?;
     if s.len() > NAME_MAX {
-        return Err(FsError::new(
-            libc::ENAMETOOLONG,
-            "name longer than 255 bytes",
-        ));
+        return Err(NsError::NameTooLong.into());
     }
     if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.contains('\0') {
-        return Err(FsError::new(
-            libc::EINVAL,
-            format!("invalid file name {s:?}"),
-        ));
+        return Err(NsError::InvalidName(s.to_string()).into());
     }
     Ok(s)
 }
@@ -190,12 +182,14 @@ mod tests {
         assert_eq!(
             name_from_os(OsStr::new(&"é".repeat(128)))
                 .unwrap_err()
-                .errno,
+                .errno(),
             libc::ENAMETOOLONG
         );
         use std::os::unix::ffi::OsStrExt;
         assert_eq!(
-            name_from_os(OsStr::from_bytes(b"\xff")).unwrap_err().errno,
+            name_from_os(OsStr::from_bytes(b"\xff"))
+                .unwrap_err()
+                .errno(),
             libc::EINVAL
         );
     }

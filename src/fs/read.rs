@@ -16,7 +16,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Fs;
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, HandleError};
 use super::inode::Ino;
 use super::openfile::{Base, OpenFile, Piece};
 use crate::store::ObjectStore;
@@ -61,7 +61,7 @@ impl<S: ObjectStore> Fs<S> {
                     Piece::Base(r) => {
                         let b = base
                             .as_ref()
-                            .ok_or_else(|| FsError::new(libc::EIO, "no base object"))?;
+                            .ok_or(HandleError::Internal("no base object"))?;
                         match self.read_base(b, r.clone(), seq, window).await {
                             Ok(data) if data.len() as u64 == r.end - r.start => {
                                 h.of.lock().served = true;
@@ -71,17 +71,15 @@ impl<S: ObjectStore> Fs<S> {
                                 out.extend_from_slice(&data);
                             }
                             Ok(data) => {
-                                return Err(FsError::new(
-                                    libc::EIO,
-                                    format!(
-                                        "{:?} is shorter than expected ({} bytes at {})",
-                                        b.key,
-                                        data.len(),
-                                        r.start
-                                    ),
-                                ));
+                                return Err(HandleError::Short {
+                                    key: b.key.clone(),
+                                    got: data.len() as u64,
+                                    want: r.end - r.start,
+                                    at: r.start,
+                                }
+                                .into());
                             }
-                            Err(e) if e.errno == libc::ESTALE || e.errno == libc::ENOENT => {
+                            Err(e) if e.errno() == libc::ESTALE || e.errno() == libc::ENOENT => {
                                 stale = Some(b.clone());
                                 break;
                             }
@@ -105,13 +103,7 @@ impl<S: ObjectStore> Fs<S> {
                 repinned = true;
                 continue;
             }
-            return Err(FsError::new(
-                libc::ESTALE,
-                format!(
-                    "{:?} was replaced or deleted in S3 while open; reopen it to read the new version",
-                    old.key
-                ),
-            ));
+            return Err(HandleError::Replaced(old.key.clone()).into());
         }
     }
 }

@@ -22,7 +22,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use super::Fs;
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, HandleError};
 use super::inode::Ino;
 use super::openfile::Base;
 use crate::cache::disk::DiskCache;
@@ -101,10 +101,7 @@ impl Reader {
     ) -> FsResult<Self> {
         let disk_cache = match disk {
             Some((dir, cap)) => Some(Arc::new(DiskCache::open(dir, *cap).map_err(|e| {
-                FsError::new(
-                    libc::EIO,
-                    format!("cannot open the disk cache {}: {e}", dir.display()),
-                )
+                FsError::local(format!("cannot open the disk cache {}", dir.display()), e)
             })?)),
             None => None,
         };
@@ -171,7 +168,7 @@ impl<S: ObjectStore> Fs<S> {
                 .read_slots
                 .acquire_many((end - r.start).div_ceil(BLOCK) as u32)
                 .await
-                .map_err(|_| FsError::new(libc::EIO, "shutting down"))?;
+                .map_err(|_| HandleError::Internal("shutting down"))?;
             return self.get_exact(b, r.start..end).await;
         }
         let blocks = b.len.div_ceil(BLOCK);
@@ -195,14 +192,13 @@ impl<S: ObjectStore> Fs<S> {
             let from = r.start.max(block_start) - block_start;
             let to = end.min(block_start + data.len() as u64) - block_start;
             if from > to || to > data.len() as u64 {
-                return Err(FsError::new(
-                    libc::EIO,
-                    format!(
-                        "{:?} is shorter than its size ({} bytes at {block_start})",
-                        b.key,
-                        data.len()
-                    ),
-                ));
+                return Err(HandleError::Short {
+                    key: b.key.clone(),
+                    got: data.len() as u64,
+                    want: to.max(from),
+                    at: block_start,
+                }
+                .into());
             }
             pieces.push(data.slice(from as usize..to as usize));
         }
@@ -224,16 +220,13 @@ impl<S: ObjectStore> Fs<S> {
             .await
             .map_err(|e| FsError::from_store(e, &b.key))?;
         if data.len() as u64 != want {
-            return Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "{:?} returned {} bytes for {} at {}",
-                    b.key,
-                    data.len(),
-                    want,
-                    r.start
-                ),
-            ));
+            return Err(HandleError::Short {
+                key: b.key.clone(),
+                got: data.len() as u64,
+                want,
+                at: r.start,
+            }
+            .into());
         }
         Ok(data)
     }
@@ -248,10 +241,13 @@ impl<S: ObjectStore> Fs<S> {
             .map_err(|e| FsError::from_store(e, &b.key))?;
         let got: u64 = blocks.iter().map(|p| p.len() as u64).sum();
         if got != want || blocks.iter().rev().skip(1).any(|p| p.len() as u64 != BLOCK) {
-            return Err(FsError::new(
-                libc::EIO,
-                format!("{:?} returned {got} bytes for {want} at {}", b.key, r.start),
-            ));
+            return Err(HandleError::Short {
+                key: b.key.clone(),
+                got,
+                want,
+                at: r.start,
+            }
+            .into());
         }
         Ok(Arc::from(blocks))
     }
@@ -275,7 +271,7 @@ impl<S: ObjectStore> Fs<S> {
                             .reader
                             .block_cache
                             .get(&k)
-                            .ok_or_else(|| FsError::new(libc::EIO, "block vanished"));
+                            .ok_or_else(|| HandleError::Internal("block vanished").into());
                     }
                 }
             }
@@ -343,7 +339,7 @@ impl<S: ObjectStore> Fs<S> {
                 .clone()
                 .acquire_many_owned(n as u32)
                 .await
-                .map_err(|_| FsError::new(libc::EIO, "shutting down"))?;
+                .map_err(|_| HandleError::Internal("shutting down"))?;
             let r = match fs.read_disk_blocks(&base, first, n).await {
                 Some(blocks) => Ok(blocks),
                 None => {
@@ -373,7 +369,7 @@ impl<S: ObjectStore> Fs<S> {
         });
         async move {
             task.await
-                .unwrap_or_else(|_| Err(FsError::new(libc::EIO, "read-ahead task failed")))
+                .unwrap_or_else(|_| Err(HandleError::Internal("read-ahead task failed").into()))
         }
         .boxed()
         .shared()

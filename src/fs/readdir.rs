@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, HandleError};
 use super::inode::Ino;
 use super::listing::{ListState, Listed};
 use super::namespace::Asked;
@@ -105,10 +105,7 @@ impl<S: ObjectStore> Fs<S> {
         max: usize,
         plus: bool,
     ) -> FsResult<Vec<DirEntry>> {
-        let dh = self
-            .handle_table()
-            .dir(fh)
-            .ok_or_else(|| FsError::new(libc::EBADF, "bad directory handle"))?;
+        let dh = self.handle_table().dir(fh).ok_or(HandleError::BadDir)?;
         let mut h = dh.lock().await;
         if offset == 0 && h.started {
             h.restart();
@@ -202,10 +199,7 @@ impl<S: ObjectStore> Fs<S> {
             h.base += 1;
         }
         if idx < h.base {
-            return Err(FsError::new(
-                libc::EINVAL,
-                "directory offset no longer valid",
-            ));
+            return Err(HandleError::StaleOffset.into());
         }
         let from = (idx - h.base) as usize;
         let listed: Vec<Listed> = h

@@ -26,7 +26,7 @@ use futures::stream::{self, StreamExt};
 
 use super::Fs;
 use super::dirops::same_open;
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, NsError};
 use super::inode::Ino;
 use super::names::{self, child_key, child_prefix};
 use super::namespace::{Inode, Move, Removed};
@@ -51,9 +51,10 @@ impl<S: ObjectStore> Fs<S> {
             log::info!(
                 "rename with RENAME_EXCHANGE/RENAME_WHITEOUT cannot be atomic on S3 (EINVAL)"
             );
-            return Err(FsError::new(
+            return Err(crate::unsupported!(
+                "exchange and whiteout renames",
                 libc::EINVAL,
-                "exchange/whiteout renames are not supported",
+                "S3 cannot swap or hide two keys atomically"
             ));
         }
         let name = names::name_from_os(name)?;
@@ -102,7 +103,7 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             match self.child_inode(newparent, newname).await {
                 Ok(d) => Some(d),
-                Err(e) if e.errno == libc::ENOENT => None,
+                Err(e) if e.errno() == libc::ENOENT => None,
                 Err(e) => return Err(e),
             }
         };
@@ -111,15 +112,15 @@ impl<S: ObjectStore> Fs<S> {
                 return Ok(());
             }
             if flags & RENAME_NOREPLACE != 0 {
-                return Err(FsError::new(libc::EEXIST, format!("{newname:?} exists")));
+                return Err(NsError::Exists(newname.to_string()).into());
             }
             match (src.is_dir(), d.is_dir()) {
                 (true, false) => {
-                    return Err(FsError::new(libc::ENOTDIR, "target is not a directory"));
+                    return Err(NsError::NotADirectory.into());
                 }
-                (false, true) => return Err(FsError::new(libc::EISDIR, "target is a directory")),
+                (false, true) => return Err(NsError::IsADirectory.into()),
                 (true, true) if !self.dir_is_empty(d.ino, &d.key).await? => {
-                    return Err(FsError::new(libc::ENOTEMPTY, "target directory not empty"));
+                    return Err(NsError::NotEmpty.into());
                 }
                 _ => {}
             }
@@ -139,10 +140,7 @@ impl<S: ObjectStore> Fs<S> {
         let result = if src.is_dir() {
             let new_prefix = child_prefix(&new_dir_key, newname);
             if new_prefix.starts_with(&src.key) {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    "cannot move a directory into itself",
-                ));
+                return Err(NsError::IntoItself.into());
             }
             self.rename_dir(&src, &new_prefix, &to).await
         } else {
@@ -342,13 +340,11 @@ impl<S: ObjectStore> Fs<S> {
                 "rename of {old_prefix:?} refused: {} objects exceed --max-rename-objects={limit}",
                 keys.len()
             );
-            return Err(FsError::new(
-                libc::EPERM,
-                format!(
-                    "directory holds {} objects, more than --max-rename-objects={limit}",
-                    keys.len()
-                ),
-            ));
+            return Err(NsError::TooManyObjects {
+                count: keys.len() as u64,
+                limit: limit as u64,
+            }
+            .into());
         }
         let copied = self.copy_tree(&keys, &old_prefix, new_prefix).await?;
         // Open files below now read from the copies.
@@ -411,10 +407,7 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         if let Some(e) = failure {
-            log::warn!(
-                "rename of {old_prefix:?} failed midway ({}); removing the copies made",
-                e.message
-            );
+            log::warn!("rename of {old_prefix:?} failed midway ({e}); removing the copies made");
             for (_, dst, _) in &copied {
                 if let Err(de) = self.store.delete(dst).await {
                     log::warn!("could not remove partial copy {dst:?}: {de}");
@@ -432,10 +425,10 @@ impl<S: ObjectStore> Fs<S> {
         new_prefix: &str,
     ) -> FsResult<(String, String, String)> {
         let rest = o.key.strip_prefix(old_prefix).ok_or_else(|| {
-            FsError::new(
-                libc::EIO,
-                format!("the listing of {old_prefix:?} returned {:?}", o.key),
-            )
+            FsError::from(NsError::OutsidePrefix {
+                prefix: old_prefix.to_string(),
+                key: o.key.clone(),
+            })
         })?;
         let dst = format!("{new_prefix}{rest}");
         let etag = self

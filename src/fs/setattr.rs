@@ -16,7 +16,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use super::attr::{Kind, Stat};
-use super::error::{FsError, FsResult};
+use super::error::{AttrError, FsError, FsResult, NsError};
 use super::inode::{Ino, ROOT};
 use super::openfile::OpenFile;
 use super::{Attr, Fs};
@@ -66,20 +66,19 @@ impl SetAttr {
 }
 
 impl<S: ObjectStore> Fs<S> {
-    pub async fn setattr(&self, ino: Ino, sa: SetAttr) -> FsResult<Attr> {
+    /// `chmod`, `chown`, `truncate`, `utimens`; answers the new attributes under the number
+    /// the kernel asked with (see `getattr`).
+    pub async fn setattr(&self, asked: Ino, sa: SetAttr) -> FsResult<Attr> {
         self.check_writable()?;
-        let ino = self.ns.canon(ino);
+        let ino = self.ns.canon(asked);
         let _fence = self.ns.shared().await;
         let inode = self.ns.get(ino).ok_or_else(FsError::not_found)?;
         if sa.size.is_some() && inode.stat.kind != Kind::File {
-            return Err(FsError::new(
-                if inode.is_dir() {
-                    libc::EISDIR
-                } else {
-                    libc::EINVAL
-                },
-                "only regular files can be truncated",
-            ));
+            return Err(if inode.is_dir() {
+                FsError::from(NsError::IsADirectory)
+            } else {
+                NsError::NotARegularFile.into()
+            });
         }
         let now = SystemTime::now();
         match sa.size {
@@ -99,7 +98,9 @@ impl<S: ObjectStore> Fs<S> {
             }
             None => {}
         }
-        self.ns.attr(ino, false)
+        let mut attr = self.ns.attr(ino, false)?;
+        attr.ino = asked;
+        Ok(attr)
     }
 
     /// Changes an inode's attributes and/or stored metadata with `f`, and stores the result:
@@ -207,10 +208,7 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<()> {
         let i = self.ns.get(ino).ok_or_else(FsError::not_found)?;
         if ino == ROOT && i.key.is_empty() {
-            return Err(FsError::new(
-                libc::EPERM,
-                "the bucket root has no object to store attributes in",
-            ));
+            return Err(NsError::RootHasNoObject.into());
         }
         let (mut stat, mut meta) = (i.stat, i.user_meta.clone());
         if meta.is_none() || self.ns.needs_meta(ino)? {
@@ -255,10 +253,11 @@ pub const MAX_META_BYTES: usize = 2048;
 fn check_meta_size(m: &UserMeta) -> FsResult<()> {
     let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total > MAX_META_BYTES {
-        return Err(FsError::new(
-            libc::E2BIG,
-            format!("attributes need {total} bytes of object metadata; S3 allows {MAX_META_BYTES}"),
-        ));
+        return Err(AttrError::TooBig {
+            total,
+            max: MAX_META_BYTES,
+        }
+        .into());
     }
     Ok(())
 }

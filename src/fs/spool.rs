@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::error::{FsError, FsResult};
+use super::error::{FsResult, UploadError};
 use super::recovery::{Record, SpoolLog};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -246,14 +246,11 @@ impl SpoolBudget {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(FsError::new(
-                    libc::ENOSPC,
-                    format!(
-                        "spool directory is full ({} bytes in use, limit {}); raise --max-cache-size",
-                        self.used(),
-                        self.limit
-                    ),
-                ));
+                return Err(UploadError::SpoolFull {
+                    used: self.used(),
+                    limit: self.limit,
+                }
+                .into());
             }
         }
     }
@@ -297,7 +294,7 @@ mod tests {
         let b = Spool::create(dir.path()).unwrap();
         budget.grow(&a, 80).await.unwrap();
         let err = budget.grow(&b, 30).await.unwrap_err();
-        assert_eq!(err.errno, libc::ENOSPC);
+        assert_eq!(err.errno(), libc::ENOSPC);
         budget.release(&a);
         budget.grow(&b, 30).await.unwrap();
         assert_eq!(budget.used(), 30);

@@ -22,7 +22,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::Fs;
 use super::attr::{self, Stat};
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, HandleError, UploadError};
 use super::openfile::{Base, Multipart, OpenFile, UploadedPart};
 use super::parts::PartLayout;
 use super::ranges::RangeSet;
@@ -255,10 +255,13 @@ impl<S: ObjectStore> Fs<S> {
                     .await
                     .map_err(|e| FsError::from_store(e, &b.key))?;
                 if data.len() as u64 != gap.end - gap.start {
-                    return Err(FsError::new(
-                        libc::EIO,
-                        format!("{:?} returned {} bytes for {:?}", b.key, data.len(), gap),
-                    ));
+                    return Err(HandleError::Short {
+                        key: b.key.clone(),
+                        got: data.len() as u64,
+                        want: gap.end - gap.start,
+                        at: gap.start,
+                    }
+                    .into());
                 }
                 let at = (gap.start - r.start) as usize;
                 buf[at..at + data.len()].copy_from_slice(&data);
@@ -481,10 +484,7 @@ impl<S: ObjectStore> Fs<S> {
         let upload_id = match self.ensure_multipart(&of).await {
             Ok(id) => id,
             Err(e) => {
-                log::debug!(
-                    "early upload of part {p} of {key:?} not started: {}",
-                    e.message
-                );
+                log::debug!("early upload of part {p} of {key:?} not started: {e}");
                 return done(&of);
             }
         };
@@ -550,10 +550,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         if !installed {
             let _ = self.store.abort_multipart(&key, &id).await;
-            return Err(FsError::new(
-                libc::ESTALE,
-                "file moved or removed during upload",
-            ));
+            return Err(UploadError::Moved.into());
         }
         Ok(id)
     }
@@ -576,5 +573,5 @@ impl Drop for Running<'_> {
 }
 
 fn closed(_: tokio::sync::AcquireError) -> FsError {
-    FsError::new(libc::EIO, "filesystem is shutting down")
+    UploadError::ShuttingDown.into()
 }

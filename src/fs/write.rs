@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::Fs;
-use super::error::{FsError, FsResult};
+use super::error::{FsResult, HandleError};
 use super::inode::Ino;
 use super::openfile::OpenFile;
 use super::recovery::{BaseRef, Record};
@@ -29,7 +29,7 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.file_handle(fh)?;
         if !h.writable {
-            return Err(FsError::new(libc::EBADF, "file not open for writing"));
+            return Err(HandleError::NotWritable.into());
         }
         self.check_writable()?;
         if let Some(e) = h.of.failure() {
@@ -38,7 +38,7 @@ impl<S: ObjectStore> Fs<S> {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= self.layout().max_object_size())
-            .ok_or_else(|| FsError::new(libc::EFBIG, "file would exceed the largest S3 object"))?;
+            .ok_or(HandleError::TooLarge)?;
         let spool = self.spool_of(&h.of)?;
         self.uploader.grow_spool(&spool, end).await?;
         let ready = {
@@ -125,10 +125,7 @@ impl<S: ObjectStore> Fs<S> {
     /// `ftruncate`/`O_TRUNC` on an open file: changes the size now, uploads at flush.
     pub(crate) async fn truncate_open(&self, of: &Arc<OpenFile>, len: u64) -> FsResult<()> {
         if len > self.layout().max_object_size() {
-            return Err(FsError::new(
-                libc::EFBIG,
-                "larger than the largest S3 object",
-            ));
+            return Err(HandleError::TooLarge.into());
         }
         // Truncation must not race with an upload's view of what S3 holds.
         let _g = of.upload.write().await;

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use super::Fs;
-use super::error::{FsError, FsResult};
+use super::error::{AttrError, FsError, FsResult, NsError};
 use super::inode::Ino;
 use crate::store::{ObjectStore, UserMeta};
 
@@ -69,14 +69,9 @@ pub fn encode(meta: &mut UserMeta, attrs: &BTreeMap<String, Vec<u8>>) {
 }
 
 fn user_name(name: &OsStr) -> FsResult<String> {
-    let n = name
-        .to_str()
-        .ok_or_else(|| FsError::new(libc::EINVAL, "attribute names must be UTF-8"))?;
+    let n = name.to_str().ok_or(NsError::NotUtf8("attribute names"))?;
     if !n.starts_with("user.") {
-        return Err(FsError::new(
-            libc::ENOTSUP,
-            format!("only user.* extended attributes can be stored in S3, not {n:?}"),
-        ));
+        return Err(AttrError::NotUserNamespace(n.to_string()).into());
     }
     Ok(n.to_string())
 }
@@ -98,7 +93,7 @@ impl<S: ObjectStore> Fs<S> {
         self.current_xattrs(ino)
             .await?
             .remove(&name)
-            .ok_or_else(|| FsError::new(libc::ENODATA, "no such attribute"))
+            .ok_or_else(|| AttrError::NoSuchAttribute.into())
     }
 
     /// Names, each followed by a NUL, as `listxattr(2)` returns them.
@@ -119,10 +114,10 @@ impl<S: ObjectStore> Fs<S> {
             let mut attrs = decode(meta);
             let exists = attrs.contains_key(&name);
             if flags & XATTR_CREATE != 0 && exists {
-                return Err(FsError::new(libc::EEXIST, "attribute exists"));
+                return Err(AttrError::Exists.into());
             }
             if flags & XATTR_REPLACE != 0 && !exists {
-                return Err(FsError::new(libc::ENODATA, "no such attribute"));
+                return Err(AttrError::NoSuchAttribute.into());
             }
             attrs.insert(name.clone(), value.clone());
             encode(meta, &attrs);
@@ -137,7 +132,7 @@ impl<S: ObjectStore> Fs<S> {
         self.modify_meta(ino, |_, meta| {
             let mut attrs = decode(meta);
             if attrs.remove(&name).is_none() {
-                return Err(FsError::new(libc::ENODATA, "no such attribute"));
+                return Err(AttrError::NoSuchAttribute.into());
             }
             encode(meta, &attrs);
             Ok(())
@@ -176,7 +171,7 @@ mod tests {
         assert_eq!(
             user_name(OsStr::new("security.capability"))
                 .unwrap_err()
-                .errno,
+                .errno(),
             libc::ENOTSUP
         );
         assert!(user_name(OsStr::new("user.x")).is_ok());

@@ -33,47 +33,40 @@ pub struct Adapter<S: ObjectStore> {
     fs: Arc<Fs<S>>,
     rt: Handle,
     ttl: Duration,
+    max_background: u16,
 }
 
 impl<S: ObjectStore> Adapter<S> {
-    pub fn new(fs: Arc<Fs<S>>, rt: Handle) -> Self {
+    /// `max_background`: the kernel's limit on asynchronous requests in flight.
+    pub fn new(fs: Arc<Fs<S>>, rt: Handle, max_background: u16) -> Self {
         // The kernel asks again after at most a second; the core answers from its own caches
         // for the metadata TTL, so a change made elsewhere shows within the TTL plus a second.
         let ttl = fs.config().metadata_ttl.min(Duration::from_secs(1));
-        Adapter { fs, rt, ttl }
-    }
-}
-
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno)
-}
-
-/// Logs a failed operation on `ino` (or its entry `name`) in one line naming the operation,
-/// the path and the key (expected misses at debug level), and turns it into an errno.
-fn fail<S: ObjectStore>(
-    fs: &Fs<S>,
-    op: &str,
-    ino: u64,
-    name: Option<&OsStr>,
-    e: &FsError,
-) -> Errno {
-    let name = name.map(|n| n.to_string_lossy());
-    let at = fs.describe(ino, name.as_deref());
-    match e.errno {
-        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR => {
-            log::debug!("{op} {at}: {}", e.message)
+        Adapter {
+            fs,
+            rt,
+            ttl,
+            max_background,
         }
-        _ => log::warn!("{op} {at} failed: {}", e.message),
     }
-    errno(e)
 }
 
-/// For calls whose failures are routine (a missing attribute, another namespace).
-fn quiet<S: ObjectStore>(fs: &Fs<S>, op: &str, ino: u64, e: &FsError) -> Errno {
-    match e.errno {
-        libc::ENODATA | libc::ENOTSUP => errno(e),
-        _ => fail(fs, op, ino, None, e),
+/// Logs a failed operation in one line naming the operation, the inode (and entry name) and
+/// the error, which names the key and keeps its cause (routine misses at debug level), and
+/// turns it into the errno from the core's table.
+fn fail(op: &str, ino: INodeNo, name: Option<&OsStr>, e: &FsError) -> Errno {
+    let entry = name.map(|n| format!(" entry {n:?}")).unwrap_or_default();
+    if e.is_routine() {
+        log::debug!("{op} inode {}{entry}: {e}", ino.0);
+    } else {
+        log::warn!("{op} inode {}{entry} failed: {e}", ino.0);
     }
+    Errno::from_i32(e.errno())
+}
+
+/// Replies to a call pailfs does not support, through the core's `unsupported!` table.
+fn decline(e: FsError) -> Errno {
+    Errno::from_i32(e.errno())
 }
 
 /// getxattr/listxattr protocol: size 0 asks for the length; too small a buffer is ERANGE.
@@ -121,9 +114,6 @@ fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
-/// The kernel's limit on asynchronous requests in flight (read-ahead, writeback).
-pub const MAX_BACKGROUND: u16 = 16;
-
 impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Not FUSE_ATOMIC_O_TRUNC: with it the kernel sends the truncation inside OPEN, before
@@ -138,14 +128,8 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                 log::info!("kernel lacks FUSE capability {missing:?}");
             }
         }
-        // Requests the kernel keeps in flight (read-ahead of several files at once). Each can
-        // hold a 1 MiB reply, so this is part of the memory overhead `MemoryShares` reserves.
-        // PAILFS_MAX_BACKGROUND overrides it for `scripts/bench-fuse-settings` only.
-        let max_background = std::env::var("PAILFS_MAX_BACKGROUND")
-            .ok()
-            .and_then(|v| v.parse::<u16>().ok())
-            .filter(|n| (1..=256).contains(n))
-            .unwrap_or(MAX_BACKGROUND);
+        // Requests the kernel keeps in flight (read-ahead of several files at once).
+        let max_background = self.max_background;
         let _ = config.set_max_background(max_background);
         let _ = config.set_congestion_threshold((max_background * 3 / 4).max(1));
         if let Err(max) = config.set_max_readahead(1024 * 1024) {
@@ -166,11 +150,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                 // afresh each time, as the name it stands for may change.
                 Ok(a) if a.alias => reply.entry(&Duration::ZERO, &file_attr(&a), Generation(0)),
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) if e.errno == libc::ENOENT => {
-                    // A negative entry with a TTL spares the kernel asking again at once.
-                    reply.error(Errno::ENOENT)
-                }
-                Err(e) => reply.error(fail(&fs, "lookup", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("lookup", parent, Some(&name), &e)),
             }
         });
     }
@@ -183,11 +163,8 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(mut a) => {
-                    a.ino = ino.0;
-                    reply.attr(&ttl, &file_attr(&a))
-                }
-                Err(e) => reply.error(fail(&fs, "getattr", ino.0, None, &e)),
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(fail("getattr", ino, None, &e)),
             }
         });
     }
@@ -221,11 +198,8 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         };
         self.rt.spawn(async move {
             match fs.setattr(ino.0, sa).await {
-                Ok(mut a) => {
-                    a.ino = ino.0;
-                    reply.attr(&ttl, &file_attr(&a))
-                }
-                Err(e) => reply.error(fail(&fs, "setattr", ino.0, None, &e)),
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(fail("setattr", ino, None, &e)),
             }
         });
     }
@@ -235,14 +209,14 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
-                Err(e) => reply.error(fail(&fs, "readlink", ino.0, None, &e)),
+                Err(e) => reply.error(fail("readlink", ino, None, &e)),
             }
         });
     }
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -250,35 +224,12 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            log::info!("mknod of {name:?}: only regular files can be stored in S3 (EPERM)");
-            reply.error(Errno::EPERM);
-            return;
-        }
         let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
-        let (uid, gid) = (_req.uid(), _req.gid());
+        let (uid, gid) = (req.uid(), req.gid());
         self.rt.spawn(async move {
-            let created = fs
-                .create(
-                    parent.0,
-                    &name,
-                    mode,
-                    umask,
-                    libc::O_WRONLY | libc::O_EXCL,
-                    uid,
-                    gid,
-                )
-                .await;
-            match created {
-                Ok((a, fh)) => {
-                    let stored = fs.flush(fh).await;
-                    let released = fs.release(fh).await;
-                    match stored.and(released) {
-                        Ok(()) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                        Err(e) => reply.error(fail(&fs, "mknod", parent.0, Some(&name), &e)),
-                    }
-                }
-                Err(e) => reply.error(fail(&fs, "mknod", parent.0, Some(&name), &e)),
+            match fs.mknod(parent.0, &name, mode, umask, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(fail("mknod", parent, Some(&name), &e)),
             }
         });
     }
@@ -297,7 +248,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.mkdir(parent.0, &name, mode, umask, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail(&fs, "mkdir", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("mkdir", parent, Some(&name), &e)),
             }
         });
     }
@@ -307,7 +258,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "unlink", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("unlink", parent, Some(&name), &e)),
             }
         });
     }
@@ -317,7 +268,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "rmdir", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("rmdir", parent, Some(&name), &e)),
             }
         });
     }
@@ -336,7 +287,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.symlink(parent.0, &name, &target, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail(&fs, "symlink", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("symlink", parent, Some(&name), &e)),
             }
         });
     }
@@ -359,7 +310,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                 .await
             {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "rename", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("rename", parent, Some(&name), &e)),
             }
         });
     }
@@ -369,26 +320,29 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         _req: &Request,
         _ino: INodeNo,
         _newparent: INodeNo,
-        newname: &OsStr,
+        _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        log::info!("link {newname:?}: hard links cannot be stored in S3 (EPERM)");
-        reply.error(Errno::EPERM);
+        reply.error(decline(crate::unsupported!(
+            "hard links",
+            libc::EPERM,
+            "S3 has no way to give one object two names"
+        )));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, flags.0).await {
-                Ok(fh) => {
-                    let keep = if fs.keep_cache(fh) {
+                Ok(o) => {
+                    let keep = if o.keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
-                    reply.opened(FileHandle(fh), keep)
+                    reply.opened(FileHandle(o.fh), keep)
                 }
-                Err(e) => reply.error(fail(&fs, "open", ino.0, None, &e)),
+                Err(e) => reply.error(fail("open", ino, None, &e)),
             }
         });
     }
@@ -408,7 +362,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(fail(&fs, "read", ino.0, None, &e)),
+                Err(e) => reply.error(fail("read", ino, None, &e)),
             }
         });
     }
@@ -434,7 +388,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
             POOL.recycle(copy);
             match r {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(fail(&fs, "write", ino.0, None, &e)),
+                Err(e) => reply.error(fail("write", ino, None, &e)),
             }
         });
     }
@@ -451,7 +405,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "flush", ino.0, None, &e)),
+                Err(e) => reply.error(fail("flush", ino, None, &e)),
             }
         });
     }
@@ -470,7 +424,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "release", ino.0, None, &e)),
+                Err(e) => reply.error(fail("release", ino, None, &e)),
             }
         });
     }
@@ -487,7 +441,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "fsync", ino.0, None, &e)),
+                Err(e) => reply.error(fail("fsync", ino, None, &e)),
             }
         });
     }
@@ -495,7 +449,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(fail(&self.fs, "opendir", ino.0, None, &e)),
+            Err(e) => reply.error(fail("opendir", ino, None, &e)),
         }
     }
 
@@ -519,7 +473,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     }
                     reply.ok()
                 }
-                Err(e) => reply.error(fail(&fs, "readdir", ino.0, None, &e)),
+                Err(e) => reply.error(fail("readdir", ino, None, &e)),
             }
         });
     }
@@ -555,7 +509,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     }
                     reply.ok()
                 }
-                Err(e) => reply.error(fail(&fs, "readdirplus", ino.0, None, &e)),
+                Err(e) => reply.error(fail("readdirplus", ino, None, &e)),
             }
         });
     }
@@ -620,7 +574,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),
-                Err(e) => reply.error(fail(&fs, "create", parent.0, Some(&name), &e)),
+                Err(e) => reply.error(fail("create", parent, Some(&name), &e)),
             }
         });
     }
@@ -639,7 +593,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.setxattr(ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&fs, "setxattr", ino.0, None, &e)),
+                Err(e) => reply.error(fail("setxattr", ino, None, &e)),
             }
         });
     }
@@ -649,7 +603,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => xattr_reply(reply, &v, size),
-                Err(e) => reply.error(quiet(&fs, "getxattr", ino.0, &e)),
+                Err(e) => reply.error(fail("getxattr", ino, None, &e)),
             }
         });
     }
@@ -659,7 +613,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.listxattr(ino.0).await {
                 Ok(v) => xattr_reply(reply, &v, size),
-                Err(e) => reply.error(fail(&fs, "listxattr", ino.0, None, &e)),
+                Err(e) => reply.error(fail("listxattr", ino, None, &e)),
             }
         });
     }
@@ -669,7 +623,7 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         self.rt.spawn(async move {
             match fs.removexattr(ino.0, &name).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(quiet(&fs, "removexattr", ino.0, &e)),
+                Err(e) => reply.error(fail("removexattr", ino, None, &e)),
             }
         });
     }
@@ -684,7 +638,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        log::info!("fallocate is not supported on S3 (EOPNOTSUPP)");
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        reply.error(decline(crate::unsupported!(
+            "fallocate calls",
+            libc::EOPNOTSUPP,
+            "S3 objects cannot reserve space"
+        )));
     }
 }

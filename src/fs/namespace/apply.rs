@@ -13,7 +13,7 @@ use super::table::{Ino, InodeTable, ROOT};
 use super::{Namespace, attr_of, is_local};
 use crate::fs::Attr;
 use crate::fs::attr::{Kind, Stat, kind_from_meta};
-use crate::fs::error::{FsError, FsResult};
+use crate::fs::error::{FsError, FsResult, NsError};
 use crate::fs::names::child_prefix;
 use crate::store::{ObjectMeta, StoreError};
 
@@ -75,7 +75,7 @@ impl Namespace {
         let mut st = self.lock();
         let p = st.table.get(parent).ok_or_else(FsError::not_found)?;
         if !p.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+            return Err(NsError::NotADirectory.into());
         }
         let dir_key = p.key.clone();
         if let Some(c) = st.table.child(parent, name)
@@ -249,10 +249,7 @@ impl Namespace {
                     let (p, n) = (i.parent, i.name.clone());
                     t.unlink(p, &n);
                 }
-                Err(FsError::new(
-                    libc::ENOENT,
-                    format!("{key:?} was deleted from S3"),
-                ))
+                Err(NsError::Deleted(key.to_string()).into())
             }
             Err(e) => Err(FsError::from_store(e, key)),
         }
@@ -281,7 +278,7 @@ impl Namespace {
         let st = self.lock();
         let p = st.table.get(dir).ok_or_else(FsError::not_found)?;
         if !p.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+            return Err(NsError::NotADirectory.into());
         }
         Ok(Asked {
             parent: dir,

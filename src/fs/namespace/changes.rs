@@ -10,7 +10,7 @@ use super::table::{Ino, InodeTable, ROOT};
 use super::{Namespace, State, attr_of};
 use crate::fs::Attr;
 use crate::fs::attr::{Kind, Stat};
-use crate::fs::error::{FsError, FsResult};
+use crate::fs::error::{FsError, FsResult, NsError};
 use crate::fs::names::{child_key, child_prefix};
 use crate::fs::openfile::OpenFile;
 use crate::store::{ObjectMeta, UserMeta};
@@ -374,7 +374,7 @@ impl State {
 fn parent_key(t: &InodeTable, ino: Ino) -> FsResult<String> {
     let p = t.get(ino).ok_or_else(FsError::not_found)?;
     if !p.is_dir() {
-        return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+        return Err(NsError::NotADirectory.into());
     }
     Ok(p.key.clone())
 }

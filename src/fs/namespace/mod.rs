@@ -61,7 +61,7 @@ use table::InodeTable;
 pub use table::{Ino, Inode, ROOT};
 
 use super::attr::{Defaults, Kind, Stat};
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, NsError};
 use super::openfile::OpenFile;
 use super::{Attr, dirscan};
 
@@ -187,7 +187,7 @@ impl Namespace {
         let st = self.lock();
         let i = st.table.get(ino).ok_or_else(FsError::not_found)?;
         if !i.is_dir() {
-            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+            return Err(NsError::NotADirectory.into());
         }
         Ok(i.key.clone())
     }

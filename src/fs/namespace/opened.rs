@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Namespace;
 use super::table::{Ino, Inode};
 use crate::fs::attr::Kind;
-use crate::fs::error::{FsError, FsResult};
+use crate::fs::error::{FsError, FsResult, NsError};
 use crate::fs::openfile::OpenFile;
 use crate::fs::spool::Spool;
 use crate::store::ObjectMeta;
@@ -31,8 +31,8 @@ impl Namespace {
         let st = self.lock();
         let i = st.table.get(ino).ok_or_else(FsError::not_found)?;
         match i.stat.kind {
-            Kind::Dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
-            Kind::Symlink => return Err(FsError::new(libc::ELOOP, "is a symlink")),
+            Kind::Dir => return Err(NsError::IsADirectory.into()),
+            Kind::Symlink => return Err(NsError::IsASymlink.into()),
             Kind::File => {}
         }
         Ok(i.open.is_none()
