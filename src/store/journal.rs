@@ -10,17 +10,11 @@
 //! sent died with it. Uploads started by other clients are never touched.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-
-use super::{
-    ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
-    StoreResult, UserMeta,
-};
+use super::{ObjectStore, PutResult, StoreError, StoreResult, UserMeta};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -51,7 +45,9 @@ impl<S: ObjectStore> Journaled<S> {
         &self.inner
     }
 
-    fn record(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+    /// Writes the entry of a new upload. The file is written on tokio's blocking pool, so a
+    /// slow disk holds up this upload only, not the workers serving other requests.
+    async fn record(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let path = self.dir.join(format!(
             "upload-{}-{}.json",
             std::process::id(),
@@ -62,19 +58,25 @@ impl<S: ObjectStore> Journaled<S> {
             upload_id: upload_id.to_string(),
         };
         let body = serde_json::to_vec(&entry).map_err(|e| StoreError::Other(e.to_string()))?;
-        std::fs::write(&path, body).map_err(|e| {
-            StoreError::Other(format!(
-                "cannot journal a multipart upload in {}: {e}",
-                self.dir.display()
-            ))
-        })?;
+        let at = path.clone();
+        tokio::task::spawn_blocking(move || std::fs::write(&at, body))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| {
+                StoreError::Other(format!(
+                    "cannot journal a multipart upload in {}: {e}",
+                    self.dir.display()
+                ))
+            })?;
         self.open_uploads().insert(upload_id.to_string(), path);
         Ok(())
     }
 
-    fn forget(&self, upload_id: &str) {
-        if let Some(path) = self.open_uploads().remove(upload_id) {
-            let _ = std::fs::remove_file(path);
+    /// Removes the entry of an upload completed or aborted (on the blocking pool).
+    async fn forget(&self, upload_id: &str) {
+        let path = self.open_uploads().remove(upload_id);
+        if let Some(path) = path {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
         }
     }
 
@@ -132,71 +134,17 @@ pub async fn abort_leftovers<S: ObjectStore>(store: &S, dir: &Path) -> Vec<Lefto
 }
 
 impl<S: ObjectStore> ObjectStore for Journaled<S> {
-    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.inner.head(key).await
-    }
-
-    async fn list(&self, req: &ListRequest) -> StoreResult<ListPage> {
-        self.inner.list(req).await
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.inner.get_range(key, range, if_match).await
-    }
-
-    async fn get_range_split(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-        piece: u64,
-    ) -> StoreResult<Vec<Bytes>> {
-        self.inner
-            .get_range_split(key, range, if_match, piece)
-            .await
-    }
-
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
-        self.inner.put(key, body, meta).await
-    }
+    crate::forward_store!(inner; head, list, get_range, get_range_split, put, upload_part);
+    crate::forward_store!(inner; upload_part_copy, list_multipart_uploads, copy, delete);
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
         let id = self.inner.create_multipart(key, meta).await?;
-        if let Err(e) = self.record(key, &id) {
+        if let Err(e) = self.record(key, &id).await {
             // Without a journal entry a crash would leak the upload: do not use it.
             let _ = self.inner.abort_multipart(key, &id).await;
             return Err(e);
         }
         Ok(id)
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part: i32,
-        body: Bytes,
-    ) -> StoreResult<String> {
-        self.inner.upload_part(key, upload_id, part, body).await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part: i32,
-        src_key: &str,
-        range: Range<u64>,
-        src_etag: &str,
-    ) -> StoreResult<String> {
-        self.inner
-            .upload_part_copy(key, upload_id, part, src_key, range, src_etag)
-            .await
     }
 
     async fn complete_multipart(
@@ -207,7 +155,7 @@ impl<S: ObjectStore> ObjectStore for Journaled<S> {
     ) -> StoreResult<PutResult> {
         let r = self.inner.complete_multipart(key, upload_id, parts).await;
         if r.is_ok() {
-            self.forget(upload_id);
+            self.forget(upload_id).await;
         }
         r
     }
@@ -215,28 +163,11 @@ impl<S: ObjectStore> ObjectStore for Journaled<S> {
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let r = self.inner.abort_multipart(key, upload_id).await;
         if matches!(r, Ok(()) | Err(StoreError::NoSuchUpload)) {
-            self.forget(upload_id);
+            self.forget(upload_id).await;
         }
         r
     }
 
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.inner.list_multipart_uploads(prefix).await
-    }
-
-    async fn copy(
-        &self,
-        src_key: &str,
-        dst_key: &str,
-        meta: Option<&UserMeta>,
-        src_etag: Option<&str>,
-    ) -> StoreResult<PutResult> {
-        self.inner.copy(src_key, dst_key, meta, src_etag).await
-    }
-
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
 }
 
 #[cfg(test)]
@@ -262,7 +193,7 @@ mod tests {
             let c = j.create_multipart("c", &meta).await.unwrap();
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
             let etag = j
-                .upload_part("a", &a, 1, Bytes::from_static(b"x"))
+                .upload_part("a", &a, 1, bytes::Bytes::from_static(b"x"))
                 .await
                 .unwrap();
             j.complete_multipart("a", &a, &[(1, etag)]).await.unwrap();

@@ -24,37 +24,7 @@ use super::{
     StoreResult, UserMeta,
 };
 
-/// The operations the store counts and can fail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Head,
-    List,
-    Get,
-    Put,
-    CreateMultipart,
-    UploadPart,
-    UploadPartCopy,
-    CompleteMultipart,
-    AbortMultipart,
-    ListUploads,
-    Copy,
-    Delete,
-}
-
-const OPS: [Op; 12] = [
-    Op::Head,
-    Op::List,
-    Op::Get,
-    Op::Put,
-    Op::CreateMultipart,
-    Op::UploadPart,
-    Op::UploadPartCopy,
-    Op::CompleteMultipart,
-    Op::AbortMultipart,
-    Op::ListUploads,
-    Op::Copy,
-    Op::Delete,
-];
+pub use super::Op;
 
 #[derive(Clone, Debug)]
 struct Object {
@@ -156,7 +126,7 @@ impl MemoryStore {
 
     /// Requests of every kind made so far.
     pub fn total_requests(&self) -> u64 {
-        OPS.iter().map(|op| self.count(*op)).sum()
+        Op::ALL.iter().map(|op| self.count(*op)).sum()
     }
 
     /// Makes the next `times` requests of `op` (on keys containing `key_contains`, if given)
@@ -268,7 +238,7 @@ impl MemoryStore {
     }
 
     fn index(op: Op) -> usize {
-        OPS.iter().position(|o| *o == op).unwrap_or(0)
+        op.index()
     }
 
     fn new_etag(&self) -> String {

@@ -12,25 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
+    ListPage, ListRequest, ObjectMeta, ObjectStore, Op, PendingUpload, PutResult, StoreError,
     StoreResult, UserMeta,
 };
 
-/// Request types, as named in the metrics.
-pub const OPS: [&str; 12] = [
-    "head",
-    "list",
-    "get",
-    "put",
-    "create_multipart",
-    "upload_part",
-    "upload_part_copy",
-    "complete_multipart",
-    "abort_multipart",
-    "list_multipart_uploads",
-    "copy",
-    "delete",
-];
+/// Request types, as named in the metrics (in the order of [`Op::ALL`]).
+pub const OPS: [&str; 12] = {
+    let mut names = [""; 12];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Op::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Error kinds, as named in the metrics.
 pub const ERROR_KINDS: [&str; 14] = [
@@ -113,8 +108,8 @@ impl<S> Metered<S> {
         &self.inner
     }
 
-    fn count<T>(&self, op: usize, r: StoreResult<T>) -> StoreResult<T> {
-        self.stats.requests[op].fetch_add(1, Ordering::Relaxed);
+    fn count<T>(&self, op: Op, r: StoreResult<T>) -> StoreResult<T> {
+        self.stats.requests[op.index()].fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &r {
             self.stats.errors[kind(e)].fetch_add(1, Ordering::Relaxed);
         }
@@ -124,11 +119,11 @@ impl<S> Metered<S> {
 
 impl<S: ObjectStore> ObjectStore for Metered<S> {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.count(0, self.inner.head(key).await)
+        self.count(Op::Head, self.inner.head(key).await)
     }
 
     async fn list(&self, req: &ListRequest) -> StoreResult<ListPage> {
-        self.count(1, self.inner.list(req).await)
+        self.count(Op::List, self.inner.list(req).await)
     }
 
     async fn get_range(
@@ -143,7 +138,7 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
                 .bytes_in
                 .fetch_add(d.len() as u64, Ordering::Relaxed);
         }
-        self.count(2, r)
+        self.count(Op::Get, r)
     }
 
     async fn get_range_split(
@@ -161,7 +156,7 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
             let n: usize = v.iter().map(Bytes::len).sum();
             self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
-        self.count(2, r)
+        self.count(Op::Get, r)
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
@@ -170,11 +165,11 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         if r.is_ok() {
             self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
         }
-        self.count(3, r)
+        self.count(Op::Put, r)
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.count(4, self.inner.create_multipart(key, meta).await)
+        self.count(Op::CreateMultipart, self.inner.create_multipart(key, meta).await)
     }
 
     async fn upload_part(
@@ -189,7 +184,7 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         if r.is_ok() {
             self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
         }
-        self.count(5, r)
+        self.count(Op::UploadPart, r)
     }
 
     async fn upload_part_copy(
@@ -205,7 +200,7 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
             .inner
             .upload_part_copy(key, upload_id, part, src_key, range, src_etag)
             .await;
-        self.count(6, r)
+        self.count(Op::UploadPartCopy, r)
     }
 
     async fn complete_multipart(
@@ -214,18 +209,17 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         upload_id: &str,
         parts: &[(i32, String)],
     ) -> StoreResult<PutResult> {
-        self.count(
-            7,
+        self.count(Op::CompleteMultipart,
             self.inner.complete_multipart(key, upload_id, parts).await,
         )
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.count(8, self.inner.abort_multipart(key, upload_id).await)
+        self.count(Op::AbortMultipart, self.inner.abort_multipart(key, upload_id).await)
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.count(9, self.inner.list_multipart_uploads(prefix).await)
+        self.count(Op::ListUploads, self.inner.list_multipart_uploads(prefix).await)
     }
 
     async fn copy(
@@ -235,11 +229,11 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         meta: Option<&UserMeta>,
         src_etag: Option<&str>,
     ) -> StoreResult<PutResult> {
-        self.count(10, self.inner.copy(src_key, dst_key, meta, src_etag).await)
+        self.count(Op::Copy, self.inner.copy(src_key, dst_key, meta, src_etag).await)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.count(11, self.inner.delete(key).await)
+        self.count(Op::Delete, self.inner.delete(key).await)
     }
 }
 
@@ -277,8 +271,8 @@ mod tests {
         m.get_range("a", 0..5, None).await.unwrap();
         assert!(m.head("missing").await.is_err());
         let s = &m.stats;
-        assert_eq!(s.requests[3].load(Ordering::Relaxed), 1);
-        assert_eq!(s.requests[2].load(Ordering::Relaxed), 1);
+        assert_eq!(s.requests[Op::Put.index()].load(Ordering::Relaxed), 1);
+        assert_eq!(s.requests[Op::Get.index()].load(Ordering::Relaxed), 1);
         assert_eq!(s.requests_total(), 3);
         assert_eq!(s.bytes_out.load(Ordering::Relaxed), 5);
         assert_eq!(s.bytes_in.load(Ordering::Relaxed), 5);

@@ -16,6 +16,7 @@
 pub mod aws;
 pub mod client;
 pub mod journal;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod metered;
 pub mod spacing;
@@ -145,6 +146,64 @@ impl ListRequest {
             start_after: None,
             max_keys: 1000,
         }
+    }
+}
+
+/// The requests a store makes: counted by [`metered::Metered`] (the metrics name them with
+/// [`Op::name`]) and by the memory store, which can also fail or hold each kind in tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Head,
+    List,
+    Get,
+    Put,
+    CreateMultipart,
+    UploadPart,
+    UploadPartCopy,
+    CompleteMultipart,
+    AbortMultipart,
+    ListUploads,
+    Copy,
+    Delete,
+}
+
+impl Op {
+    pub const ALL: [Op; 12] = [
+        Op::Head,
+        Op::List,
+        Op::Get,
+        Op::Put,
+        Op::CreateMultipart,
+        Op::UploadPart,
+        Op::UploadPartCopy,
+        Op::CompleteMultipart,
+        Op::AbortMultipart,
+        Op::ListUploads,
+        Op::Copy,
+        Op::Delete,
+    ];
+
+    /// The request's name in the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Op::Head => "head",
+            Op::List => "list",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::CreateMultipart => "create_multipart",
+            Op::UploadPart => "upload_part",
+            Op::UploadPartCopy => "upload_part_copy",
+            Op::CompleteMultipart => "complete_multipart",
+            Op::AbortMultipart => "abort_multipart",
+            Op::ListUploads => "list_multipart_uploads",
+            Op::Copy => "copy",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// Position in [`Op::ALL`], for arrays of counters.
+    pub const fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -319,3 +378,91 @@ pub const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// The most parts one multipart upload may have.
 pub const MAX_PARTS: u64 = 10_000;
+
+/// Writes the [`ObjectStore`] methods named in the list as calls of the same method on
+/// `self.$inner()`, for wrappers that change only some requests (`Journaled`) and for `Arc<S>`.
+///
+/// ```ignore
+/// impl<S: ObjectStore> ObjectStore for Journaled<S> {
+///     forward_store!(inner; head, list, get_range, get_range_split, put, delete);
+///     // ... the methods it changes
+/// }
+/// ```
+#[macro_export]
+macro_rules! forward_store {
+    ($f:ident; $($m:ident),* $(,)?) => { $( $crate::forward_store!(@ $f $m); )* };
+    (@ $f:ident head) => {
+        fn head(&self, key: &str) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::ObjectMeta>> + Send {
+            self.$f().head(key)
+        }
+    };
+    (@ $f:ident list) => {
+        fn list(&self, req: &$crate::store::ListRequest) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::ListPage>> + Send {
+            self.$f().list(req)
+        }
+    };
+    (@ $f:ident get_range) => {
+        fn get_range(&self, key: &str, range: std::ops::Range<u64>, if_match: Option<&str>) -> impl std::future::Future<Output = $crate::store::StoreResult<bytes::Bytes>> + Send {
+            self.$f().get_range(key, range, if_match)
+        }
+    };
+    (@ $f:ident get_range_split) => {
+        fn get_range_split(&self, key: &str, range: std::ops::Range<u64>, if_match: Option<&str>, piece: u64) -> impl std::future::Future<Output = $crate::store::StoreResult<Vec<bytes::Bytes>>> + Send {
+            self.$f().get_range_split(key, range, if_match, piece)
+        }
+    };
+    (@ $f:ident put) => {
+        fn put(&self, key: &str, body: bytes::Bytes, meta: &$crate::store::UserMeta) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
+            self.$f().put(key, body, meta)
+        }
+    };
+    (@ $f:ident create_multipart) => {
+        fn create_multipart(&self, key: &str, meta: &$crate::store::UserMeta) -> impl std::future::Future<Output = $crate::store::StoreResult<String>> + Send {
+            self.$f().create_multipart(key, meta)
+        }
+    };
+    (@ $f:ident upload_part) => {
+        fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: bytes::Bytes) -> impl std::future::Future<Output = $crate::store::StoreResult<String>> + Send {
+            self.$f().upload_part(key, upload_id, part, body)
+        }
+    };
+    (@ $f:ident upload_part_copy) => {
+        fn upload_part_copy(&self, key: &str, upload_id: &str, part: i32, src_key: &str, range: std::ops::Range<u64>, src_etag: &str) -> impl std::future::Future<Output = $crate::store::StoreResult<String>> + Send {
+            self.$f().upload_part_copy(key, upload_id, part, src_key, range, src_etag)
+        }
+    };
+    (@ $f:ident complete_multipart) => {
+        fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
+            self.$f().complete_multipart(key, upload_id, parts)
+        }
+    };
+    (@ $f:ident abort_multipart) => {
+        fn abort_multipart(&self, key: &str, upload_id: &str) -> impl std::future::Future<Output = $crate::store::StoreResult<()>> + Send {
+            self.$f().abort_multipart(key, upload_id)
+        }
+    };
+    (@ $f:ident list_multipart_uploads) => {
+        fn list_multipart_uploads(&self, prefix: &str) -> impl std::future::Future<Output = $crate::store::StoreResult<Vec<$crate::store::PendingUpload>>> + Send {
+            self.$f().list_multipart_uploads(prefix)
+        }
+    };
+    (@ $f:ident copy) => {
+        fn copy(&self, src_key: &str, dst_key: &str, meta: Option<&$crate::store::UserMeta>, src_etag: Option<&str>) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
+            self.$f().copy(src_key, dst_key, meta, src_etag)
+        }
+    };
+    (@ $f:ident delete) => {
+        fn delete(&self, key: &str) -> impl std::future::Future<Output = $crate::store::StoreResult<()>> + Send {
+            self.$f().delete(key)
+        }
+    };
+}
+
+/// A shared store is a store: a test keeps one handle to inject failures while a mount uses
+/// the other.
+impl<S: ObjectStore> ObjectStore for std::sync::Arc<S> {
+    forward_store!(as_ref; head);
+    forward_store!(as_ref; list, get_range, get_range_split, put, create_multipart, upload_part);
+    forward_store!(as_ref; upload_part_copy, complete_multipart, abort_multipart);
+    forward_store!(as_ref; list_multipart_uploads, copy, delete);
+}
