@@ -204,8 +204,8 @@ pub async fn run(target: &CheckTarget) -> CheckReport {
         corrected: false,
     };
     let mut leftover = None;
-    let stopped = probe_all(target, &mut s3, &mut p, &mut region, &mut leftover).await;
-    if stopped {
+    let probed = probe_all(target, &mut s3, &mut p, &mut region, &mut leftover).await;
+    if probed.is_err() {
         for name in ["list", "read", "write", "delete", "multipart"] {
             if !p.steps.iter().any(|s| s.name == name) {
                 p.step(name, Outcome::Skipped, "not probed after the failure above");
@@ -215,20 +215,86 @@ pub async fn run(target: &CheckTarget) -> CheckReport {
     finish(target, p, region, leftover)
 }
 
-/// The probes in order; returns true when they had to stop early.
+/// The probes stopped early; the failure that stopped them is already recorded as a step.
+struct Stopped;
+
+/// What earlier probes found out that later probes and the summary depend on.
+#[derive(Default)]
+struct Findings {
+    /// Some answer showed that the server accepted the credentials.
+    creds_proven: bool,
+    /// A non-empty object under the subfolder, found by the listing.
+    existing: Option<String>,
+    /// The temporary probe key, chosen when writing is probed.
+    probe: String,
+    /// The probe object was written (and so is ours to read, change and delete).
+    created: bool,
+}
+
+/// The probes in order, then the summary steps; `Err` when they had to stop early.
 async fn probe_all(
     target: &CheckTarget,
     s3: &mut S3Settings,
     p: &mut Probe,
     region: &mut RegionInfo,
     leftover: &mut Option<String>,
-) -> bool {
+) -> Result<(), Stopped> {
     let sub = target.subfolder.as_str();
-    // 1. Credentials, bucket, region.
+    let mut f = Findings {
+        creds_proven: probe_bucket(target, s3, p, region).await?,
+        ..Findings::default()
+    };
+    probe_list(target, p, &mut f).await?;
+    let read_done = probe_existing(p, &mut f).await;
+    probe_write(sub, p, &mut f).await;
+    if !read_done {
+        read_probe_key(p, &f).await;
+    }
+    report_read(sub, p, &mut f);
+    probe_acl(p, &f).await;
+    probe_delete(sub, p, &f, leftover).await;
+    probe_multipart(sub, p, &f).await;
+    let summary = [
+        credentials_step(f.creds_proven),
+        bucket_step(&target.bucket, f.creds_proven),
+        region_step(region, p.get("s3:GetBucketLocation")),
+    ];
+    p.steps.splice(0..0, summary);
+    Ok(())
+}
+
+/// Credentials, bucket and region, from GetBucketLocation. A region found that differs
+/// from the configured one is used for the rest of the probes. Returns whether the
+/// credentials are proven.
+async fn probe_bucket(
+    target: &CheckTarget,
+    s3: &mut S3Settings,
+    p: &mut Probe,
+    region: &mut RegionInfo,
+) -> Result<bool, Stopped> {
     let loc = bounded(p.store.bucket_region()).await;
     p.set("s3:GetBucketLocation", access_of(&loc));
+    let creds_proven = read_location(target, p, region, &loc)?;
+    if let Some(d) = &region.detected
+        && region.configured.as_deref() != Some(d.as_str())
+    {
+        region.corrected = true;
+        s3.region = Some(d.clone());
+        p.store = AwsStore::new(build_client(s3).await, target.bucket.clone());
+    }
+    Ok(creds_proven)
+}
+
+/// What the GetBucketLocation answer tells: the region, whether the credentials are proven,
+/// or a failure (credentials, bucket, endpoint) that stops the probes.
+fn read_location(
+    target: &CheckTarget,
+    p: &mut Probe,
+    region: &mut RegionInfo,
+    loc: &Result<String, StoreError>,
+) -> Result<bool, Stopped> {
     let mut creds_proven = false;
-    match &loc {
+    match loc {
         Ok(r) => {
             region.detected = Some(r.clone());
             creds_proven = true;
@@ -240,7 +306,7 @@ async fn probe_all(
                 Outcome::Failed,
                 is_credential_error(e).unwrap_or_default(),
             );
-            return true;
+            return Err(Stopped);
         }
         Err(StoreError::NoSuchBucket) => {
             p.step("credentials", Outcome::Ok, "accepted");
@@ -249,7 +315,7 @@ async fn probe_all(
                 Outcome::Failed,
                 format!("bucket {:?} does not exist at this endpoint", target.bucket),
             );
-            return true;
+            return Err(Stopped);
         }
         Err(e @ (StoreError::Unreachable(_) | StoreError::Timeout(_))) => {
             p.step(
@@ -257,19 +323,26 @@ async fn probe_all(
                 Outcome::Failed,
                 format!("cannot reach the endpoint: {e}"),
             );
-            return true;
+            return Err(Stopped);
         }
         Err(_) => {}
     }
-    if let Some(d) = &region.detected
-        && region.configured.as_deref() != Some(d.as_str())
-    {
-        region.corrected = true;
-        s3.region = Some(d.clone());
-        p.store = AwsStore::new(build_client(s3).await, target.bucket.clone());
-    }
+    Ok(creds_proven)
+}
 
-    // 2. Listing, where the credentials are meant to work.
+/// Where listing and reading are probed, as the report names it.
+fn probed_at(sub: &str) -> String {
+    if sub.is_empty() {
+        "the bucket root".to_string()
+    } else {
+        format!("the subfolder {sub:?} (the bucket root is not probed)")
+    }
+}
+
+/// Listing, where the credentials are meant to work. A denial is recorded and the probes
+/// go on; any other failure stops them.
+async fn probe_list(target: &CheckTarget, p: &mut Probe, f: &mut Findings) -> Result<(), Stopped> {
+    let sub = target.subfolder.as_str();
     let req = ListRequest {
         prefix: sub.to_string(),
         delimiter: None,
@@ -279,16 +352,11 @@ async fn probe_all(
     };
     let list = bounded(p.store.list(&req)).await;
     p.set("s3:ListBucket", access_of(&list));
-    let where_ = if sub.is_empty() {
-        "the bucket root".to_string()
-    } else {
-        format!("the subfolder {sub:?} (the bucket root is not probed)")
-    };
-    let mut existing = None;
+    let where_ = probed_at(sub);
     match &list {
         Ok(page) => {
-            creds_proven = true;
-            existing = page
+            f.creds_proven = true;
+            f.existing = page
                 .objects
                 .iter()
                 .find(|o| !o.key.ends_with('/') && o.size > 0)
@@ -301,7 +369,7 @@ async fn probe_all(
                 Outcome::Failed,
                 is_credential_error(e).unwrap_or_default(),
             );
-            return true;
+            return Err(Stopped);
         }
         Err(StoreError::NoSuchBucket) => {
             p.step(
@@ -309,7 +377,7 @@ async fn probe_all(
                 Outcome::Failed,
                 format!("bucket {:?} does not exist", target.bucket),
             );
-            return true;
+            return Err(Stopped);
         }
         Err(StoreError::AccessDenied(_)) => {
             p.step(
@@ -320,33 +388,39 @@ async fn probe_all(
         }
         Err(e) => {
             p.step("list", Outcome::Failed, e.to_string());
-            return true;
+            return Err(Stopped);
         }
     }
+    Ok(())
+}
 
-    // 3. Reading an existing object.
-    let mut read_done = false;
-    if let Some(key) = &existing {
-        let r = bounded(p.store.get_range(key, 0..1, None)).await;
-        let a = access_of(&r);
-        if a != Access::Untested {
-            p.set("s3:GetObject", a);
-            creds_proven |= a == Access::Allowed;
-            read_done = true;
-        }
+/// Reading the existing object the listing found, if any. Returns whether its answer
+/// settled s3:GetObject.
+async fn probe_existing(p: &mut Probe, f: &mut Findings) -> bool {
+    let Some(key) = &f.existing else {
+        return false;
+    };
+    let a = access_of(&bounded(p.store.get_range(key, 0..1, None)).await);
+    if a == Access::Untested {
+        return false;
     }
+    p.set("s3:GetObject", a);
+    f.creds_proven |= a == Access::Allowed;
+    true
+}
 
-    // 4. Writing with a probe key nobody else uses.
-    let probe = format!("{sub}.pailfs-check-{}", unique_suffix());
+/// Writing, with a probe key nobody else uses.
+async fn probe_write(sub: &str, p: &mut Probe, f: &mut Findings) {
+    f.probe = format!("{sub}.pailfs-check-{}", unique_suffix());
     let put = bounded(p.store.put(
-        &probe,
+        &f.probe,
         Bytes::from_static(b"pailfs permission check\n"),
         &UserMeta::new(),
     ))
     .await;
     p.set("s3:PutObject", access_of(&put));
-    let created = put.is_ok();
-    creds_proven |= created;
+    f.created = put.is_ok();
+    f.creds_proven |= f.created;
     match &put {
         Ok(_) => p.step(
             "write",
@@ -358,23 +432,29 @@ async fn probe_all(
         }
         Err(e) => p.step("write", Outcome::Failed, e.to_string()),
     }
-    if !read_done {
-        // The probe object if it was written; otherwise a key that does not exist.
-        let r = bounded(p.store.get_range(&probe, 0..1, None)).await;
-        match &r {
-            Ok(_) => p.set("s3:GetObject", Access::Allowed),
-            // A missing key answers NoSuchKey only to those who may read it (or list).
-            Err(StoreError::NotFound) if p.get("s3:ListBucket") == Access::Allowed => {
-                p.set("s3:GetObject", Access::Allowed)
-            }
-            Err(StoreError::AccessDenied(_))
-                if created || p.get("s3:ListBucket") == Access::Allowed =>
-            {
-                p.set("s3:GetObject", Access::Denied)
-            }
-            _ => {}
+}
+
+/// Reading when no existing object settled it: the probe object if it was written;
+/// otherwise a key that does not exist.
+async fn read_probe_key(p: &mut Probe, f: &Findings) {
+    let r = bounded(p.store.get_range(&f.probe, 0..1, None)).await;
+    match &r {
+        Ok(_) => p.set("s3:GetObject", Access::Allowed),
+        // A missing key answers NoSuchKey only to those who may read it (or list).
+        Err(StoreError::NotFound) if p.get("s3:ListBucket") == Access::Allowed => {
+            p.set("s3:GetObject", Access::Allowed)
         }
+        Err(StoreError::AccessDenied(_))
+            if f.created || p.get("s3:ListBucket") == Access::Allowed =>
+        {
+            p.set("s3:GetObject", Access::Denied)
+        }
+        _ => {}
     }
+}
+
+/// The read step, from what the read probes settled.
+fn report_read(sub: &str, p: &mut Probe, f: &mut Findings) {
     let read = p.get("s3:GetObject");
     p.step(
         "read",
@@ -385,23 +465,29 @@ async fn probe_all(
         },
         match read {
             Access::Allowed => "allowed".to_string(),
-            Access::Denied => format!("denied at {where_} (s3:GetObject){}", root_hint(sub)),
+            Access::Denied => format!(
+                "denied at {} (s3:GetObject){}",
+                probed_at(sub),
+                root_hint(sub)
+            ),
             _ => "could not be tested: no object to read".to_string(),
         },
     );
-    creds_proven |= read == Access::Allowed;
+    f.creds_proven |= read == Access::Allowed;
+}
 
-    // ACLs: read on the probe or an existing object; write only on our own probe.
-    if let Some(k) = if created {
-        Some(probe.clone())
+/// ACLs: read on the probe or an existing object; write only on our own probe.
+async fn probe_acl(p: &mut Probe, f: &Findings) {
+    if let Some(k) = if f.created {
+        Some(f.probe.clone())
     } else {
-        existing.clone()
+        f.existing.clone()
     } {
         let a = access_of(&bounded(p.store.get_object_acl(&k)).await);
         p.set("s3:GetObjectAcl", a);
     }
-    if created {
-        let a = access_of(&bounded(p.store.put_object_acl_private(&probe)).await);
+    if f.created {
+        let a = access_of(&bounded(p.store.put_object_acl_private(&f.probe)).await);
         p.set("s3:PutObjectAcl", a);
     }
     let (ga, pa) = (p.get("s3:GetObjectAcl"), p.get("s3:PutObjectAcl"));
@@ -416,19 +502,23 @@ async fn probe_all(
         acl_outcome,
         format!("read ACL: {}, write ACL: {}", describe(ga), describe(pa)),
     );
+}
 
-    // 5. Deleting: the probe, or a key that does not exist (S3 answers 204 if allowed).
-    let victim = if created {
-        probe.clone()
+/// Deleting: the probe, or a key that does not exist (S3 answers 204 if allowed). A probe
+/// object that cannot be deleted is reported as left over.
+async fn probe_delete(sub: &str, p: &mut Probe, f: &Findings, leftover: &mut Option<String>) {
+    let victim = if f.created {
+        f.probe.clone()
     } else {
         format!("{sub}.pailfs-check-{}", unique_suffix())
     };
     let del = bounded(p.store.delete(&victim)).await;
     p.set("s3:DeleteObject", access_of(&del));
+    let probe = &f.probe;
     match &del {
         Ok(_) => p.step("delete", Outcome::Ok, "allowed"),
         Err(StoreError::AccessDenied(_)) => {
-            if created {
+            if f.created {
                 *leftover = Some(probe.clone());
                 p.step(
                     "delete",
@@ -441,34 +531,39 @@ async fn probe_all(
         }
         Err(e) => p.step("delete", Outcome::Failed, e.to_string()),
     }
+}
 
-    // 6. Aborting a multipart upload (what pailfs does when an upload fails).
-    if created || p.get("s3:PutObject") == Access::Allowed {
-        let key = format!("{sub}.pailfs-check-{}", unique_suffix());
-        match bounded(p.store.create_multipart(&key, &UserMeta::new())).await {
-            Ok(id) => {
-                let r = bounded(p.store.abort_multipart(&key, &id)).await;
-                p.set(ABORT, access_of(&r));
-                match r {
-                    Ok(()) => p.step("multipart", Outcome::Ok, "create and abort allowed"),
-                    Err(_) => p.step(
-                        "multipart",
-                        Outcome::Warning,
-                        format!("abort denied (s3:AbortMultipartUpload, not in the minimal policy): failed large uploads leave incomplete parts until a lifecycle rule removes them (upload {key:?})"),
-                    ),
-                }
-            }
-            Err(e) => p.step(
-                "multipart",
-                Outcome::Skipped,
-                format!("could not start one: {e}"),
-            ),
-        }
-    } else {
+/// Aborting a multipart upload (what pailfs does when an upload fails).
+async fn probe_multipart(sub: &str, p: &mut Probe, f: &Findings) {
+    if !(f.created || p.get("s3:PutObject") == Access::Allowed) {
         p.step("multipart", Outcome::Skipped, "writing is denied");
+        return;
     }
+    let key = format!("{sub}.pailfs-check-{}", unique_suffix());
+    match bounded(p.store.create_multipart(&key, &UserMeta::new())).await {
+        Ok(id) => {
+            let r = bounded(p.store.abort_multipart(&key, &id)).await;
+            p.set(ABORT, access_of(&r));
+            match r {
+                Ok(()) => p.step("multipart", Outcome::Ok, "create and abort allowed"),
+                Err(_) => p.step(
+                    "multipart",
+                    Outcome::Warning,
+                    format!("abort denied (s3:AbortMultipartUpload, not in the minimal policy): failed large uploads leave incomplete parts until a lifecycle rule removes them (upload {key:?})"),
+                ),
+            }
+        }
+        Err(e) => p.step(
+            "multipart",
+            Outcome::Skipped,
+            format!("could not start one: {e}"),
+        ),
+    }
+}
 
-    let creds_step = if creds_proven {
+/// The credentials step of the summary: accepted, or only refusals seen.
+fn credentials_step(proven: bool) -> Step {
+    if proven {
         Step {
             name: "credentials",
             outcome: Outcome::Ok,
@@ -480,8 +575,29 @@ async fn probe_all(
             outcome: Outcome::Warning,
             detail: "every request was refused (AccessDenied): the key or secret may be wrong, or the key has no access here".into(),
         }
-    };
-    let region_step = Step {
+    }
+}
+
+/// The bucket step of the summary: it exists if anything answered for it.
+fn bucket_step(bucket: &str, proven: bool) -> Step {
+    if proven {
+        Step {
+            name: "bucket",
+            outcome: Outcome::Ok,
+            detail: format!("{bucket:?} exists"),
+        }
+    } else {
+        Step {
+            name: "bucket",
+            outcome: Outcome::Skipped,
+            detail: "unknown: every request was refused".into(),
+        }
+    }
+}
+
+/// The region step of the summary; `location` is what GetBucketLocation was found to be.
+fn region_step(region: &RegionInfo, location: Access) -> Step {
+    Step {
         name: "region",
         outcome: if region.corrected {
             Outcome::Warning
@@ -497,25 +613,10 @@ async fn probe_all(
             (None, c, _) => format!(
                 "{} (not detectable: GetBucketLocation {})",
                 c.as_deref().unwrap_or("default"),
-                describe(p.get("s3:GetBucketLocation"))
+                describe(location)
             ),
         },
-    };
-    let bucket_step = if creds_proven {
-        Step {
-            name: "bucket",
-            outcome: Outcome::Ok,
-            detail: format!("{:?} exists", target.bucket),
-        }
-    } else {
-        Step {
-            name: "bucket",
-            outcome: Outcome::Skipped,
-            detail: "unknown: every request was refused".into(),
-        }
-    };
-    p.steps.splice(0..0, [creds_step, bucket_step, region_step]);
-    false
+    }
 }
 
 /// At the bucket root, a denial may just mean the credentials are meant for a subfolder.
