@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,104 +32,140 @@ const CONNECTION_TIME: Duration = Duration::from_secs(10);
 /// The Prometheus text for a mount.
 pub fn render<S: ObjectStore>(fs: &Fs<S>, st: &StoreStats) -> String {
     let mut s = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(
-            s,
-            "# HELP pailfs_{name} {help}\n# TYPE pailfs_{name} {kind}"
-        );
-        for (labels, v) in samples {
-            let _ = writeln!(s, "pailfs_{name}{labels} {v}");
-        }
-    };
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let by = |label: &str, names: &[&str], vals: &[std::sync::atomic::AtomicU64]| {
-        names
-            .iter()
-            .zip(vals)
-            .map(|(n, v)| (format!("{{{label}=\"{n}\"}}"), v.load(Ordering::Relaxed)))
-            .collect::<Vec<_>>()
-    };
-    let one = |v: u64| vec![(String::new(), v)];
+    store_counters(&mut s, st);
+    block_cache(&mut s, fs);
+    filesystem(&mut s, fs);
+    s
+}
+
+/// One metric: its HELP and TYPE lines, then a line per sample (labels, value).
+fn metric(s: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(
+        s,
+        "# HELP pailfs_{name} {help}\n# TYPE pailfs_{name} {kind}"
+    );
+    for (labels, v) in samples {
+        let _ = writeln!(s, "pailfs_{name}{labels} {v}");
+    }
+}
+
+/// One sample per name, labelled `label="name"`.
+fn by(label: &str, names: &[&str], vals: &[AtomicU64]) -> Vec<(String, u64)> {
+    names
+        .iter()
+        .zip(vals)
+        .map(|(n, v)| (format!("{{{label}=\"{n}\"}}"), v.load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// A single sample without labels.
+fn one(v: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), v)]
+}
+
+/// What the store layer counted: requests, errors, retries and bytes moved.
+fn store_counters(s: &mut String, st: &StoreStats) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     metric(
+        s,
         "requests_total",
         "counter",
         "S3 requests by type (retries not included).",
         &by("op", &OPS, &st.requests),
     );
     metric(
+        s,
         "request_errors_total",
         "counter",
         "S3 requests that failed after their retries, by kind.",
         &by("kind", &ERROR_KINDS, &st.errors),
     );
     metric(
+        s,
         "retries_total",
         "counter",
         "HTTP attempts beyond the first of each request.",
         &one(st.retries()),
     );
     metric(
+        s,
         "read_bytes_total",
         "counter",
         "Object bytes received from S3.",
         &one(get(&st.bytes_in)),
     );
     metric(
+        s,
         "written_bytes_total",
         "counter",
         "Object bytes sent to S3.",
         &one(get(&st.bytes_out)),
     );
+}
+
+/// The block cache: hits, misses, its size and its capacity.
+fn block_cache<S: ObjectStore>(s: &mut String, fs: &Fs<S>) {
     let cache = fs.block_cache();
     metric(
+        s,
         "cache_hits_total",
         "counter",
         "Reads of blocks found in the block cache (the kernel's page cache is not seen).",
         &one(cache.hits()),
     );
     metric(
+        s,
         "cache_misses_total",
         "counter",
         "Reads of blocks not in the block cache.",
         &one(cache.misses()),
     );
     metric(
+        s,
         "cache_bytes",
         "gauge",
         "Bytes in the block cache.",
         &one(cache.bytes()),
     );
     metric(
+        s,
         "cache_limit_bytes",
         "gauge",
         "Block cache capacity.",
         &one(cache.cap()),
     );
+}
+
+/// The filesystem core: uploads, spool use and case collisions.
+fn filesystem<S: ObjectStore>(s: &mut String, fs: &Fs<S>) {
     metric(
+        s,
         "uploads_pending",
         "gauge",
         "Open files with changes not uploaded yet.",
         &one(fs.pending_uploads()),
     );
     metric(
+        s,
         "uploads_failed_total",
         "counter",
         "Files whose upload failed for good (data kept in the cache directory).",
         &one(fs.failed_uploads()),
     );
     metric(
+        s,
         "spool_bytes",
         "gauge",
         "Local disk used by files being written.",
         &one(fs.spool_used()),
     );
     metric(
+        s,
         "case_collisions_total",
         "counter",
         "Names found colliding when case is ignored.",
         &one(fs.collision_count()),
     );
-    s
 }
 
 /// Where the mount on `mountpoint` serves its statistics.
