@@ -133,70 +133,16 @@ impl AwsStore {
             return Ok(Vec::new());
         }
         let want = range.end - range.start;
-        let piece = piece.clamp(1, want);
-        let mut done: Vec<Bytes> = Vec::new();
-        // Pieces come from the buffer pool (see `crate::buffers`): fresh 1 MiB mappings
-        // cost a page fault per 4 KiB.
-        let mut cur: Vec<u8> = Vec::new();
-        let mut received = 0u64;
+        let mut pieces = Pieces::new(want, piece.clamp(1, want));
         let mut pinned = if_match.map(str::to_string);
         let mut breaks = 0;
         loop {
-            let from = range.start + received;
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .range(format!("bytes={}-{}", from, range.end - 1))
-                .set_if_match(pinned.clone())
-                .send()
-                .await
-                .map_err(map_err)?;
-            if pinned.is_none() {
-                pinned = out.e_tag().map(str::to_string);
-            }
-            check_content_range(key, out.content_range(), from)?;
-            let expected = out.content_length().unwrap_or(-1);
-            let before = received;
-            let mut body = out.body;
-            let broke = loop {
-                match body.next().await {
-                    Some(Ok(mut chunk)) => {
-                        if received + chunk.len() as u64 > want {
-                            return Err(StoreError::Other(format!(
-                                "server sent more than the {want} bytes asked for of {key}"
-                            )));
-                        }
-                        received += chunk.len() as u64;
-                        while !chunk.is_empty() {
-                            if cur.capacity() == 0 {
-                                let left = want - (done.len() as u64 * piece);
-                                cur = POOL.take(piece.min(left) as usize);
-                            }
-                            let room = (piece as usize - cur.len()).min(chunk.len());
-                            cur.extend_from_slice(&chunk.split_to(room));
-                            if cur.len() as u64 == piece {
-                                done.push(POOL.freeze(std::mem::take(&mut cur)));
-                            }
-                        }
-                    }
-                    Some(Err(e)) => break Some(e.to_string()),
-                    None => break None,
-                }
-            };
-            let got = (received - before) as i64;
-            let reason = match broke {
-                Some(e) => e,
-                None if expected >= 0 && got != expected => {
-                    format!("body ended after {got} of {expected} bytes")
-                }
-                None => {
-                    if !cur.is_empty() {
-                        done.push(POOL.freeze(cur));
-                    }
-                    return Ok(done);
-                }
+            let from = range.start + pieces.received;
+            let Some(reason) = self
+                .fetch_from(key, from..range.end, &mut pinned, &mut pieces)
+                .await?
+            else {
+                return Ok(pieces.finish());
             };
             breaks += 1;
             if breaks > MAX_BODY_RESUMES {
@@ -206,9 +152,46 @@ impl AwsStore {
             }
             log::warn!(
                 "reading {key:?}: {reason} at byte {from_now}; resuming from there",
-                from_now = range.start + received
+                from_now = range.start + pieces.received
             );
         }
+    }
+
+    /// One ranged GET of `range`, its body added to `pieces`. It is pinned to `pinned`, which
+    /// the first answer sets when no ETag was given. Returns why the body broke off, or `None`
+    /// when it came whole.
+    async fn fetch_from(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        pinned: &mut Option<String>,
+        pieces: &mut Pieces,
+    ) -> StoreResult<Option<String>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(pinned.clone())
+            .send()
+            .await
+            .map_err(map_err)?;
+        if pinned.is_none() {
+            *pinned = out.e_tag().map(str::to_string);
+        }
+        check_content_range(key, out.content_range(), range.start)?;
+        let expected = out.content_length().unwrap_or(-1);
+        let before = pieces.received;
+        let broke = read_body(key, out.body, pieces).await?;
+        let got = (pieces.received - before) as i64;
+        Ok(match broke {
+            Some(e) => Some(e),
+            None if expected >= 0 && got != expected => {
+                Some(format!("body ended after {got} of {expected} bytes"))
+            }
+            None => None,
+        })
     }
 
     fn copy_source(&self, key: &str) -> String {
@@ -239,10 +222,81 @@ fn to_meta(m: Option<&std::collections::HashMap<String, String>>) -> UserMeta {
     .unwrap_or_default()
 }
 
-/// Turns any SDK error into a [`StoreError`]. Never includes request headers, so a signature
-/// or secret cannot leak into a message.
 /// How often one ranged read resumes after its body broke off, before giving up.
 const MAX_BODY_RESUMES: u32 = 5;
+
+/// The bytes of one ranged read, gathered into buffers of `piece` bytes (the last one may be
+/// shorter). Buffers come from the pool (see `crate::buffers`): fresh 1 MiB mappings cost a
+/// page fault per 4 KiB.
+struct Pieces {
+    /// The bytes asked for.
+    want: u64,
+    piece: u64,
+    /// Full pieces.
+    done: Vec<Bytes>,
+    /// The piece being filled; no capacity until its first byte.
+    cur: Vec<u8>,
+    /// Bytes received so far, over all requests.
+    received: u64,
+}
+
+impl Pieces {
+    fn new(want: u64, piece: u64) -> Self {
+        Pieces {
+            want,
+            piece,
+            done: Vec::new(),
+            cur: Vec::new(),
+            received: 0,
+        }
+    }
+
+    /// Adds one chunk of a body; more than the bytes asked for is an error.
+    fn push(&mut self, key: &str, mut chunk: Bytes) -> StoreResult<()> {
+        let want = self.want;
+        if self.received + chunk.len() as u64 > want {
+            return Err(StoreError::Other(format!(
+                "server sent more than the {want} bytes asked for of {key}"
+            )));
+        }
+        self.received += chunk.len() as u64;
+        while !chunk.is_empty() {
+            if self.cur.capacity() == 0 {
+                let left = want - (self.done.len() as u64 * self.piece);
+                self.cur = POOL.take(self.piece.min(left) as usize);
+            }
+            let room = (self.piece as usize - self.cur.len()).min(chunk.len());
+            self.cur.extend_from_slice(&chunk.split_to(room));
+            if self.cur.len() as u64 == self.piece {
+                self.done.push(POOL.freeze(std::mem::take(&mut self.cur)));
+            }
+        }
+        Ok(())
+    }
+
+    /// All the pieces, the partly filled one last.
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.cur.is_empty() {
+            self.done.push(POOL.freeze(self.cur));
+        }
+        self.done
+    }
+}
+
+/// Reads `body` into `pieces` until it ends (`None`) or breaks off (the error, as text).
+async fn read_body(
+    key: &str,
+    mut body: ByteStream,
+    pieces: &mut Pieces,
+) -> StoreResult<Option<String>> {
+    loop {
+        match body.next().await {
+            Some(Ok(chunk)) => pieces.push(key, chunk)?,
+            Some(Err(e)) => return Ok(Some(e.to_string())),
+            None => return Ok(None),
+        }
+    }
+}
 
 /// A ranged GET must answer from the byte asked for; anything else is not our data.
 fn check_content_range(key: &str, header: Option<&str>, from: u64) -> StoreResult<()> {
@@ -259,6 +313,8 @@ fn check_content_range(key: &str, header: Option<&str>, from: u64) -> StoreResul
     }
 }
 
+/// Turns any SDK error into a [`StoreError`]. Never includes request headers, so a signature
+/// or secret cannot leak into a message.
 pub(crate) fn map_err<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -638,6 +694,17 @@ mod tests {
     fn listing_keys_decode_both_space_spellings() {
         assert_eq!(decode_key("a+b%20c%2Bd").unwrap(), "a b c+d");
         assert_eq!(decode_key("%C3%A9%01").unwrap(), "é\u{1}");
+    }
+
+    #[test]
+    fn a_body_is_cut_into_pieces_and_never_beyond_the_range() {
+        let mut p = Pieces::new(10, 4);
+        p.push("k", Bytes::from_static(b"abc")).unwrap();
+        p.push("k", Bytes::from_static(b"defghi")).unwrap();
+        assert!(p.push("k", Bytes::from_static(b"jk")).is_err());
+        p.push("k", Bytes::from_static(b"j")).unwrap();
+        assert_eq!(p.received, 10);
+        assert_eq!(p.finish(), [&b"abcd"[..], b"efgh", b"ij"]);
     }
 
     #[test]
