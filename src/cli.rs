@@ -5,6 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Mode, Size};
+use crate::fs::{
+    self,
+    attr::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE},
+};
+
 /// `pailfs --version`: the version and the commit it was built from.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -256,11 +262,11 @@ pub struct MountArgs {
     #[arg(long)]
     pub gid: Option<u32>,
     /// Permissions of files without stored attributes, in octal.
-    #[arg(long, value_name = "OCTAL", default_value = "644")]
-    pub file_mode: String,
+    #[arg(long, value_name = "OCTAL", default_value_t = Mode(DEFAULT_FILE_MODE))]
+    pub file_mode: Mode,
     /// Permissions of directories without stored attributes, in octal.
-    #[arg(long, value_name = "OCTAL", default_value = "755")]
-    pub dir_mode: String,
+    #[arg(long, value_name = "OCTAL", default_value_t = Mode(DEFAULT_DIR_MODE))]
+    pub dir_mode: Mode,
     /// Let other users use the mount (the kernel still checks permissions).
     #[arg(long)]
     pub allow_other: bool,
@@ -293,38 +299,38 @@ pub struct MountArgs {
     pub fast_listing: bool,
 
     /// Seconds attributes, names and directory listings are trusted without asking S3.
-    #[arg(long, value_name = "SECONDS", default_value = "5")]
+    #[arg(long, value_name = "SECONDS", default_value_t = fs::DEFAULT_METADATA_TTL_SECS as f64)]
     pub metadata_ttl: f64,
     /// Seconds "no such file" is trusted, and how old what S3 said about a file may be when a
     /// new open() decides which version it reads (at most --metadata-ttl).
-    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    #[arg(long, value_name = "SECONDS", default_value_t = fs::DEFAULT_NEGATIVE_TTL_MS as f64 / 1000.0)]
     pub negative_metadata_ttl: f64,
     /// Directory for spool files of open files (default: $XDG_CACHE_HOME/pailfs, or
     /// /var/cache/pailfs for root).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Most disk the spool may use, e.g. 10G; writes wait for room, then fail with ENOSPC.
-    #[arg(long, value_name = "SIZE", default_value = "16G")]
-    pub max_cache_size: String,
+    #[arg(long, value_name = "SIZE", default_value_t = Size(fs::DEFAULT_MAX_SPOOL_BYTES))]
+    pub max_cache_size: Size,
     /// Keep blocks read from S3 on disk too, in the cache directory, up to SIZE (e.g. 10G), so
     /// re-reads after eviction or a remount cost no GET; 0 (the default) turns it off.
-    #[arg(long, value_name = "SIZE", default_value = "0")]
-    pub disk_cache_size: String,
+    #[arg(long, value_name = "SIZE", default_value_t = Size(0))]
+    pub disk_cache_size: Size,
     /// Size of the first multipart parts (files up to this size are one PUT), e.g. 8M.
-    #[arg(long, value_name = "SIZE", default_value = "8M")]
-    pub part_size: String,
+    #[arg(long, value_name = "SIZE", default_value_t = Size(fs::DEFAULT_PART_SIZE))]
+    pub part_size: Size,
     /// Bound on the process's memory: cached blocks, read-ahead and uploads share what is left
     /// after 40M for the process itself, e.g. 256M (at least 64M).
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
-    pub memory_limit: String,
+    #[arg(long, value_name = "SIZE", default_value_t = Size(fs::DEFAULT_MEMORY_LIMIT))]
+    pub memory_limit: Size,
     /// Kernel read-ahead for the mount in KiB (set through sysfs when running as root).
     #[arg(long, value_name = "KIB", default_value_t = 4096)]
     pub kernel_readahead_kb: u32,
     /// Parts uploaded at once across the mount.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = fs::DEFAULT_UPLOAD_CONCURRENCY)]
     pub upload_concurrency: usize,
     /// Directories with more objects than this are not renamed (EPERM).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = fs::DEFAULT_MAX_RENAME_OBJECTS)]
     pub max_rename_objects: u64,
 
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cache_dir::{Identity, MountDir};
 use crate::cli::{MountArgs, S3Args};
 use crate::connections::{self, Connection};
 use crate::fs::FsConfig;
@@ -56,6 +57,47 @@ fn validate_bucket(b: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A size in bytes, given as `8M`, `1.5G`, `4096` or `10GiB` and shown the shortest way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        parse_size(s).map(Size)
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let units = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        match units
+            .iter()
+            .find(|(shift, _)| self.0 != 0 && self.0 % (1 << shift) == 0)
+        {
+            Some((shift, unit)) => write!(f, "{}{unit}", self.0 >> shift),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Permission bits, given and shown in octal (`644`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode(pub u16);
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        parse_mode(s).map(Mode)
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:o}", self.0)
+    }
 }
 
 /// Parses sizes like `8M`, `1.5G`, `4096`, `10GiB` (powers of 1024).
@@ -227,6 +269,7 @@ pub struct MountConfig {
     /// `--read-write`: refuse read-only credentials instead of mounting read-only.
     pub explicit_rw: bool,
     pub fs: FsConfig,
+    /// The cache root (`--cache-dir` or the default); the mount's own directory is `fs.dir`.
     pub cache_root: PathBuf,
     pub allow_other: bool,
     pub foreground: bool,
@@ -255,36 +298,42 @@ impl MountConfig {
             }
         }
         let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let cache_root = std::path::absolute(&cache_root)
+            .map_err(|e| format!("--cache-dir {}: {e}", cache_root.display()))?;
+        let dir = MountDir::of(
+            &cache_root,
+            &Identity {
+                endpoint: s3.endpoint_url.as_deref().unwrap_or_default(),
+                bucket: &source.bucket,
+                prefix: &source.prefix,
+                mountpoint: &mountpoint,
+            },
+        );
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let mut fs = FsConfig::new(&source.prefix, PathBuf::new());
+        let mut fs = FsConfig::new(&source.prefix, dir);
         fs.defaults = Defaults {
             uid: a.uid.unwrap_or(uid),
             gid: a.gid.unwrap_or(gid),
-            file_mode: parse_mode(&a.file_mode).map_err(|e| format!("--file-mode: {e}"))?,
-            dir_mode: parse_mode(&a.dir_mode).map_err(|e| format!("--dir-mode: {e}"))?,
+            file_mode: a.file_mode.0,
+            dir_mode: a.dir_mode.0,
             keep_setid: a.keep_setuid_bits,
             stored_owners: !a.ignore_stored_owners,
         };
         fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
         fs.metadata_ttl = Duration::from_secs_f64(ttl);
         fs.negative_ttl = Duration::from_secs_f64(negative_ttl);
-        fs.max_spool_bytes =
-            parse_size(&a.max_cache_size).map_err(|e| format!("--max-cache-size: {e}"))?;
-        fs.part_size = parse_size(&a.part_size).map_err(|e| format!("--part-size: {e}"))?;
+        fs.max_spool_bytes = a.max_cache_size.0;
+        fs.part_size = a.part_size.0;
         if fs.part_size < crate::store::MIN_PART_SIZE {
             return Err("--part-size must be at least 5M (S3's smallest part)".into());
         }
         fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
-        fs.memory_limit =
-            parse_size(&a.memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
+        fs.memory_limit = a.memory_limit.0;
         if fs.memory_limit < 64 << 20 {
             return Err("--memory-limit must be at least 64M".into());
         }
         fs.fast_listing = a.fast_listing;
-        let disk_cache_size =
-            parse_size(&a.disk_cache_size).map_err(|e| format!("--disk-cache-size: {e}"))?;
-        // The directory is the mount's own cache directory, known once it is locked.
-        fs.disk_cache = (disk_cache_size > 0).then(|| (PathBuf::new(), disk_cache_size));
+        fs.disk_cache_size = a.disk_cache_size.0;
         fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
         fs.case_collision = match a.case_collision.as_str() {
             "error" => crate::fs::case::CaseCollision::Error,
@@ -307,6 +356,18 @@ impl MountConfig {
             metrics_listen: a.metrics_listen,
             tuning: Tuning::from_args(a),
         })
+    }
+}
+
+impl MountConfig {
+    /// What the mount's directory in the cache is named for.
+    pub fn identity(&self) -> Identity<'_> {
+        Identity {
+            endpoint: self.s3.endpoint_url.as_deref().unwrap_or_default(),
+            bucket: &self.source.bucket,
+            prefix: &self.source.prefix,
+            mountpoint: &self.mountpoint,
+        }
     }
 }
 

@@ -195,10 +195,10 @@ pub fn scan_local(cache_root: &Path, bucket: &str) -> Vec<LocalItem> {
             out.extend(v.into_iter().map(|path| LocalItem { kind, path }));
         }
     };
-    for d in dirs {
-        entries(d.join("recovered"), "recovered", |_| true);
-        entries(d.join("spool").join("failed"), "failed", |_| true);
-        entries(d.join("uploads"), "unaborted-upload", |n| {
+    for d in dirs.into_iter().map(crate::cache_dir::MountDir::at) {
+        entries(d.recovered(), "recovered", |_| true);
+        entries(d.failed(), "failed", |_| true);
+        entries(d.uploads(), "unaborted-upload", |n| {
             n.starts_with("upload-")
         });
     }

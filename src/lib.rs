@@ -17,6 +17,7 @@
 
 pub mod buffers;
 pub mod cache;
+pub mod cache_dir;
 pub mod cli;
 pub mod collisions;
 pub mod config;

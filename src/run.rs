@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+
+use crate::cache_dir::MountDir;
 use crate::config::MountConfig;
 use crate::diagnose::{Target, explain};
 use crate::fs::Fs;
@@ -34,16 +38,78 @@ const READY_BOUND: Duration = Duration::from_secs(60);
 
 /// Mounts as configured; returns when the mount ends (foreground) or is live (daemon).
 pub fn mount_command(cfg: MountConfig) -> Result<(), String> {
-    let mut notify = if cfg.foreground {
-        None
-    } else {
-        Some(daemonize()?)
+    let mut host = Host {
+        pipe: None,
+        on_signals: true,
     };
-    let result = serve(&cfg, &mut notify);
-    if let (Err(e), Some(pipe)) = (&result, notify.as_mut()) {
+    if !cfg.foreground {
+        host.pipe = Some(daemonize()?);
+    }
+    let result = prepare_process().and_then(|()| serve(&cfg, Aws, &mut host));
+    if let (Err(e), Some(pipe)) = (&result, host.pipe.as_mut()) {
         let _ = writeln!(pipe, "ERR {}", e.replace('\n', " "));
     }
     result
+}
+
+/// What the process around a mount provides: the pipe to the parent waiting for the mount to
+/// be live (a daemon), and whether SIGTERM and SIGINT stop the mount (the `pailfs` binary;
+/// not a test that mounts in its own process).
+pub struct Host {
+    pub pipe: Option<File>,
+    pub on_signals: bool,
+}
+
+/// Builds the store a mount serves, once the I/O runtime runs: the real one checks access
+/// first (and may find the mount must be read-only); a test hands in a memory store.
+pub trait StoreBuilder {
+    type Store: ObjectStore;
+    fn build(
+        self,
+        cfg: &MountConfig,
+        attempts: Arc<AtomicU64>,
+    ) -> impl Future<Output = Result<Built<Self::Store>, String>> + Send;
+}
+
+/// A store ready to serve, whether to mount it read-only, and what to tell the user.
+pub struct Built<S> {
+    pub store: S,
+    pub read_only: bool,
+    pub notices: Vec<String>,
+}
+
+/// S3 through aws-sdk-s3, after the access check (see [`prepare`]).
+pub struct Aws;
+
+impl StoreBuilder for Aws {
+    type Store = AwsStore;
+    async fn build(
+        self,
+        cfg: &MountConfig,
+        attempts: Arc<AtomicU64>,
+    ) -> Result<Built<AwsStore>, String> {
+        let (store, read_only, notices) = prepare(cfg, attempts).await?;
+        Ok(Built {
+            store,
+            read_only,
+            notices,
+        })
+    }
+}
+
+/// A store already made: tests mount the real FUSE filesystem over the memory store, with
+/// failures injected through their own handle to it.
+pub struct Ready<S>(pub S);
+
+impl<S: ObjectStore> StoreBuilder for Ready<S> {
+    type Store = S;
+    async fn build(self, cfg: &MountConfig, _: Arc<AtomicU64>) -> Result<Built<S>, String> {
+        Ok(Built {
+            store: self.0,
+            read_only: cfg.fs.read_only,
+            notices: Vec::new(),
+        })
+    }
 }
 
 /// Forks. The parent waits for the child's report and exits; the child gets the pipe.
@@ -115,56 +181,48 @@ fn wait_for_report(mut rd: File) -> i32 {
     }
 }
 
-/// The per-mount spool directory, private and locked for this process. Its name comes from a
-/// stable hash of what is mounted where; a directory named by the standard hasher of earlier
-/// versions is taken over, so its crash-recovery data is not skipped.
-fn lock_spool_dir(cfg: &MountConfig) -> Result<(PathBuf, File, Vec<String>), String> {
+/// The mount's directory in the cache, private and locked for this process. A directory
+/// named the way earlier versions named it is taken over, so its crash-recovery data is not
+/// skipped. Returns the lock (held while the mount lives) and notices about repairs.
+fn lock_mount_dir(cfg: &MountConfig) -> Result<(File, Vec<String>), String> {
     let mut notices: Vec<String> = crate::private::private_dir(&cfg.cache_root)?
         .into_iter()
         .collect();
-    let endpoint = cfg.s3.endpoint_url.clone().unwrap_or_default();
-    let id = crate::private::stable_hash(&[
-        endpoint.as_bytes(),
-        cfg.source.bucket.as_bytes(),
-        cfg.source.prefix.as_bytes(),
-        cfg.mountpoint.as_os_str().as_encoded_bytes(),
-    ]);
-    let dir = cfg.cache_root.join(format!("{}-{id}", cfg.source.bucket));
-    let legacy = cfg.cache_root.join(legacy_name(cfg));
-    if !dir.exists() && legacy.is_dir() {
-        std::fs::rename(&legacy, &dir).map_err(|e| {
+    let dir = &cfg.fs.dir;
+    let legacy = MountDir::legacy(&cfg.cache_root, &cfg.identity());
+    if !dir.path().exists() && legacy.is_dir() {
+        std::fs::rename(&legacy, dir.path()).map_err(|e| {
             format!(
                 "cannot rename {} to {}: {e}",
                 legacy.display(),
-                dir.display()
+                dir.path().display()
             )
         })?;
     }
-    notices.extend(crate::private::private_dir(&dir)?);
-    let lock_path = dir.join("lock");
+    notices.extend(crate::private::private_dir(dir.path())?);
+    let lock_path = dir.lock();
     let lock = crate::private::open_file(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(format!(
             "cache directory {} is in use by another pailfs process; use another --cache-dir",
-            dir.display()
+            dir.path().display()
         ));
     }
     let _ = lock.set_len(0);
     let mut l = &lock;
     let _ = l.write_all(format!("{}\n", std::process::id()).as_bytes());
-    Ok((dir, lock, notices))
+    Ok((lock, notices))
 }
 
-/// The name versions before 0.2 gave the per-mount directory (the standard hasher).
-fn legacy_name(cfg: &MountConfig) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    cfg.s3.endpoint_url.hash(&mut h);
-    cfg.source.bucket.hash(&mut h);
-    cfg.source.prefix.hash(&mut h);
-    cfg.mountpoint.hash(&mut h);
-    format!("{}-{:016x}", cfg.source.bucket, h.finish())
+/// Settings of the whole process, made once before a mount: /dev/fuse is usable, memory goes
+/// back to the system, enough descriptors, private files.
+fn prepare_process() -> Result<(), String> {
+    check_fuse_device()?;
+    keep_malloc_honest();
+    raise_descriptor_limit();
+    crate::private::private_umask();
+    Ok(())
 }
 
 /// Makes freed data buffers go back to the system. glibc raises its mmap threshold each time a
@@ -214,66 +272,107 @@ fn check_fuse_device() -> Result<(), String> {
     }
 }
 
-fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
-    check_fuse_device()?;
-    keep_malloc_honest();
-    raise_descriptor_limit();
-    crate::private::private_umask();
-    let (spool_dir, _lock, dir_notices) = lock_spool_dir(cfg)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Serves a mount of `cfg` over the store `builder` makes, until it is unmounted.
+pub fn serve<B: StoreBuilder>(
+    cfg: &MountConfig,
+    builder: B,
+    host: &mut Host,
+) -> Result<(), String> {
+    let (_lock, dir_notices) = lock_mount_dir(cfg)?;
+    let rt = io_runtime(cfg)?;
+    let stats = Arc::new(StoreStats::default());
+    if host.on_signals {
+        rt.spawn(reopen_log_on_hangup());
+    }
+    let built = rt.block_on(builder.build(cfg, stats.attempts.clone()))?;
+    let metrics_tcp = bind_metrics(&rt, cfg)?;
+    let mut notices = built.notices;
+    notices.extend(dir_notices);
+    notices.extend(rt.block_on(clean_up_after_crash(&built.store, cfg)));
+    let dir = &cfg.fs.dir;
+    let store = Journaled::new(built.store, dir.uploads())
+        .map_err(|e| format!("cannot create {}: {e}", dir.uploads().display()))?;
+    let store = Metered::new(store, stats.clone());
+    tell(&notices, &mut host.pipe);
+    let mut fs_config = cfg.fs.clone();
+    fs_config.read_only = built.read_only;
+    let fs = Fs::new(store, fs_config).map_err(|e| e.to_string())?;
+    let mut session = mount_fuse(cfg, &fs, rt.handle(), built.read_only)?;
+    if let Some(mut pipe) = host.pipe.take() {
+        let _ = pipe.write_all(b"OK\n");
+    }
+    match crate::fuse::notify::NotifyThread::spawn(session.notifier()) {
+        Ok(n) => fs.set_kernel_cache(Box::new(n)),
+        Err(e) => log::warn!("kernel cache notifications unavailable: {e}"),
+    }
+    let socket = serve_statistics(&rt, cfg, &fs, &stats, metrics_tcp);
+    sd_notify("READY=1");
+    if host.on_signals {
+        let unmounter = session.unmount_callable();
+        rt.spawn(shut_down_on_signal(
+            fs.clone(),
+            unmounter,
+            cfg.mountpoint.clone(),
+        ));
+    }
+    let served = session.run();
+    let _ = std::fs::remove_file(&socket);
+    drop(fs);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+}
+
+/// The tokio runtime for S3 requests and the core's work.
+fn io_runtime(cfg: &MountConfig) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.tuning.io_threads.into())
         .thread_name("pailfs-io")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let stats = Arc::new(StoreStats::default());
-    rt.spawn(reopen_log_on_hangup());
-    let (store, read_only, mut notices) = rt.block_on(prepare(cfg, stats.attempts.clone()))?;
-    notices.extend(dir_notices);
-    // Bound before mounting, so a busy address fails the mount with a clear message.
-    let metrics_tcp = match cfg.metrics_listen {
-        Some(addr) => Some(
-            rt.block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|e| format!("cannot listen on {addr} for --metrics-listen: {e}"))?,
-        ),
-        None => None,
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))
+}
+
+/// Binds `--metrics-listen` before mounting, so a busy address fails the mount clearly.
+fn bind_metrics(
+    rt: &tokio::runtime::Runtime,
+    cfg: &MountConfig,
+) -> Result<Option<tokio::net::TcpListener>, String> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
     };
-    let journal_dir = spool_dir.join("uploads");
-    let spool = spool_dir.join("spool");
-    notices.extend(rt.block_on(clean_up_after_crash(
-        &store,
-        &journal_dir,
-        &spool,
-        &spool_dir.join("recovered"),
-        cfg,
-    )));
-    let store = Journaled::new(store, journal_dir)
-        .map_err(|e| format!("cannot create {}: {e}", spool_dir.display()))?;
-    let store = Metered::new(store, stats.clone());
-    for n in &notices {
+    rt.block_on(tokio::net::TcpListener::bind(addr))
+        .map(Some)
+        .map_err(|e| format!("cannot listen on {addr} for --metrics-listen: {e}"))
+}
+
+/// Logs each notice and shows it to the user: through the daemon's pipe, or on stderr.
+fn tell(notices: &[String], pipe: &mut Option<File>) {
+    for n in notices {
         log::warn!("{n}");
-        match notify.as_mut() {
+        match pipe.as_mut() {
             Some(pipe) => {
                 let _ = writeln!(pipe, "NOTE {n}");
             }
             None => eprintln!("pailfs: notice: {n}"),
         }
     }
-    let mut fs_config = cfg.fs.clone();
-    fs_config.spool_dir = spool;
-    if let Some((dir, _)) = &mut fs_config.disk_cache {
-        *dir = spool_dir.join("blocks");
-    }
-    fs_config.read_only = read_only;
-    let fs = Fs::new(store, fs_config).map_err(|e| e.to_string())?;
-    let adapter = Adapter::new(fs.clone(), rt.handle().clone(), cfg.tuning.max_background);
+}
+
+/// Mounts the filesystem on the mountpoint; the session serves once run.
+fn mount_fuse<S: ObjectStore>(
+    cfg: &MountConfig,
+    fs: &Arc<Fs<S>>,
+    rt: &tokio::runtime::Handle,
+    read_only: bool,
+) -> Result<fuser::Session<Adapter<S>>, String> {
+    let adapter = Adapter::new(fs.clone(), rt.clone(), cfg.tuning.max_background);
     let settings = MountSettings {
         fsname: format!("pailfs:{}", cfg.source.display()),
         read_only,
         allow_other: cfg.allow_other,
         threads: cfg.tuning.fuse_threads.into(),
     };
-    let mut session = mount(adapter, &cfg.mountpoint, &settings)
+    let session = mount(adapter, &cfg.mountpoint, &settings)
         .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
     set_kernel_readahead(&cfg.mountpoint, cfg.kernel_readahead_kb);
     log::info!(
@@ -281,13 +380,17 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
         cfg.source.display(),
         cfg.mountpoint.display()
     );
-    if let Some(mut pipe) = notify.take() {
-        let _ = pipe.write_all(b"OK\n");
-    }
-    match crate::fuse::notify::NotifyThread::spawn(session.notifier()) {
-        Ok(n) => fs.set_kernel_cache(Box::new(n)),
-        Err(e) => log::warn!("kernel cache notifications unavailable: {e}"),
-    }
+    Ok(session)
+}
+
+/// Serves statistics on the mount's socket (and `--metrics-listen`); returns the socket path.
+fn serve_statistics<S: ObjectStore>(
+    rt: &tokio::runtime::Runtime,
+    cfg: &MountConfig,
+    fs: &Arc<Fs<S>>,
+    stats: &Arc<StoreStats>,
+    tcp: Option<tokio::net::TcpListener>,
+) -> PathBuf {
     let render: crate::metrics::Render = {
         let (fs, stats) = (fs.clone(), stats.clone());
         Arc::new(move || crate::metrics::render(&fs, &stats))
@@ -301,34 +404,18 @@ fn serve(cfg: &MountConfig, notify: &mut Option<File>) -> Result<(), String> {
             }
         });
     }
-    if let Some(l) = metrics_tcp {
+    if let Some(l) = tcp {
         rt.spawn(crate::metrics::serve_tcp(l, render));
     }
-    sd_notify("READY=1");
-    let unmounter = session.unmount_callable();
-    rt.spawn(shut_down_on_signal(
-        fs.clone(),
-        unmounter,
-        cfg.mountpoint.clone(),
-    ));
-    let served = session.run();
-    let _ = std::fs::remove_file(&socket);
-    drop(fs);
-    rt.shutdown_timeout(Duration::from_secs(5));
-    served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+    socket
 }
 
 /// What an earlier pailfs with this cache directory left when it died: multipart uploads it
 /// never finished (aborted now) and written data it never uploaded (rebuilt as local files).
-async fn clean_up_after_crash(
-    store: &AwsStore,
-    journal_dir: &Path,
-    spool_dir: &Path,
-    recovered_dir: &Path,
-    cfg: &MountConfig,
-) -> Vec<String> {
+async fn clean_up_after_crash<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Vec<String> {
     let mut notices = Vec::new();
-    let left = crate::store::journal::abort_leftovers(store, journal_dir).await;
+    let dir = &cfg.fs.dir;
+    let left = crate::store::journal::abort_leftovers(store, &dir.uploads()).await;
     let failed: Vec<_> = left.iter().filter(|l| l.result.is_err()).collect();
     for l in &left {
         match &l.result {
@@ -356,8 +443,9 @@ async fn clean_up_after_crash(
             failed.len()
         ));
     }
+    let recovered_dir = &dir.recovered();
     let files =
-        crate::fs::recovery::recover_spools(store, spool_dir, recovered_dir, &cfg.source.prefix)
+        crate::fs::recovery::recover_spools(store, &dir.spool(), recovered_dir, &cfg.source.prefix)
             .await;
     if let Some(first) = files.first() {
         let dir = first

@@ -26,7 +26,7 @@ impl T {
 
     fn with(f: impl FnOnce(&mut FsConfig)) -> T {
         let spool = tempfile::tempdir().unwrap();
-        let mut cfg = FsConfig::new("", spool.path().to_path_buf());
+        let mut cfg = FsConfig::new("", pailfs::cache_dir::MountDir::at(spool.path()));
         cfg.part_size = 5 * MIB as u64;
         cfg.metadata_ttl = std::time::Duration::from_secs(60);
         f(&mut cfg);
@@ -229,7 +229,7 @@ async fn a_failed_upload_returns_the_error_and_keeps_the_old_object() {
         libc::EIO
     );
     t.fs.release(fh).await.unwrap();
-    let failed_dir = t._spool.path().join("failed");
+    let failed_dir = pailfs::cache_dir::MountDir::at(t._spool.path()).failed();
     let kept: Vec<_> = std::fs::read_dir(&failed_dir).unwrap().collect();
     assert_eq!(
         kept.len(),
@@ -587,7 +587,7 @@ async fn chmod_is_a_self_copy_and_persists() {
     let spool = tempfile::tempdir().unwrap();
     let fs2 = Fs::new(
         MemoryStore::new(),
-        FsConfig::new("", spool.path().to_path_buf()),
+        FsConfig::new("", pailfs::cache_dir::MountDir::at(spool.path())),
     )
     .unwrap();
     fs2.store()
@@ -903,9 +903,14 @@ async fn attributes_set_before_the_first_close_ride_along_with_its_put() {
 #[tokio::test]
 async fn blocks_kept_on_disk_serve_a_remount_without_a_get() {
     let disk = tempfile::tempdir().unwrap();
-    let dir = disk.path().to_path_buf();
+    let mount_dir = pailfs::cache_dir::MountDir::at(disk.path());
+    let dir = mount_dir.blocks();
+    let with_disk = |c: &mut pailfs::fs::FsConfig| {
+        c.dir = mount_dir.clone();
+        c.disk_cache_size = 64 << 20;
+    };
     let data: Vec<u8> = (0..3 * MIB + 100).map(|i| (i % 251) as u8).collect();
-    let t = T::with(|c| c.disk_cache = Some((dir.clone(), 64 << 20)));
+    let t = T::with(with_disk);
     t.s().insert("big", data.clone());
     assert_eq!(t.read_all("big").await, data);
     assert!(t.s().count(Op::Get) > 0);
@@ -919,13 +924,13 @@ async fn blocks_kept_on_disk_serve_a_remount_without_a_get() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
     drop(t);
     // A new mount over the same object (same key and ETag) reads it from disk.
-    let t = T::with(|c| c.disk_cache = Some((dir.clone(), 64 << 20)));
+    let t = T::with(with_disk);
     t.s().insert("big", data.clone());
     assert_eq!(t.read_all("big").await, data);
     assert_eq!(t.s().count(Op::Get), 0, "every block came from the disk");
     drop(t);
     // Another version of the object (another ETag) is read from S3.
-    let t = T::with(|c| c.disk_cache = Some((dir.clone(), 64 << 20)));
+    let t = T::with(with_disk);
     t.s().insert("other", "shifts the ETags");
     t.s().insert("big", vec![9u8; 2 * MIB]);
     assert_eq!(t.read_all("big").await, vec![9u8; 2 * MIB]);

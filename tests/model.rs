@@ -1203,7 +1203,7 @@ fn errno(e: pailfs::fs::error::FsError) -> i32 {
 impl Sut {
     fn new(ci: bool, ttl: bool) -> Sut {
         let spool = tempfile::tempdir().unwrap();
-        let mut cfg = FsConfig::new("", spool.path().to_path_buf());
+        let mut cfg = FsConfig::new("", pailfs::cache_dir::MountDir::at(spool.path()));
         cfg.case_insensitive = ci;
         (cfg.metadata_ttl, cfg.negative_ttl) = if ttl {
             (TTL, NEGATIVE_TTL)

@@ -33,7 +33,7 @@ impl T {
 
     fn with_ttl(ttl: Duration) -> T {
         let spool = tempfile::tempdir().unwrap();
-        let mut cfg = FsConfig::new("", spool.path().to_path_buf());
+        let mut cfg = FsConfig::new("", pailfs::cache_dir::MountDir::at(spool.path()));
         cfg.part_size = 5 * 1024 * 1024;
         cfg.metadata_ttl = ttl;
         T {

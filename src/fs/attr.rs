@@ -64,13 +64,18 @@ impl Defaults {
         Defaults {
             uid,
             gid,
-            file_mode: 0o644,
-            dir_mode: 0o755,
+            file_mode: DEFAULT_FILE_MODE,
+            dir_mode: DEFAULT_DIR_MODE,
             keep_setid: false,
             stored_owners: true,
         }
     }
 }
+
+/// The default `--file-mode`: permissions of files without stored attributes.
+pub const DEFAULT_FILE_MODE: u16 = 0o644;
+/// The default `--dir-mode`.
+pub const DEFAULT_DIR_MODE: u16 = 0o755;
 
 /// The attributes of one inode, without its number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -350,7 +350,7 @@ impl<S: ObjectStore> Fs<S> {
             log::error!("upload of {key:?} failed ({e}); the change is lost");
             return;
         };
-        let dir = self.config.spool_dir.join("failed");
+        let dir = self.config.dir.failed();
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -64,6 +64,7 @@ use inode::Ino;
 use names::SkipLog;
 use namespace::{Namespace, NsConfig};
 
+use crate::cache_dir::MountDir;
 use crate::store::ObjectStore;
 
 /// Settings of the core, validated before the mount starts.
@@ -84,7 +85,8 @@ pub struct FsConfig {
     pub upload_concurrency: usize,
     /// RAM for cached blocks, read-ahead in flight and parts being uploaded, together.
     pub memory_limit: u64,
-    pub spool_dir: PathBuf,
+    /// The mount's directory in the cache: spool, failed uploads, disk block cache.
+    pub dir: MountDir,
     pub max_spool_bytes: u64,
     /// How long a write waits for spool space before failing with ENOSPC.
     pub spool_wait: Duration,
@@ -100,33 +102,38 @@ pub struct FsConfig {
     /// Trust listings for attributes: `ls -l` costs no request per entry, but objects not yet
     /// looked at show the mount's default owner and modes and their S3 date.
     pub fast_listing: bool,
-    /// The on-disk block cache: its directory and size cap (off when `None`).
-    pub disk_cache: Option<(PathBuf, u64)>,
+    /// The size cap of the on-disk block cache, in the mount's directory (0: off).
+    pub disk_cache_size: u64,
 }
 
 impl FsConfig {
-    /// A configuration for tests and the defaults of the CLI.
-    pub fn new(prefix: &str, spool_dir: PathBuf) -> Self {
+    /// The defaults (the CLI's too), for a mount of `prefix` whose files live in `dir`.
+    pub fn new(prefix: &str, dir: MountDir) -> Self {
         FsConfig {
             prefix: prefix.to_string(),
             defaults: Defaults::for_user(0, 0),
             read_only: false,
             metadata_ttl: Duration::from_secs(DEFAULT_METADATA_TTL_SECS),
             negative_ttl: Duration::from_millis(DEFAULT_NEGATIVE_TTL_MS),
-            part_size: 8 * 1024 * 1024,
-            upload_concurrency: 8,
+            part_size: DEFAULT_PART_SIZE,
+            upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            spool_dir,
-            max_spool_bytes: 16 * 1024 * 1024 * 1024,
+            dir,
+            max_spool_bytes: DEFAULT_MAX_SPOOL_BYTES,
             spool_wait: Duration::from_secs(60),
-            max_rename_objects: 10_000,
+            max_rename_objects: DEFAULT_MAX_RENAME_OBJECTS,
             max_single_copy: crate::store::MAX_SINGLE_COPY,
             case_insensitive: false,
             case_collision: case::CaseCollision::Resolve,
             normalize_names: false,
             fast_listing: false,
-            disk_cache: None,
+            disk_cache_size: 0,
         }
+    }
+
+    /// The disk block cache's directory and cap, when it is on.
+    pub fn disk_cache(&self) -> Option<(PathBuf, u64)> {
+        (self.disk_cache_size > 0).then(|| (self.dir.blocks(), self.disk_cache_size))
     }
 }
 
@@ -204,20 +211,32 @@ pub const DEFAULT_METADATA_TTL_SECS: u64 = 5;
 /// The default `--negative-metadata-ttl`, in milliseconds.
 pub const DEFAULT_NEGATIVE_TTL_MS: u64 = 1000;
 
+/// The default `--part-size`: files up to this size are one PUT.
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+
+/// The default `--upload-concurrency`.
+pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 8;
+
+/// The default `--max-cache-size`: the spool's disk budget.
+pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// The default `--max-rename-objects`.
+pub const DEFAULT_MAX_RENAME_OBJECTS: u64 = 10_000;
+
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: S, config: FsConfig) -> FsResult<Arc<Self>> {
-        std::fs::create_dir_all(&config.spool_dir).map_err(|e| {
+        std::fs::create_dir_all(config.dir.spool()).map_err(|e| {
             FsError::local(
                 format!(
                     "cannot create spool directory {}",
-                    config.spool_dir.display()
+                    config.dir.spool().display()
                 ),
                 e,
             )
         })?;
         let shares = crate::cache::MemoryShares::split(config.memory_limit, config.part_size);
         crate::buffers::POOL.set_max_idle(shares.pool as usize);
-        let reader = readahead::Reader::new(&shares, config.disk_cache.as_ref())?;
+        let reader = readahead::Reader::new(&shares, config.disk_cache())?;
         let uploader = upload::Uploader::new(&config, &shares);
         let ns = Namespace::new(NsConfig {
             prefix: config.prefix.clone(),

@@ -97,10 +97,10 @@ pub struct Reader {
 impl Reader {
     pub fn new(
         shares: &crate::cache::MemoryShares,
-        disk: Option<&(std::path::PathBuf, u64)>,
+        disk: Option<(std::path::PathBuf, u64)>,
     ) -> FsResult<Self> {
         let disk_cache = match disk {
-            Some((dir, cap)) => Some(Arc::new(DiskCache::open(dir, *cap).map_err(|e| {
+            Some((dir, cap)) => Some(Arc::new(DiskCache::open(&dir, cap).map_err(|e| {
                 FsError::local(format!("cannot open the disk cache {}", dir.display()), e)
             })?)),
             None => None,

@@ -342,7 +342,7 @@ impl<S: ObjectStore> Fs<S> {
             );
             return Err(NsError::TooManyObjects {
                 count: keys.len() as u64,
-                limit: limit as u64,
+                limit,
             }
             .into());
         }

@@ -60,7 +60,7 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(sp) = &s.spool {
             return Ok(sp.clone());
         }
-        let sp = Arc::new(Spool::create(&self.config.spool_dir)?);
+        let sp = Arc::new(Spool::create(&self.config.dir.spool())?);
         if s.size > 0 {
             sp.set_len(s.size)?;
         }

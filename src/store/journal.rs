@@ -167,7 +167,6 @@ impl<S: ObjectStore> ObjectStore for Journaled<S> {
         }
         r
     }
-
 }
 
 #[cfg(test)]

@@ -169,7 +169,10 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.count(Op::CreateMultipart, self.inner.create_multipart(key, meta).await)
+        self.count(
+            Op::CreateMultipart,
+            self.inner.create_multipart(key, meta).await,
+        )
     }
 
     async fn upload_part(
@@ -209,17 +212,24 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         upload_id: &str,
         parts: &[(i32, String)],
     ) -> StoreResult<PutResult> {
-        self.count(Op::CompleteMultipart,
+        self.count(
+            Op::CompleteMultipart,
             self.inner.complete_multipart(key, upload_id, parts).await,
         )
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.count(Op::AbortMultipart, self.inner.abort_multipart(key, upload_id).await)
+        self.count(
+            Op::AbortMultipart,
+            self.inner.abort_multipart(key, upload_id).await,
+        )
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.count(Op::ListUploads, self.inner.list_multipart_uploads(prefix).await)
+        self.count(
+            Op::ListUploads,
+            self.inner.list_multipart_uploads(prefix).await,
+        )
     }
 
     async fn copy(
@@ -229,7 +239,10 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         meta: Option<&UserMeta>,
         src_etag: Option<&str>,
     ) -> StoreResult<PutResult> {
-        self.count(Op::Copy, self.inner.copy(src_key, dst_key, meta, src_etag).await)
+        self.count(
+            Op::Copy,
+            self.inner.copy(src_key, dst_key, meta, src_etag).await,
+        )
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
