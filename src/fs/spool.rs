@@ -116,11 +116,6 @@ impl Spool {
         Ok(())
     }
 
-    pub fn sync(&self) -> FsResult<()> {
-        self.file.sync_data()?;
-        Ok(())
-    }
-
     /// Bytes charged to the budget for this spool.
     pub fn charged(&self) -> u64 {
         self.charged.load(Ordering::SeqCst)
@@ -221,10 +216,6 @@ impl SpoolBudget {
 
     pub fn used(&self) -> u64 {
         *self.used.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn limit(&self) -> u64 {
-        self.limit
     }
 
     /// Charges `spool` for growing to `new_len` bytes, waiting for room if needed.
