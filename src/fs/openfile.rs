@@ -11,10 +11,14 @@
 //! unchanged parts server-side. Writes bump a generation per multipart part, so a part uploaded
 //! early (while the application is still writing) and written again later is uploaded again.
 //!
-//! Locks: `state` is a `std::sync::Mutex`, held for bookkeeping and local `pread`/`pwrite` only,
-//! never across S3 I/O. `upload` is a `tokio::sync::RwLock`: early part uploads hold it shared,
-//! a flush holds it exclusively, so a flush waits for parts in flight and two flushes never
-//! interleave. Order: `upload` before `state`; never the inode table while holding `state`.
+//! Locks: `state` is a `std::sync::Mutex`, held for bookkeeping and local `pread`s only, never
+//! across S3 I/O or a write to disk. `data` is a `tokio::sync::Mutex` held by a write across
+//! its spool write, journal record and bookkeeping, and by a truncation likewise, so the spool,
+//! its journal and `state` change in one order while the disk I/O runs off the async workers
+//! (see `spool::off_worker`). `upload` is a `tokio::sync::RwLock`: early part uploads hold it
+//! shared, a flush holds it exclusively, so a flush waits for parts in flight and two flushes
+//! never interleave. Order: `upload` before `data` before `state`; never the inode table while
+//! holding `state`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -22,7 +26,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::attr::Stat;
-use super::error::FsResult;
 use super::parts::PartLayout;
 use super::ranges::RangeSet;
 use super::recovery::Record;
@@ -146,11 +149,6 @@ impl FileState {
     /// Returns the parts that became complete and can be uploaded early.
     pub fn wrote(&mut self, layout: &PartLayout, off: u64, len: u64, now: SystemTime) -> Vec<u64> {
         let end = off + len;
-        if self.base.is_some()
-            && let Some(sp) = &self.spool
-        {
-            sp.note(&Record::Wrote { off, len });
-        }
         self.present.insert(off..end);
         self.size = self.size.max(end);
         self.touch_parts(layout, off..end);
@@ -180,12 +178,9 @@ impl FileState {
         ready
     }
 
-    /// Sets the size to `len` (truncate or extend with zeros).
-    pub fn set_size(&mut self, layout: &PartLayout, len: u64, now: SystemTime) -> FsResult<()> {
-        if let Some(spool) = &self.spool {
-            spool.set_len(len)?;
-            spool.note(&Record::Size { len });
-        }
+    /// Sets the size to `len` (truncate or extend with zeros); the caller changed the spool
+    /// file's length (see `Spool::resize`).
+    pub fn set_size(&mut self, layout: &PartLayout, len: u64, now: SystemTime) {
         if let Some(b) = &mut self.base
             && b.len > len
         {
@@ -200,7 +195,6 @@ impl FileState {
         self.dirty = true;
         self.stat.mtime = now;
         self.stat.ctime = now;
-        Ok(())
     }
 
     /// Journals the file's (and its base's) key after a rename.
@@ -231,6 +225,8 @@ impl FileState {
 pub struct OpenFile {
     state: Mutex<FileState>,
     pub upload: tokio::sync::RwLock<()>,
+    /// Serializes changes to the spool's bytes and length (see the module documentation).
+    pub data: tokio::sync::Mutex<()>,
     /// Serializes creation of the multipart upload among early part uploads.
     pub mp_create: tokio::sync::Mutex<()>,
 }
@@ -290,6 +286,7 @@ impl OpenFile {
         OpenFile {
             state: Mutex::new(state),
             upload: tokio::sync::RwLock::new(()),
+            data: tokio::sync::Mutex::new(()),
             mp_create: tokio::sync::Mutex::new(()),
         }
     }
@@ -413,7 +410,7 @@ mod tests {
         let mut s = of.lock();
         let layout = PartLayout::new(8 * MIB);
         s.present.insert(10..20);
-        s.set_size(&layout, 120, SystemTime::now()).unwrap();
+        s.set_size(&layout, 120, SystemTime::now());
         assert_eq!(
             s.plan(0, 200),
             vec![
@@ -423,8 +420,8 @@ mod tests {
                 Piece::Spool(100..120)
             ]
         );
-        s.set_size(&layout, 50, SystemTime::now()).unwrap();
-        s.set_size(&layout, 60, SystemTime::now()).unwrap();
+        s.set_size(&layout, 50, SystemTime::now());
+        s.set_size(&layout, 60, SystemTime::now());
         // Truncating then extending gives zeros (spool), never the old bytes.
         assert_eq!(
             s.plan(40, 100),

@@ -97,6 +97,26 @@ impl Spool {
         Ok(())
     }
 
+    /// Writes `data` at `offset` and journals it when `journal` (a file with a base object:
+    /// recovery must know which bytes are new).
+    pub fn write_and_note(&self, offset: u64, data: &[u8], journal: bool) -> FsResult<()> {
+        self.write_at(offset, data)?;
+        if journal {
+            self.note(&Record::Wrote {
+                off: offset,
+                len: data.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Changes the length to `len` (truncate, or extend with a hole) and journals it.
+    pub fn resize(&self, len: u64) -> FsResult<()> {
+        self.set_len(len)?;
+        self.note(&Record::Size { len });
+        Ok(())
+    }
+
     /// Fills `buf` from `offset`; bytes past the spool file's end read as zeros.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> FsResult<()> {
         let mut done = 0;
@@ -142,6 +162,18 @@ impl Spool {
         if let Some(l) = &self.log {
             l.note(rec);
         }
+    }
+}
+
+/// Runs `io`, a local disk operation that may block (a spool write, a journal append), without
+/// holding up the async worker it is called on: on a multi-thread runtime the worker's other
+/// tasks move to another thread meanwhile (`block_in_place`); on a current-thread runtime
+/// (unit tests) it just runs.
+pub fn off_worker<R>(io: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(io),
+        _ => io(),
     }
 }
 

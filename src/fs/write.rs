@@ -21,7 +21,7 @@ use super::error::{FsResult, HandleError};
 use super::inode::Ino;
 use super::openfile::OpenFile;
 use super::recovery::{BaseRef, Record};
-use super::spool::Spool;
+use super::spool::{self, Spool};
 use crate::store::ObjectStore;
 
 impl<S: ObjectStore> Fs<S> {
@@ -39,13 +39,14 @@ impl<S: ObjectStore> Fs<S> {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= self.layout().max_object_size())
             .ok_or(HandleError::TooLarge)?;
+        let _data = h.of.data.lock().await;
         let spool = self.spool_of(&h.of)?;
         self.uploader.grow_spool(&spool, end).await?;
-        let ready = {
-            let mut s = h.of.lock();
-            spool.write_at(offset, data)?;
-            s.wrote(self.layout(), offset, data.len() as u64, SystemTime::now())
-        };
+        let journal = h.of.lock().base.is_some();
+        spool::off_worker(|| spool.write_and_note(offset, data, journal))?;
+        let ready =
+            h.of.lock()
+                .wrote(self.layout(), offset, data.len() as u64, SystemTime::now());
         for part in ready {
             let fs = self.clone();
             let of = h.of.clone();
@@ -54,26 +55,34 @@ impl<S: ObjectStore> Fs<S> {
         Ok(data.len() as u32)
     }
 
-    /// The file's spool, created on first use.
+    /// The file's spool, created on first use. The caller holds the file's `data` lock.
     pub(crate) fn spool_of(&self, of: &OpenFile) -> FsResult<Arc<Spool>> {
-        let mut s = of.lock();
-        if let Some(sp) = &s.spool {
-            return Ok(sp.clone());
-        }
-        let sp = Arc::new(Spool::create(&self.config.dir.spool())?);
-        if s.size > 0 {
-            sp.set_len(s.size)?;
-        }
-        sp.note(&Record::Open {
-            key: s.key.clone(),
-            base: s.base.as_ref().map(|b| BaseRef {
-                key: b.key.clone(),
-                etag: b.etag.clone(),
-                len: b.len,
-            }),
-            size: s.size,
-        });
-        s.spool = Some(sp.clone());
+        let (open, size) = {
+            let s = of.lock();
+            if let Some(sp) = &s.spool {
+                return Ok(sp.clone());
+            }
+            let open = Record::Open {
+                key: s.key.clone(),
+                base: s.base.as_ref().map(|b| BaseRef {
+                    key: b.key.clone(),
+                    etag: b.etag.clone(),
+                    len: b.len,
+                }),
+                size: s.size,
+            };
+            (open, s.size)
+        };
+        let sp = spool::off_worker(|| -> FsResult<Spool> {
+            let sp = Spool::create(&self.config.dir.spool())?;
+            if size > 0 {
+                sp.set_len(size)?;
+            }
+            sp.note(&open);
+            Ok(sp)
+        })?;
+        let sp = Arc::new(sp);
+        of.lock().spool = Some(sp.clone());
         Ok(sp)
     }
 
@@ -127,8 +136,15 @@ impl<S: ObjectStore> Fs<S> {
         if len > self.layout().max_object_size() {
             return Err(HandleError::TooLarge.into());
         }
-        // Truncation must not race with an upload's view of what S3 holds.
+        // Truncation must not race with an upload's view of what S3 holds, nor with a write
+        // between its bytes and its bookkeeping.
         let _g = of.upload.write().await;
-        of.lock().set_size(self.layout(), len, SystemTime::now())
+        let _data = of.data.lock().await;
+        let spool = of.lock().spool.clone();
+        if let Some(spool) = spool {
+            spool::off_worker(|| spool.resize(len))?;
+        }
+        of.lock().set_size(self.layout(), len, SystemTime::now());
+        Ok(())
     }
 }
