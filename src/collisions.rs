@@ -9,6 +9,7 @@
 //! stream, the spellings of one name are adjacent, and everything inside a directory follows
 //! it, which gives "which files would be merged" for colliding directories in the same pass.
 
+use crate::error::CliError;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -257,7 +258,7 @@ pub async fn scan<S: ObjectStore>(
     prefix: &str,
     normalize: bool,
     progress: impl Fn(u64),
-) -> Result<ScanReport, String> {
+) -> Result<ScanReport, CliError> {
     scan_with_chunk(store, bucket, prefix, normalize, progress, CHUNK_RECORDS).await
 }
 
@@ -268,14 +269,14 @@ pub async fn scan_with_chunk<S: ObjectStore>(
     normalize: bool,
     progress: impl Fn(u64),
     chunk: usize,
-) -> Result<ScanReport, String> {
+) -> Result<ScanReport, CliError> {
     let mut runs = Runs::new(chunk.max(2));
     let mut pages = Pages::new(ListRequest::flat(prefix));
     let mut scanned = 0u64;
     while let Some(page) = pages
         .next(store)
         .await
-        .map_err(|e| format!("listing s3://{bucket}/{prefix} failed: {e}"))?
+        .map_err(|e| CliError::failed(format!("listing s3://{bucket}/{prefix} failed"), e))?
     {
         for o in &page.objects {
             scanned += 1;
@@ -283,14 +284,14 @@ pub async fn scan_with_chunk<S: ObjectStore>(
             let rel = o.key.strip_prefix(prefix).unwrap_or("");
             if !rel.is_empty() {
                 records(rel, normalize, &mut runs)
-                    .map_err(|e| format!("cannot spill the scan to disk: {e}"))?;
+                    .map_err(|e| CliError::failed("cannot spill the scan to disk", e))?;
             }
         }
         progress(scanned);
     }
     let sorted = runs
         .into_sorted()
-        .map_err(|e| format!("cannot read the spilled scan: {e}"))?;
+        .map_err(|e| CliError::failed("cannot read the spilled scan", e))?;
     Ok(ScanReport {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),
@@ -360,7 +361,7 @@ pub fn text(r: &ScanReport) -> String {
 }
 
 /// `pailfs collisions`: exit 1 when collisions exist, 0 when none.
-pub fn command(a: crate::cli::CollisionsArgs) -> Result<i32, String> {
+pub fn command(a: crate::cli::CollisionsArgs) -> Result<i32, CliError> {
     let resolved = crate::config::resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
     let s3 = crate::config::s3_settings(conn, &a.s3)?;

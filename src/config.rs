@@ -4,6 +4,7 @@
 //! message that names the value and what to do: a malformed source, a bad size or mode, a
 //! mountpoint that does not exist, is not a directory, or is already mounted.
 
+use crate::error::CliError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,13 +26,14 @@ pub struct Source {
 
 impl Source {
     /// Parses `BUCKET`, `BUCKET:PREFIX`, `BUCKET/PREFIX` or `s3://BUCKET/PREFIX`.
-    pub fn parse(s: &str) -> Result<Source, String> {
+    pub fn parse(s: &str) -> Result<Source, CliError> {
         let rest = s.strip_prefix("s3://").unwrap_or(s);
         let (bucket, prefix) = match rest.find([':', '/']) {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
         };
-        validate_bucket(bucket).map_err(|why| format!("{s:?} is not BUCKET[:PREFIX]: {why}"))?;
+        validate_bucket(bucket)
+            .map_err(|why| why.within(format!("{s:?} is not BUCKET[:PREFIX]")))?;
         Ok(Source {
             bucket: bucket.to_string(),
             prefix: normalize_prefix(prefix)?,
@@ -44,17 +46,19 @@ impl Source {
     }
 }
 
-fn validate_bucket(b: &str) -> Result<(), String> {
+fn validate_bucket(b: &str) -> Result<(), CliError> {
     if b.len() < 3 || b.len() > 63 {
-        return Err(format!("bucket name {b:?} must be 3 to 63 characters"));
+        return Err(CliError::Invalid(format!(
+            "bucket name {b:?} must be 3 to 63 characters"
+        )));
     }
     if !b
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_')
     {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "bucket name {b:?} may only hold lower-case letters, digits, '-', '.' and '_'"
-        ));
+        )));
     }
     Ok(())
 }
@@ -64,8 +68,8 @@ fn validate_bucket(b: &str) -> Result<(), String> {
 pub struct Size(pub u64);
 
 impl std::str::FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Size, String> {
+    type Err = CliError;
+    fn from_str(s: &str) -> Result<Size, CliError> {
         parse_size(s).map(Size)
     }
 }
@@ -88,8 +92,8 @@ impl std::fmt::Display for Size {
 pub struct Mode(pub u16);
 
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
+    type Err = CliError;
+    fn from_str(s: &str) -> Result<Mode, CliError> {
         parse_mode(s).map(Mode)
     }
 }
@@ -101,7 +105,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// Parses sizes like `8M`, `1.5G`, `4096`, `10GiB` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, CliError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -109,24 +113,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 8M, 10G)"))?;
+        .map_err(|_| CliError::Invalid(format!("{s:?} is not a size (examples: 4096, 8M, 10G)")))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("{s:?} has an unknown unit (use K, M, G or T)")),
+        _ => {
+            return Err(CliError::Invalid(format!(
+                "{s:?} has an unknown unit (use K, M, G or T)"
+            )));
+        }
     };
     Ok((n * mult as f64) as u64)
 }
 
 /// Parses an octal permission like `644` or `0755`.
-pub fn parse_mode(s: &str) -> Result<u16, String> {
+pub fn parse_mode(s: &str) -> Result<u16, CliError> {
     u16::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("{s:?} is not an octal permission like 644"))
+        .ok_or_else(|| CliError::Invalid(format!("{s:?} is not an octal permission like 644")))
 }
 
 /// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/pailfs`, `~/.cache/pailfs`,
@@ -153,7 +161,7 @@ pub struct Resolved {
 
 /// Resolves `LABEL`, `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX`. A saved connection
 /// wins over a bucket of the same name.
-pub fn resolve_source(s: &str) -> Result<Resolved, String> {
+pub fn resolve_source(s: &str) -> Result<Resolved, CliError> {
     let plain = !s.contains(':') && !s.contains('/');
     if plain
         && connections::validate_label(s).is_ok()
@@ -161,7 +169,7 @@ pub fn resolve_source(s: &str) -> Result<Resolved, String> {
     {
         let c = c
             .validated()
-            .map_err(|e| format!("connection {s:?}: {e}"))?;
+            .map_err(|e| e.within(format!("connection {s:?}")))?;
         return Ok(Resolved {
             source: Source {
                 bucket: c.bucket.clone(),
@@ -177,12 +185,12 @@ pub fn resolve_source(s: &str) -> Result<Resolved, String> {
 }
 
 /// The runtime of a one-shot command (check, collisions, doctor): two I/O threads.
-pub fn command_runtime() -> Result<tokio::runtime::Runtime, String> {
+pub fn command_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the I/O runtime: {e}"))
+        .map_err(|e| CliError::failed("cannot start the I/O runtime", e))
 }
 
 /// A "N keys scanned" spinner on standard error, when it is a terminal and `show`.
@@ -196,7 +204,7 @@ pub fn scan_spinner(show: bool) -> Option<indicatif::ProgressBar> {
 }
 
 /// S3 settings: the defaults, `AWS_ENDPOINT_URL`, then the connection, then explicit flags.
-pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, String> {
+pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, CliError> {
     let mut s = S3Settings::with_defaults();
     s.endpoint_url = std::env::var("AWS_ENDPOINT_URL")
         .ok()
@@ -219,9 +227,9 @@ pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, 
     if let Some(e) = &s.endpoint_url
         && !(e.starts_with("http://") || e.starts_with("https://"))
     {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "--endpoint-url {e:?} must start with http:// or https://"
-        ));
+        )));
     }
     Ok(s)
 }
@@ -281,7 +289,7 @@ pub struct MountConfig {
 }
 
 impl MountConfig {
-    pub fn from_args(a: &MountArgs) -> Result<MountConfig, String> {
+    pub fn from_args(a: &MountArgs) -> Result<MountConfig, CliError> {
         let resolved = resolve_source(&a.source)?;
         let conn = resolved.connection.as_ref().map(|(_, c)| c);
         let source = resolved.source.clone();
@@ -294,12 +302,14 @@ impl MountConfig {
             ("--negative-metadata-ttl", negative_ttl),
         ] {
             if !(0.0..=86_400.0).contains(&v) {
-                return Err(format!("{flag} {v} must be between 0 and 86400 seconds"));
+                return Err(CliError::Invalid(format!(
+                    "{flag} {v} must be between 0 and 86400 seconds"
+                )));
             }
         }
         let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let cache_root = std::path::absolute(&cache_root)
-            .map_err(|e| format!("--cache-dir {}: {e}", cache_root.display()))?;
+            .map_err(|e| CliError::failed(format!("--cache-dir {}", cache_root.display()), e))?;
         let dir = MountDir::of(
             &cache_root,
             &Identity {
@@ -325,12 +335,16 @@ impl MountConfig {
         fs.max_spool_bytes = a.max_cache_size.0;
         fs.part_size = a.part_size.0;
         if fs.part_size < crate::store::MIN_PART_SIZE {
-            return Err("--part-size must be at least 5M (S3's smallest part)".into());
+            return Err(CliError::Invalid(
+                "--part-size must be at least 5M (S3's smallest part)".into(),
+            ));
         }
         fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
         fs.memory_limit = a.memory_limit.0;
         if fs.memory_limit < 64 << 20 {
-            return Err("--memory-limit must be at least 64M".into());
+            return Err(CliError::Invalid(
+                "--memory-limit must be at least 64M".into(),
+            ));
         }
         fs.fast_listing = a.fast_listing;
         fs.disk_cache_size = a.disk_cache_size.0;
@@ -372,34 +386,40 @@ impl MountConfig {
 }
 
 /// Checks that `p` can be mounted on and returns it absolute.
-pub fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf, CliError> {
     let shown = p.display();
     let meta = match std::fs::metadata(p) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(format!(
+            return Err(CliError::Invalid(format!(
                 "mountpoint {shown} is a dead FUSE mount; clear it with: fusermount3 -u {shown}"
-            ));
+            )));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
+            return Err(CliError::Invalid(format!(
                 "mountpoint {shown} does not exist; create it with: mkdir -p {shown}"
-            ));
+            )));
         }
-        Err(e) => return Err(format!("cannot use mountpoint {shown}: {e}")),
+        Err(e) => {
+            return Err(CliError::Invalid(format!(
+                "cannot use mountpoint {shown}: {e}"
+            )));
+        }
     };
     if !meta.is_dir() {
-        return Err(format!("mountpoint {shown} is not a directory"));
+        return Err(CliError::Invalid(format!(
+            "mountpoint {shown} is not a directory"
+        )));
     }
-    let abs =
-        std::fs::canonicalize(p).map_err(|e| format!("cannot resolve mountpoint {shown}: {e}"))?;
+    let abs = std::fs::canonicalize(p)
+        .map_err(|e| CliError::failed(format!("cannot resolve mountpoint {shown}"), e))?;
     if is_mounted(&abs) {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "{} is already a mount point; unmount it first (umount {} or fusermount3 -u {})",
             abs.display(),
             abs.display(),
             abs.display()
-        ));
+        )));
     }
     Ok(abs)
 }
@@ -479,14 +499,14 @@ mod tests {
     fn mountpoint_errors_say_what_to_do() {
         let e = check_mountpoint(Path::new("/no/such/dir")).unwrap_err();
         assert!(
-            e.contains("does not exist") && e.contains("mkdir -p"),
+            e.to_string().contains("does not exist") && e.to_string().contains("mkdir -p"),
             "{e}"
         );
         let f = tempfile::NamedTempFile::new().unwrap();
         let e = check_mountpoint(f.path()).unwrap_err();
-        assert!(e.contains("not a directory"), "{e}");
+        assert!(e.to_string().contains("not a directory"), "{e}");
         assert!(is_mounted(Path::new("/proc")));
         let e = check_mountpoint(Path::new("/proc")).unwrap_err();
-        assert!(e.contains("already a mount point"), "{e}");
+        assert!(e.to_string().contains("already a mount point"), "{e}");
     }
 }

@@ -15,6 +15,7 @@
 //!
 //! Exit status 1 when anything is found, so it can run from a script or a timer.
 
+use crate::error::CliError;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -117,7 +118,7 @@ pub async fn scan_keys<S: ObjectStore>(
     store: &S,
     prefix: &str,
     mut progress: impl FnMut(u64),
-) -> Result<(u64, u64, Vec<Skipped>), String> {
+) -> Result<(u64, u64, Vec<Skipped>), CliError> {
     let mut pages = Pages::new(ListRequest::flat(prefix));
     let (mut scanned, mut total, mut listed) = (0u64, 0u64, Vec::new());
     let mut shadows = Shadows::default();
@@ -130,7 +131,7 @@ pub async fn scan_keys<S: ObjectStore>(
     while let Some(page) = pages
         .next(store)
         .await
-        .map_err(|e| format!("cannot list s3 prefix {prefix:?}: {e}"))?
+        .map_err(|e| CliError::failed(format!("cannot list s3 prefix {prefix:?}"), e))?
     {
         for raw in &page.unreadable {
             scanned += 1;
@@ -256,7 +257,7 @@ pub fn text(r: &Report) -> String {
 }
 
 /// `pailfs doctor`: exit 1 when anything is found.
-pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, String> {
+pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, CliError> {
     let resolved = crate::config::resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
     let s3 = crate::config::s3_settings(conn, &a.s3)?;
@@ -272,11 +273,10 @@ pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, String> {
             }
         })
         .await?;
-        let uploads = store
-            .list_multipart_uploads(prefix)
-            .await
-            .map_err(|e| format!("cannot list multipart uploads under {prefix:?}: {e}"))?;
-        Ok::<_, String>((scanned, total, listed, uploads))
+        let uploads = store.list_multipart_uploads(prefix).await.map_err(|e| {
+            CliError::failed(format!("cannot list multipart uploads under {prefix:?}"), e)
+        })?;
+        Ok::<_, CliError>((scanned, total, listed, uploads))
     });
     if let Some(b) = bar {
         b.finish_and_clear();

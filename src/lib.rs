@@ -24,6 +24,7 @@ pub mod config;
 pub mod connections;
 pub mod diagnose;
 pub mod doctor;
+pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod logfile;

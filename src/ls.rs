@@ -1,9 +1,10 @@
 //! `pailfs ls`: one level of a bucket or prefix as S3 itself lists it (ListObjectsV2 with a
 //! `/` delimiter), without mounting: what another S3 client sees, as `aws s3 ls` prints it.
 
+use crate::error::CliError;
 use crate::store::{ListRequest, Pages};
 
-pub fn command(a: crate::cli::LsArgs) -> Result<i32, String> {
+pub fn command(a: crate::cli::LsArgs) -> Result<i32, CliError> {
     let resolved = crate::config::resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
     let s3 = crate::config::s3_settings(conn, &a.s3)?;
@@ -16,7 +17,7 @@ pub fn command(a: crate::cli::LsArgs) -> Result<i32, String> {
         while let Some(page) = pages
             .next(&store)
             .await
-            .map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {e}"))?
+            .map_err(|e| CliError::failed(format!("cannot list s3://{bucket}/{prefix}"), e))?
         {
             for p in &page.prefixes {
                 println!("{:>12}  {}", "PRE", shown(p, prefix));

@@ -1,6 +1,7 @@
 //! The `pailfs` binary: parse the command line, run the command, turn the result into an
 //! exit status. Errors reach the user as one line on standard error.
 
+use pailfs::error::CliError;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -15,7 +16,7 @@ enum LogTo<'a> {
     Syslog,
 }
 
-fn init_logging(level: &str, to: LogTo) -> Result<(), String> {
+fn init_logging(level: &str, to: LogTo) -> Result<(), CliError> {
     use std::io::Write;
     let default = format!("pailfs={level},fuser=error,warn");
     let mut b =
@@ -35,15 +36,18 @@ fn init_logging(level: &str, to: LogTo) -> Result<(), String> {
     match to {
         LogTo::Stderr => {}
         LogTo::File(path) => {
-            let f = pailfs::logfile::LogFile::open(path.to_path_buf())
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            let f = pailfs::logfile::LogFile::open(path.to_path_buf()).map_err(|e| {
+                CliError::failed(format!("cannot open log file {}", path.display()), e)
+            })?;
             b.target(env_logger::Target::Pipe(Box::new(f)));
         }
         LogTo::Syslog => {
             let w = pailfs::syslog::SyslogWriter::connect(std::path::Path::new(
                 pailfs::syslog::DEV_LOG,
             ))
-            .map_err(|e| format!("cannot log to {}: {e}", pailfs::syslog::DEV_LOG))?;
+            .map_err(|e| {
+                CliError::failed(format!("cannot log to {}", pailfs::syslog::DEV_LOG), e)
+            })?;
             b.format(|buf, rec| {
                 writeln!(
                     buf,
@@ -58,10 +62,10 @@ fn init_logging(level: &str, to: LogTo) -> Result<(), String> {
         }
     }
     b.try_init()
-        .map_err(|e| format!("cannot set up logging: {e}"))
+        .map_err(|e| CliError::Invalid(format!("cannot set up logging: {e}")))
 }
 
-fn run(cli: Cli) -> Result<i32, String> {
+fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Mount(args) => {
             let to = match (&args.log_file, args.foreground) {
@@ -110,11 +114,13 @@ fn run(cli: Cli) -> Result<i32, String> {
 }
 
 /// `pailfs.1` and `pailfs-COMMAND.1` for each command, from the command line definition.
-fn write_manpages(dir: &std::path::Path) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("cannot write man pages into {}: {e}", dir.display());
+fn write_manpages(dir: &std::path::Path) -> Result<(), CliError> {
+    let err = |e: std::io::Error| {
+        CliError::failed(format!("cannot write man pages into {}", dir.display()), e)
+    };
     std::fs::create_dir_all(dir).map_err(err)?;
     let cmd = Cli::command();
-    let page = |c: clap::Command, file: String| -> Result<(), String> {
+    let page = |c: clap::Command, file: String| -> Result<(), CliError> {
         let mut out = Vec::new();
         clap_mangen::Man::new(c).render(&mut out).map_err(err)?;
         std::fs::write(dir.join(file), out).map_err(err)

@@ -9,6 +9,7 @@
 //! at once, so a flood of connections cannot use up the process's descriptors, which the S3
 //! client needs) and each bounded to `CONNECTION_TIME`.
 
+use crate::error::CliError;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,10 +250,10 @@ fn respond(
 }
 
 /// Fetches the page of the mount on `mountpoint`.
-pub fn fetch(mountpoint: &Path) -> Result<String, String> {
+pub fn fetch(mountpoint: &Path) -> Result<String, CliError> {
     use std::io::{Read, Write};
-    let canon =
-        std::fs::canonicalize(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+    let canon = std::fs::canonicalize(mountpoint)
+        .map_err(|e| CliError::failed(format!("{}", mountpoint.display()), e))?;
     let path = socket_path(&canon);
     let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
         format!(
@@ -356,7 +357,7 @@ pub fn report(text: &str) -> String {
 }
 
 /// `pailfs stats MOUNTPOINT`.
-pub fn command(a: crate::cli::StatsArgs) -> Result<i32, String> {
+pub fn command(a: crate::cli::StatsArgs) -> Result<i32, CliError> {
     let text = fetch(&a.mountpoint)?;
     if a.prometheus {
         print!("{text}");

@@ -9,6 +9,7 @@
 //! Each mount gets its own spool directory under the cache root, locked with `flock`, so two
 //! pailfs processes never share one.
 
+use crate::error::CliError;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -37,7 +38,7 @@ const CHECK_BOUND: Duration = Duration::from_secs(20);
 const READY_BOUND: Duration = Duration::from_secs(60);
 
 /// Mounts as configured; returns when the mount ends (foreground) or is live (daemon).
-pub fn mount_command(cfg: MountConfig) -> Result<(), String> {
+pub fn mount_command(cfg: MountConfig) -> Result<(), CliError> {
     let mut host = Host {
         pipe: None,
         on_signals: true,
@@ -47,7 +48,7 @@ pub fn mount_command(cfg: MountConfig) -> Result<(), String> {
     }
     let result = prepare_process().and_then(|()| serve(&cfg, Aws, &mut host));
     if let (Err(e), Some(pipe)) = (&result, host.pipe.as_mut()) {
-        let _ = writeln!(pipe, "ERR {}", e.replace('\n', " "));
+        let _ = writeln!(pipe, "ERR {}", e.to_string().replace('\n', " "));
     }
     result
 }
@@ -68,7 +69,7 @@ pub trait StoreBuilder {
         self,
         cfg: &MountConfig,
         attempts: Arc<AtomicU64>,
-    ) -> impl Future<Output = Result<Built<Self::Store>, String>> + Send;
+    ) -> impl Future<Output = Result<Built<Self::Store>, CliError>> + Send;
 }
 
 /// A store ready to serve, whether to mount it read-only, and what to tell the user.
@@ -87,7 +88,7 @@ impl StoreBuilder for Aws {
         self,
         cfg: &MountConfig,
         attempts: Arc<AtomicU64>,
-    ) -> Result<Built<AwsStore>, String> {
+    ) -> Result<Built<AwsStore>, CliError> {
         let (store, read_only, notices) = prepare(cfg, attempts).await?;
         Ok(Built {
             store,
@@ -103,7 +104,7 @@ pub struct Ready<S>(pub S);
 
 impl<S: ObjectStore> StoreBuilder for Ready<S> {
     type Store = S;
-    async fn build(self, cfg: &MountConfig, _: Arc<AtomicU64>) -> Result<Built<S>, String> {
+    async fn build(self, cfg: &MountConfig, _: Arc<AtomicU64>) -> Result<Built<S>, CliError> {
         Ok(Built {
             store: self.0,
             read_only: cfg.fs.read_only,
@@ -113,17 +114,20 @@ impl<S: ObjectStore> StoreBuilder for Ready<S> {
 }
 
 /// Forks. The parent waits for the child's report and exits; the child gets the pipe.
-fn daemonize() -> Result<File, String> {
+fn daemonize() -> Result<File, CliError> {
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!(
+        return Err(CliError::Mount(format!(
             "cannot create a pipe: {}",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     match unsafe { libc::fork() } {
-        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
+        -1 => Err(CliError::Mount(format!(
+            "cannot fork: {}",
+            std::io::Error::last_os_error()
+        ))),
         0 => {
             drop(rd);
             unsafe { libc::setsid() };
@@ -184,7 +188,7 @@ fn wait_for_report(mut rd: File) -> i32 {
 /// The mount's directory in the cache, private and locked for this process. A directory
 /// named the way earlier versions named it is taken over, so its crash-recovery data is not
 /// skipped. Returns the lock (held while the mount lives) and notices about repairs.
-fn lock_mount_dir(cfg: &MountConfig) -> Result<(File, Vec<String>), String> {
+fn lock_mount_dir(cfg: &MountConfig) -> Result<(File, Vec<String>), CliError> {
     let mut notices: Vec<String> = crate::private::private_dir(&cfg.cache_root)?
         .into_iter()
         .collect();
@@ -202,12 +206,12 @@ fn lock_mount_dir(cfg: &MountConfig) -> Result<(File, Vec<String>), String> {
     notices.extend(crate::private::private_dir(dir.path())?);
     let lock_path = dir.lock();
     let lock = crate::private::open_file(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .map_err(|e| CliError::failed(format!("cannot open {}", lock_path.display()), e))?;
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
+        return Err(CliError::Mount(format!(
             "cache directory {} is in use by another pailfs process; use another --cache-dir",
             dir.path().display()
-        ));
+        )));
     }
     let _ = lock.set_len(0);
     let mut l = &lock;
@@ -217,7 +221,7 @@ fn lock_mount_dir(cfg: &MountConfig) -> Result<(File, Vec<String>), String> {
 
 /// Settings of the whole process, made once before a mount: /dev/fuse is usable, memory goes
 /// back to the system, enough descriptors, private files.
-fn prepare_process() -> Result<(), String> {
+fn prepare_process() -> Result<(), CliError> {
     check_fuse_device()?;
     keep_malloc_honest();
     raise_descriptor_limit();
@@ -259,16 +263,16 @@ fn raise_descriptor_limit() {
     }
 }
 
-fn check_fuse_device() -> Result<(), String> {
+fn check_fuse_device() -> Result<(), CliError> {
     match File::options().read(true).write(true).open("/dev/fuse") {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
             "/dev/fuse does not exist: load the FUSE module (modprobe fuse) or, in a container, pass --device /dev/fuse"
                 .into(),
         ),
-        Err(e) => Err(format!(
+        Err(e) => Err(CliError::Mount(format!(
             "cannot open /dev/fuse ({e}): run as a user allowed to use FUSE, or fix its permissions"
-        )),
+        ))),
     }
 }
 
@@ -277,7 +281,7 @@ pub fn serve<B: StoreBuilder>(
     cfg: &MountConfig,
     builder: B,
     host: &mut Host,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let (_lock, dir_notices) = lock_mount_dir(cfg)?;
     let rt = io_runtime(cfg)?;
     let stats = Arc::new(StoreStats::default());
@@ -291,7 +295,7 @@ pub fn serve<B: StoreBuilder>(
     notices.extend(rt.block_on(clean_up_after_crash(&built.store, cfg)));
     let dir = &cfg.fs.dir;
     let store = Journaled::new(built.store, dir.uploads())
-        .map_err(|e| format!("cannot create {}: {e}", dir.uploads().display()))?;
+        .map_err(|e| CliError::failed(format!("cannot create {}", dir.uploads().display()), e))?;
     let store = Metered::new(store, stats.clone());
     tell(&notices, &mut host.pipe);
     let mut fs_config = cfg.fs.clone();
@@ -319,30 +323,30 @@ pub fn serve<B: StoreBuilder>(
     let _ = std::fs::remove_file(&socket);
     drop(fs);
     rt.shutdown_timeout(Duration::from_secs(5));
-    served.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+    served.map_err(|e| CliError::failed("the FUSE session ended with an error", e))
 }
 
 /// The tokio runtime for S3 requests and the core's work.
-fn io_runtime(cfg: &MountConfig) -> Result<tokio::runtime::Runtime, String> {
+fn io_runtime(cfg: &MountConfig) -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.tuning.io_threads.into())
         .thread_name("pailfs-io")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the I/O runtime: {e}"))
+        .map_err(|e| CliError::failed("cannot start the I/O runtime", e))
 }
 
 /// Binds `--metrics-listen` before mounting, so a busy address fails the mount clearly.
 fn bind_metrics(
     rt: &tokio::runtime::Runtime,
     cfg: &MountConfig,
-) -> Result<Option<tokio::net::TcpListener>, String> {
+) -> Result<Option<tokio::net::TcpListener>, CliError> {
     let Some(addr) = cfg.metrics_listen else {
         return Ok(None);
     };
     rt.block_on(tokio::net::TcpListener::bind(addr))
         .map(Some)
-        .map_err(|e| format!("cannot listen on {addr} for --metrics-listen: {e}"))
+        .map_err(|e| CliError::failed(format!("cannot listen on {addr} for --metrics-listen"), e))
 }
 
 /// Logs each notice and shows it to the user: through the daemon's pipe, or on stderr.
@@ -364,7 +368,7 @@ fn mount_fuse<S: ObjectStore>(
     fs: &Arc<Fs<S>>,
     rt: &tokio::runtime::Handle,
     read_only: bool,
-) -> Result<fuser::Session<Adapter<S>>, String> {
+) -> Result<fuser::Session<Adapter<S>>, CliError> {
     let adapter = Adapter::new(fs.clone(), rt.clone(), cfg.tuning.max_background);
     let settings = MountSettings {
         fsname: format!("pailfs:{}", cfg.source.display()),
@@ -372,8 +376,9 @@ fn mount_fuse<S: ObjectStore>(
         allow_other: cfg.allow_other,
         threads: cfg.tuning.fuse_threads.into(),
     };
-    let session = mount(adapter, &cfg.mountpoint, &settings)
-        .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+    let session = mount(adapter, &cfg.mountpoint, &settings).map_err(|e| {
+        CliError::failed(format!("cannot mount on {}", cfg.mountpoint.display()), e)
+    })?;
     set_kernel_readahead(&cfg.mountpoint, cfg.kernel_readahead_kb);
     log::info!(
         "mounted s3://{} at {}",
@@ -479,7 +484,7 @@ async fn clean_up_after_crash<S: ObjectStore>(store: &S, cfg: &MountConfig) -> V
 async fn prepare(
     cfg: &MountConfig,
     attempts: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<(AwsStore, bool, Vec<String>), String> {
+) -> Result<(AwsStore, bool, Vec<String>), CliError> {
     let mut s3 = cfg.s3.clone();
     s3.attempts = Some(attempts);
     let mut notices = Vec::new();
@@ -496,7 +501,7 @@ async fn prepare(
                 store = AwsStore::new(build_client(&s3).await, cfg.source.bucket.clone());
                 check_access(&store, cfg).await.map_err(Access::message)?;
             }
-            other => return Err(other.message()),
+            other => return Err(CliError::Mount(other.message())),
         }
     }
     let mut read_only = cfg.fs.read_only;
@@ -505,9 +510,9 @@ async fn prepare(
         match crate::connections::check::can_write(&store, &cfg.source.prefix).await {
             Ok(true) => {}
             Ok(false) if cfg.explicit_rw => {
-                return Err(format!(
+                return Err(CliError::Mount(format!(
                     "the credentials can only read {url} (writing was refused) and --read-write was given; drop it to mount read-only, or run `pailfs check` to see what is missing"
-                ));
+                )));
             }
             Ok(false) => {
                 read_only = true;

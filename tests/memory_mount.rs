@@ -20,7 +20,7 @@ use pailfs::store::memory::{MemoryStore, Op};
 struct MemMount {
     store: Arc<MemoryStore>,
     dir: PathBuf,
-    served: Option<std::thread::JoinHandle<Result<(), String>>>,
+    served: Option<std::thread::JoinHandle<Result<(), pailfs::error::CliError>>>,
     _tmp: tempfile::TempDir,
 }
 

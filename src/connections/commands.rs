@@ -1,5 +1,6 @@
 //! The `pailfs connection ...` and `pailfs check` commands.
 
+use crate::error::CliError;
 use std::io::{BufRead, IsTerminal};
 
 use super::check::{CheckTarget, run};
@@ -11,7 +12,7 @@ use crate::config::{resolve_source, s3_settings};
 use crate::fs::names::normalize_prefix;
 
 /// Runs a `connection` subcommand; returns the exit status.
-pub fn connection(cmd: ConnectionCommand) -> Result<i32, String> {
+pub fn connection(cmd: ConnectionCommand) -> Result<i32, CliError> {
     match cmd {
         ConnectionCommand::Add(a) => add(a).map(|_| 0),
         ConnectionCommand::List(s) => {
@@ -33,10 +34,13 @@ pub fn connection(cmd: ConnectionCommand) -> Result<i32, String> {
         }
         ConnectionCommand::Show(l) => {
             let f = ConnectionFile::load(&ConnectionFile::path_for(l.system.system))?;
-            let c = f
-                .connections
-                .get(&l.label)
-                .ok_or_else(|| format!("no connection {:?} in {}", l.label, f.path.display()))?;
+            let c = f.connections.get(&l.label).ok_or_else(|| {
+                CliError::Invalid(format!(
+                    "no connection {:?} in {}",
+                    l.label,
+                    f.path.display()
+                ))
+            })?;
             let text = toml::to_string_pretty(&c.masked()).map_err(|e| e.to_string())?;
             println!("# connection {:?} in {}\n{text}", l.label, f.path.display());
             Ok(0)
@@ -44,11 +48,11 @@ pub fn connection(cmd: ConnectionCommand) -> Result<i32, String> {
         ConnectionCommand::Remove(l) => {
             let mut f = ConnectionFile::load(&ConnectionFile::path_for(l.system.system))?;
             if f.connections.remove(&l.label).is_none() {
-                return Err(format!(
+                return Err(CliError::Invalid(format!(
                     "no connection {:?} in {}",
                     l.label,
                     f.path.display()
-                ));
+                )));
             }
             f.save()?;
             println!("removed connection {:?}", l.label);
@@ -67,29 +71,30 @@ pub fn connection(cmd: ConnectionCommand) -> Result<i32, String> {
     }
 }
 
-fn read_secret(a: &ConnectionAddArgs, id: &str) -> Result<String, String> {
+fn read_secret(a: &ConnectionAddArgs, id: &str) -> Result<String, CliError> {
     let secret = if let Some(var) = &a.secret_env {
-        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        std::env::var(var)
+            .map_err(|_| CliError::Invalid(format!("environment variable {var} is not set")))?
     } else if a.secret_stdin {
         let mut line = String::new();
         std::io::stdin()
             .lock()
             .read_line(&mut line)
-            .map_err(|e| format!("cannot read the secret from standard input: {e}"))?;
+            .map_err(|e| CliError::failed("cannot read the secret from standard input", e))?;
         line.trim_end_matches(['\r', '\n']).to_string()
     } else if std::io::stdin().is_terminal() {
         rpassword::prompt_password(format!("Secret access key for {}: ", mask_key_id(id)))
-            .map_err(|e| format!("cannot read the secret: {e}"))?
+            .map_err(|e| CliError::failed("cannot read the secret", e))?
     } else {
-        return Err("standard input is not a terminal: pass the secret with --secret-stdin or --secret-env VAR".into());
+        return Err(CliError::Invalid("standard input is not a terminal: pass the secret with --secret-stdin or --secret-env VAR".into()));
     };
     if secret.trim().is_empty() {
-        return Err("the secret access key is empty".into());
+        return Err(CliError::Invalid("the secret access key is empty".into()));
     }
     Ok(secret)
 }
 
-fn add(a: ConnectionAddArgs) -> Result<(), String> {
+fn add(a: ConnectionAddArgs) -> Result<(), CliError> {
     validate_label(&a.label)?;
     let secret = match &a.access_key_id {
         Some(id) => Some(read_secret(&a, id)?),
@@ -111,11 +116,11 @@ fn add(a: ConnectionAddArgs) -> Result<(), String> {
     let path = ConnectionFile::path_for(a.system.system);
     let mut f = ConnectionFile::load(&path)?;
     if f.connections.contains_key(&a.label) && !a.force {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "connection {:?} exists in {}; pass --force to replace it",
             a.label,
             path.display()
-        ));
+        )));
     }
     f.connections.insert(a.label.clone(), c.clone());
     f.save()?;
@@ -131,7 +136,7 @@ fn add(a: ConnectionAddArgs) -> Result<(), String> {
 }
 
 /// `pailfs check`: exit 0 only when the credentials allow what the connection needs.
-pub fn check(a: CheckArgs) -> Result<i32, String> {
+pub fn check(a: CheckArgs) -> Result<i32, CliError> {
     let resolved = resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
     let s3 = s3_settings(conn, &a.s3)?;

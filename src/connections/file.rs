@@ -9,6 +9,7 @@
 //! (the line may hold a secret). Writes are atomic (a temporary file renamed over the old one)
 //! and create the file with mode 0600.
 
+use crate::error::CliError;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -58,7 +59,7 @@ impl ConnectionFile {
     }
 
     /// Reads `path`; a missing file is an empty one.
-    pub fn load(path: &Path) -> Result<ConnectionFile, String> {
+    pub fn load(path: &Path) -> Result<ConnectionFile, CliError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -67,7 +68,12 @@ impl ConnectionFile {
                     connections: BTreeMap::new(),
                 });
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                return Err(CliError::Invalid(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
         check_owner_and_writers(path)?;
         let doc: Doc = toml::from_str(&text).map_err(|e| {
@@ -85,31 +91,31 @@ impl ConnectionFile {
             check_private(path)?;
         }
         for label in file.connections.keys() {
-            validate_label(label).map_err(|e| format!("{}: {e}", path.display()))?;
+            validate_label(label).map_err(|e| e.within(path.display()))?;
         }
         Ok(file)
     }
 
     /// Writes the file atomically with mode 0600 (its directory 0700 when created).
-    pub fn save(&self) -> Result<(), String> {
+    pub fn save(&self) -> Result<(), CliError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         if !dir.exists() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|e| CliError::failed(format!("cannot create {}", dir.display()), e))?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let doc = Doc {
             connections: self.connections.clone(),
         };
-        let text =
-            toml::to_string_pretty(&doc).map_err(|e| format!("cannot encode connections: {e}"))?;
+        let text = toml::to_string_pretty(&doc)
+            .map_err(|e| CliError::failed("cannot encode connections", e))?;
         let tmp = dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            .map_err(|e| CliError::failed(format!("cannot write {}", tmp.display()), e))?;
         let written = f
             .write_all(
                 b"# pailfs connections (pailfs connection add/remove). Keep this file private.\n",
@@ -118,36 +124,40 @@ impl ConnectionFile {
             .and_then(|_| f.sync_all());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            return Err(format!("cannot write {}: {e}", tmp.display()));
+            return Err(CliError::failed(
+                format!("cannot write {}", tmp.display()),
+                e,
+            ));
         }
         std::fs::rename(&tmp, &self.path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            format!("cannot replace {}: {e}", self.path.display())
+            CliError::failed(format!("cannot replace {}", self.path.display()), e)
         })
     }
 }
 
 /// Refuses a file another user owns (root's files are trusted) or that group or others can
 /// write.
-pub fn check_owner_and_writers(path: &Path) -> Result<(), String> {
+pub fn check_owner_and_writers(path: &Path) -> Result<(), CliError> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let m = std::fs::metadata(path)
+        .map_err(|e| CliError::failed(format!("cannot stat {}", path.display()), e))?;
     let me = unsafe { libc::geteuid() };
     if m.uid() != me && m.uid() != 0 {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "{} belongs to uid {}, not to you; run: chown {me} {}",
             path.display(),
             m.uid(),
             path.display()
-        ));
+        )));
     }
     if m.mode() & 0o022 != 0 {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "{} can be changed by group or others (mode {:o}); run: chmod go-w {}",
             path.display(),
             m.mode() & 0o777,
             path.display()
-        ));
+        )));
     }
     Ok(())
 }
@@ -180,24 +190,24 @@ fn explain(e: &toml::de::Error, text: &str) -> String {
 }
 
 /// Refuses a secret-holding file that group or others can read.
-pub fn check_private(path: &Path) -> Result<(), String> {
+pub fn check_private(path: &Path) -> Result<(), CliError> {
     let mode = std::fs::metadata(path)
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .map_err(|e| CliError::failed(format!("cannot stat {}", path.display()), e))?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "{} holds secrets and is readable by group or others (mode {:o}); run: chmod 600 {}",
             path.display(),
             mode & 0o777,
             path.display()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Finds `label` in the user's file, then in the system file.
-pub fn find(label: &str) -> Result<Option<(Connection, PathBuf)>, String> {
+pub fn find(label: &str) -> Result<Option<(Connection, PathBuf)>, CliError> {
     for system in [false, true] {
         let path = ConnectionFile::path_for(system);
         if system && !path.exists() {
@@ -248,8 +258,12 @@ mod tests {
         f.save().unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();
-        assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
-        assert!(!e.contains("s3cr3t"));
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod 600 {}", path.display())),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("s3cr3t"));
     }
 
     #[test]
@@ -264,24 +278,33 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();
         assert!(
-            e.contains("line 3") && e.contains("secret_access_key"),
+            e.to_string().contains("line 3") && e.to_string().contains("secret_access_key"),
             "{e}"
         );
-        assert!(!e.contains("wJalr"), "the secret is in the message: {e}");
+        assert!(
+            !e.to_string().contains("wJalr"),
+            "the secret is in the message: {e}"
+        );
         std::fs::write(
             &path,
             "[connections.x]\nbucket = 'b'\nsession_token = 'tok3n'\n",
         )
         .unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();
-        assert!(!e.contains("tok3n"), "the value is in the message: {e}");
+        assert!(
+            !e.to_string().contains("tok3n"),
+            "the value is in the message: {e}"
+        );
         std::fs::write(
             &path,
             "[connections.x]\nbucket = 'b'\nread_only = 'hunter22'\n",
         )
         .unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();
-        assert!(e.contains("line 3") && !e.contains("hunter22"), "{e}");
+        assert!(
+            e.to_string().contains("line 3") && !e.to_string().contains("hunter22"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -291,7 +314,7 @@ mod tests {
         std::fs::write(&path, "[connections.x]\nbucket = 'b'\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();
-        assert!(e.contains("chmod go-w"), "{e}");
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(ConnectionFile::load(&path).is_ok());
     }
@@ -302,6 +325,9 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, "[connections.x]\nbukket = 'b'\n").unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();
-        assert!(e.contains("not a valid connections file"), "{e}");
+        assert!(
+            e.to_string().contains("not a valid connections file"),
+            "{e}"
+        );
     }
 }

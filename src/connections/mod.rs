@@ -13,6 +13,7 @@ pub mod file;
 pub mod policy;
 pub mod report;
 
+use crate::error::CliError;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::names::normalize_prefix;
@@ -68,7 +69,7 @@ impl std::fmt::Debug for Connection {
 
 /// Labels are short and safe to use as file names and in fstab: `[A-Za-z0-9._-]{1,64}`, and
 /// not `.` or `..` (the systemd unit mounts at /mnt/pailfs/LABEL).
-pub fn validate_label(label: &str) -> Result<(), String> {
+pub fn validate_label(label: &str) -> Result<(), CliError> {
     let ok = !label.is_empty()
         && label != "."
         && label != ".."
@@ -79,29 +80,33 @@ pub fn validate_label(label: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(CliError::Invalid(format!(
             "connection label {label:?} must be 1 to 64 letters, digits, '.', '-' or '_', and not '.' or '..'"
-        ))
+        )))
     }
 }
 
 impl Connection {
     /// Checks the fields and normalizes the subfolder (no leading `/`, one trailing `/`).
-    pub fn validated(mut self) -> Result<Connection, String> {
-        crate::config::Source::parse(&self.bucket).map_err(|e| format!("bucket: {e}"))?;
+    pub fn validated(mut self) -> Result<Connection, CliError> {
+        crate::config::Source::parse(&self.bucket).map_err(|e| e.within("bucket"))?;
         self.subfolder = normalize_prefix(&self.subfolder)?;
         if let Some(e) = &self.endpoint_url
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
-            return Err(format!(
+            return Err(CliError::Invalid(format!(
                 "endpoint {e:?} must start with http:// or https://"
-            ));
+            )));
         }
         if self.profile.is_some() && self.access_key_id.is_some() {
-            return Err("use either a profile or an access key, not both".into());
+            return Err(CliError::Invalid(
+                "use either a profile or an access key, not both".into(),
+            ));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            return Err("an access key id needs its secret access key".into());
+            return Err(CliError::Invalid(
+                "an access key id needs its secret access key".into(),
+            ));
         }
         Ok(self)
     }
