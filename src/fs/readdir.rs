@@ -79,6 +79,26 @@ impl DirHandle {
     fn available_end(&self) -> u64 {
         self.base + self.entries.len() as u64
     }
+
+    /// Drops what the kernel acknowledged (everything before `idx`) and returns the entries
+    /// from `idx` up to `want_end`. An offset before what was dropped is stale.
+    fn window(&mut self, idx: u64, want_end: u64) -> Result<Vec<Listed>, HandleError> {
+        while self.base < idx && !self.entries.is_empty() {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+        if idx < self.base {
+            return Err(HandleError::StaleOffset);
+        }
+        let from = (idx - self.base) as usize;
+        Ok(self
+            .entries
+            .iter()
+            .skip(from)
+            .take(want_end.saturating_sub(idx) as usize)
+            .cloned()
+            .collect())
+    }
 }
 
 impl<S: ObjectStore> Fs<S> {
@@ -111,81 +131,85 @@ impl<S: ObjectStore> Fs<S> {
             h.restart();
         }
         if !h.started {
-            h.started = true;
-            let all = if self.config.case_insensitive {
-                // Winners among case variants need the whole directory at once.
-                self.ci_entries(h.ino).await?
-            } else {
-                None
-            };
-            if let Some(all) = all {
-                h.entries.extend(all);
-                h.list.done = true;
-                h.local_added = true;
-            } else if let Some(cached) = self.ns.listing_for_readdir(h.ino) {
-                // Listed recently enough (see `namespace`): no LIST needed.
-                let local: HashSet<String> = self
-                    .ns
-                    .local_children(h.ino)
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
-                h.entries
-                    .extend(cached.into_iter().filter(|l| !local.contains(l.name())));
-                h.list.done = true;
-                h.collected = None;
-            } else {
-                h.asked = Some(self.ns.ask(h.ino)?);
-                h.list.local = self
-                    .ns
-                    .local_children(h.ino)
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
-            }
+            self.start_listing(&mut h).await?;
         }
-        let mut out = Vec::new();
-        let mut idx = offset;
-        if idx < 2 {
-            let (dot, dotdot) = self.dot_entries(h.ino)?;
-            if idx == 0 {
-                out.push(DirEntry {
-                    name: ".".into(),
-                    offset: 1,
-                    attr: dot,
-                });
-            }
-            out.push(DirEntry {
-                name: "..".into(),
-                offset: 2,
-                attr: dotdot,
-            });
-            idx = 2;
-        }
+        let mut out = if offset < 2 {
+            self.dot_dirents(h.ino, offset)?
+        } else {
+            Vec::new()
+        };
+        let idx = offset.max(2);
         let want_end = idx.saturating_add(max.saturating_sub(out.len()) as u64);
+        self.fill_until(&mut h, want_end).await?;
+        let listed = h.window(idx, want_end)?;
+        let dir_ino = h.ino;
+        drop(h);
+        out.extend(self.listed_dirents(dir_ino, &listed, idx, plus).await?);
+        Ok(out)
+    }
+
+    /// Decides where a fresh (or restarted) handle's entries come from: the whole directory
+    /// at once (case-insensitive mode), a listing kept by the namespace, or LIST pages.
+    async fn start_listing(&self, h: &mut DirHandle) -> FsResult<()> {
+        h.started = true;
+        let all = if self.config.case_insensitive {
+            // Winners among case variants need the whole directory at once.
+            self.ci_entries(h.ino).await?
+        } else {
+            None
+        };
+        if let Some(all) = all {
+            h.entries.extend(all);
+            h.list.done = true;
+            h.local_added = true;
+        } else if let Some(cached) = self.ns.listing_for_readdir(h.ino) {
+            // Listed recently enough (see `namespace`): no LIST needed.
+            let local = self.local_names(h.ino);
+            h.entries
+                .extend(cached.into_iter().filter(|l| !local.contains(l.name())));
+            h.list.done = true;
+            h.collected = None;
+        } else {
+            h.asked = Some(self.ns.ask(h.ino)?);
+            h.list.local = self.local_names(h.ino);
+        }
+        Ok(())
+    }
+
+    /// Names of the directory's local children (created here, not uploaded yet).
+    fn local_names(&self, dir: Ino) -> HashSet<String> {
+        self.ns
+            .local_children(dir)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// `.` (at offset 0 only) and `..`, for a request starting before the first listed entry.
+    fn dot_dirents(&self, ino: Ino, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let (dot, dotdot) = self.dot_entries(ino)?;
+        let mut out = Vec::with_capacity(2);
+        if offset == 0 {
+            out.push(DirEntry {
+                name: ".".into(),
+                offset: 1,
+                attr: dot,
+            });
+        }
+        out.push(DirEntry {
+            name: "..".into(),
+            offset: 2,
+            attr: dotdot,
+        });
+        Ok(out)
+    }
+
+    /// Lists until the handle holds entries up to index `want_end` or the directory is
+    /// exhausted; local children come last (trap 5).
+    async fn fill_until(&self, h: &mut DirHandle, want_end: u64) -> FsResult<()> {
         while h.available_end() < want_end && !(h.list.done && h.local_added) {
             if !h.list.done {
-                let DirHandle {
-                    list,
-                    entries,
-                    collected,
-                    ino,
-                    asked,
-                    ..
-                } = &mut *h;
-                let before = entries.len();
-                self.list_page(list, entries).await?;
-                if let Some(c) = collected {
-                    c.extend(entries.iter().skip(before).cloned());
-                    if c.len() > self.ns.max_listing_entries() {
-                        *collected = None;
-                    } else if list.done
-                        && list.local.is_empty()
-                        && let Some(a) = asked
-                    {
-                        self.ns.keep_listing(*ino, a, std::mem::take(c));
-                    }
-                }
+                self.next_page(h).await?;
             } else {
                 for (name, ino) in self.ns.local_children(h.ino) {
                     h.entries.push_back(Listed::Local(name, ino));
@@ -193,36 +217,58 @@ impl<S: ObjectStore> Fs<S> {
                 h.local_added = true;
             }
         }
-        // Everything before `offset` was acknowledged by the kernel.
-        while h.base < idx && !h.entries.is_empty() {
-            h.entries.pop_front();
-            h.base += 1;
+        Ok(())
+    }
+
+    /// One LIST page into the handle. What S3 returned is also collected, and a listing that
+    /// ends whole (no local names hid any of it) is handed to the namespace to keep.
+    async fn next_page(&self, h: &mut DirHandle) -> FsResult<()> {
+        let DirHandle {
+            list,
+            entries,
+            collected,
+            ino,
+            asked,
+            ..
+        } = h;
+        let before = entries.len();
+        self.list_page(list, entries).await?;
+        if let Some(c) = collected {
+            c.extend(entries.iter().skip(before).cloned());
+            if c.len() > self.ns.max_listing_entries() {
+                *collected = None;
+            } else if list.done
+                && list.local.is_empty()
+                && let Some(a) = asked
+            {
+                self.ns.keep_listing(*ino, a, std::mem::take(c));
+            }
         }
-        if idx < h.base {
-            return Err(HandleError::StaleOffset.into());
-        }
-        let from = (idx - h.base) as usize;
-        let listed: Vec<Listed> = h
-            .entries
-            .iter()
-            .skip(from)
-            .take(want_end.saturating_sub(idx) as usize)
-            .cloned()
-            .collect();
-        let dir_ino = h.ino;
-        drop(h);
-        let attrs = self.entry_attrs(dir_ino, &listed, plus).await?;
+        Ok(())
+    }
+
+    /// Listed entries with their attributes, numbered from index `idx`.
+    async fn listed_dirents(
+        &self,
+        dir: Ino,
+        listed: &[Listed],
+        idx: u64,
+        plus: bool,
+    ) -> FsResult<Vec<DirEntry>> {
+        let attrs = self.entry_attrs(dir, listed, plus).await?;
         if plus {
             self.trim_names();
         }
-        for (n, (l, attr)) in listed.iter().zip(attrs).enumerate() {
-            out.push(DirEntry {
+        Ok(listed
+            .iter()
+            .zip(attrs)
+            .enumerate()
+            .map(|(n, (l, attr))| DirEntry {
                 name: l.name().to_string(),
                 offset: idx + n as u64 + 1,
                 attr,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     fn dot_entries(&self, ino: Ino) -> FsResult<(Attr, Attr)> {
