@@ -72,6 +72,7 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// The rename proper, under the fence `rename` took.
     async fn rename_fenced(
         &self,
         parent: Ino,
@@ -83,48 +84,14 @@ impl<S: ObjectStore> Fs<S> {
         let src = self.child_inode(parent, name).await?;
         let name = src.name.clone();
         let name = name.as_str();
-        // Case-insensitive mode: the target may be another spelling of the source itself (a
-        // rename that only changes case), or of an existing entry, which it replaces.
-        let mut case_only = false;
-        if self.config.case_insensitive {
-            let existing = self.ci_existing(newparent, newname).await?;
-            if parent == newparent && existing.as_deref() == Some(name) {
-                case_only = newname != name;
-                if !case_only {
-                    return Ok(());
-                }
-            } else if let Some(other) = existing.filter(|o| o != newname) {
-                self.ci_check_create(newparent, newname, "rename").await?;
-                log::debug!("rename onto {newname:?} replaces {other:?}");
-            }
-        }
-        let dst = if case_only {
-            None
-        } else {
-            match self.child_inode(newparent, newname).await {
-                Ok(d) => Some(d),
-                Err(e) if e.errno() == libc::ENOENT => None,
-                Err(e) => return Err(e),
-            }
+        let dst = match self
+            .rename_dest(&src, parent, newparent, newname, flags)
+            .await?
+        {
+            Dest::Same => return Ok(()),
+            Dest::Free => None,
+            Dest::Replaces(d) => Some(*d),
         };
-        if let Some(d) = &dst {
-            if d.ino == src.ino {
-                return Ok(());
-            }
-            if flags & RENAME_NOREPLACE != 0 {
-                return Err(NsError::Exists(newname.to_string()).into());
-            }
-            match (src.is_dir(), d.is_dir()) {
-                (true, false) => {
-                    return Err(NsError::NotADirectory.into());
-                }
-                (false, true) => return Err(NsError::IsADirectory.into()),
-                (true, true) if !self.dir_is_empty(d.ino, &d.key).await? => {
-                    return Err(NsError::NotEmpty.into());
-                }
-                _ => {}
-            }
-        }
         let new_dir_key = self.ns.dir_key(newparent)?;
         // A file replaced by the rename lives on through its open handles, unlinked: it must
         // not be uploaded over the renamed file when they close.
@@ -163,6 +130,74 @@ impl<S: ObjectStore> Fs<S> {
             self.drop_replaced(d, newparent, newname).await?;
         }
         Ok(())
+    }
+
+    /// What renaming `src` (a child of `parent`) to `newname` in `newparent` lands on, after
+    /// the checks of rename(2): `RENAME_NOREPLACE`, a directory onto a file or the reverse,
+    /// a directory onto a non-empty one.
+    async fn rename_dest(
+        &self,
+        src: &Inode,
+        parent: Ino,
+        newparent: Ino,
+        newname: &str,
+        flags: u32,
+    ) -> FsResult<Dest> {
+        if self.config.case_insensitive
+            && let Some(dest) = self
+                .ci_rename_dest(parent, &src.name, newparent, newname)
+                .await?
+        {
+            return Ok(dest);
+        }
+        let d = match self.child_inode(newparent, newname).await {
+            Ok(d) => d,
+            Err(e) if e.errno() == libc::ENOENT => return Ok(Dest::Free),
+            Err(e) => return Err(e),
+        };
+        if d.ino == src.ino {
+            return Ok(Dest::Same);
+        }
+        if flags & RENAME_NOREPLACE != 0 {
+            return Err(NsError::Exists(newname.to_string()).into());
+        }
+        match (src.is_dir(), d.is_dir()) {
+            (true, false) => {
+                return Err(NsError::NotADirectory.into());
+            }
+            (false, true) => return Err(NsError::IsADirectory.into()),
+            (true, true) if !self.dir_is_empty(d.ino, &d.key).await? => {
+                return Err(NsError::NotEmpty.into());
+            }
+            _ => {}
+        }
+        Ok(Dest::Replaces(Box::new(d)))
+    }
+
+    /// Case-insensitive mode: the target may be another spelling of the source itself (a
+    /// rename that only changes case), or of an existing entry, which it replaces. `Some`
+    /// when the target is the source itself.
+    async fn ci_rename_dest(
+        &self,
+        parent: Ino,
+        name: &str,
+        newparent: Ino,
+        newname: &str,
+    ) -> FsResult<Option<Dest>> {
+        let existing = self.ci_existing(newparent, newname).await?;
+        if parent == newparent && existing.as_deref() == Some(name) {
+            // Only the case changes: the new spelling is free; the same spelling is a no-op.
+            return Ok(Some(if newname != name {
+                Dest::Free
+            } else {
+                Dest::Same
+            }));
+        }
+        if let Some(other) = existing.filter(|o| o != newname) {
+            self.ci_check_create(newparent, newname, "rename").await?;
+            log::debug!("rename onto {newname:?} replaces {other:?}");
+        }
+        Ok(None)
     }
 
     /// After a rename onto an existing entry `d`: what is left of it goes.
@@ -460,6 +495,16 @@ impl<S: ObjectStore> Fs<S> {
         }
         Ok(out)
     }
+}
+
+/// What a rename lands on.
+enum Dest {
+    /// The source itself: nothing to do.
+    Same,
+    /// No entry (or the source's own entry under another spelling, in case-insensitive mode).
+    Free,
+    /// An existing entry, which the rename replaces.
+    Replaces(Box<Inode>),
 }
 
 /// Where a rename moves an entry from and to: (directory, name) each.
