@@ -192,8 +192,20 @@ pub async fn recover_spools<S: ObjectStore>(
     let Ok(rd) = std::fs::read_dir(spool_dir) else {
         return out;
     };
-    let stamp = chrono_stamp();
-    let dir = out_root.join(&stamp);
+    let dir = out_root.join(utc_stamp());
+    for spool in spool_files(rd) {
+        if let Some(r) = recover_spool(store, &spool, &dir, prefix).await {
+            out.push(r);
+        }
+    }
+    if !out.is_empty() {
+        write_index(&dir, &out);
+    }
+    out
+}
+
+/// The spool files (not their journals) of a spool directory, in name order.
+fn spool_files(rd: std::fs::ReadDir) -> Vec<PathBuf> {
     let mut spools: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
@@ -205,68 +217,89 @@ pub async fn recover_spools<S: ObjectStore>(
         })
         .collect();
     spools.sort();
-    for spool in spools {
-        let log_path = PathBuf::from(format!("{}.log", spool.display()));
-        let journal = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let Some(mut st) = replay(&journal) else {
-            // No journal (or no opening record): nothing says what the bytes are.
-            let dest = dir.join("unidentified").join(spool.file_name().unwrap());
-            let kept = std::fs::create_dir_all(dest.parent().unwrap())
-                .and_then(|_| std::fs::rename(&spool, &dest));
-            let _ = std::fs::remove_file(&log_path);
-            if kept.is_ok() {
-                out.push(Recovered {
-                    key: String::new(),
-                    size: std::fs::metadata(&dest).map_or(0, |m| m.len()),
-                    path: dest,
-                    complete: false,
-                    note: "spool file without a journal: its key is unknown".into(),
-                });
-            }
-            continue;
-        };
-        // The spool is always exactly as long as the file (writes extend it, truncates
-        // set it), including writes to a new file, which are not journaled one by one.
-        if let Ok(m) = std::fs::metadata(&spool) {
-            st.size = m.len();
+    spools
+}
+
+/// Recovers one spool file into `dir` and deletes it with its journal. `None` when nothing
+/// was to be kept, or when it could not be rebuilt (logged; the spool is left in place).
+async fn recover_spool<S: ObjectStore>(
+    store: &S,
+    spool: &Path,
+    dir: &Path,
+    prefix: &str,
+) -> Option<Recovered> {
+    let log_path = PathBuf::from(format!("{}.log", spool.display()));
+    let journal = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let Some(mut st) = replay(&journal) else {
+        return keep_unidentified(spool, &log_path, dir);
+    };
+    // The spool is always exactly as long as the file (writes extend it, truncates
+    // set it), including writes to a new file, which are not journaled one by one.
+    if let Ok(m) = std::fs::metadata(spool) {
+        st.size = m.len();
+    }
+    if !st.dirty || st.unlinked {
+        discard(spool, &log_path);
+        return None;
+    }
+    let dest = dir.join(relative_path(&st.key, prefix));
+    match rebuild(store, spool, &st, &dest).await {
+        Ok(missing) => {
+            discard(spool, &log_path);
+            Some(rebuilt(st, dest, missing))
         }
-        if !st.dirty || st.unlinked {
-            let _ = std::fs::remove_file(&spool);
-            let _ = std::fs::remove_file(&log_path);
-            continue;
-        }
-        let dest = dir.join(relative_path(&st.key, prefix));
-        match rebuild(store, &spool, &st, &dest).await {
-            Ok(missing) => {
-                let _ = std::fs::remove_file(&spool);
-                let _ = std::fs::remove_file(&log_path);
-                out.push(Recovered {
-                    key: st.key.clone(),
-                    path: dest,
-                    size: st.size,
-                    complete: missing == 0,
-                    note: if missing == 0 {
-                        "complete".into()
-                    } else {
-                        format!(
-                            "incomplete: {missing} bytes came from S3 version {} of {:?}, which is gone; they read as zeros",
-                            st.base.as_ref().map_or("", |b| b.etag.as_str()),
-                            st.base.as_ref().map_or("", |b| b.key.as_str())
-                        )
-                    },
-                });
-            }
-            Err(e) => log::error!(
+        Err(e) => {
+            log::error!(
                 "cannot rebuild {:?} from {} ({e}); the spool is left in place",
                 st.key,
                 spool.display()
-            ),
+            );
+            None
         }
     }
-    if !out.is_empty() {
-        write_index(&dir, &out);
+}
+
+/// A spool with no journal (or no opening record): nothing says what the bytes are, so the
+/// file is moved as it is to `unidentified/`.
+fn keep_unidentified(spool: &Path, log_path: &Path, dir: &Path) -> Option<Recovered> {
+    let dest = dir.join("unidentified").join(spool.file_name().unwrap());
+    let kept =
+        std::fs::create_dir_all(dest.parent().unwrap()).and_then(|_| std::fs::rename(spool, &dest));
+    let _ = std::fs::remove_file(log_path);
+    kept.ok()?;
+    Some(Recovered {
+        key: String::new(),
+        size: std::fs::metadata(&dest).map_or(0, |m| m.len()),
+        path: dest,
+        complete: false,
+        note: "spool file without a journal: its key is unknown".into(),
+    })
+}
+
+/// Deletes a spool file and its journal.
+fn discard(spool: &Path, log_path: &Path) {
+    let _ = std::fs::remove_file(spool);
+    let _ = std::fs::remove_file(log_path);
+}
+
+/// The report of a file rebuilt at `dest`, `missing` bytes of which S3 no longer had.
+fn rebuilt(st: Replayed, dest: PathBuf, missing: u64) -> Recovered {
+    let note = if missing == 0 {
+        "complete".into()
+    } else {
+        format!(
+            "incomplete: {missing} bytes came from S3 version {} of {:?}, which is gone; they read as zeros",
+            st.base.as_ref().map_or("", |b| b.etag.as_str()),
+            st.base.as_ref().map_or("", |b| b.key.as_str())
+        )
+    };
+    Recovered {
+        key: st.key,
+        path: dest,
+        size: st.size,
+        complete: missing == 0,
+        note,
     }
-    out
 }
 
 /// Writes the rebuilt file; returns how many bytes could not be had from S3.
@@ -362,7 +395,7 @@ fn write_index(dir: &Path, files: &[Recovered]) {
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, for the recovery directory's name.
-fn chrono_stamp() -> String {
+fn utc_stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -570,6 +603,6 @@ mod tests {
         assert_eq!(relative_path("p/a/../b", "p/"), PathBuf::from("a/b"));
         assert_eq!(relative_path("/etc//x", ""), PathBuf::from("etc/x"));
         assert_eq!(relative_path("p/", "p/"), PathBuf::from("unnamed"));
-        assert_eq!(chrono_stamp().len(), 15);
+        assert_eq!(utc_stamp().len(), 15);
     }
 }
