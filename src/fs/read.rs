@@ -13,6 +13,8 @@
 //! so a reader racing with a local flush waits for it to finish and retries once with the new
 //! ETag rather than failing.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 use super::Fs;
@@ -40,56 +42,12 @@ impl<S: ObjectStore> Fs<S> {
             .observe(offset, size as u64);
         let (mut retried, mut repinned) = (false, false);
         loop {
-            let (pieces, base, spool) = {
-                let s = h.of.lock();
-                (s.plan(offset, size as u64), s.base.clone(), s.spool.clone())
-            };
-            if pieces.is_empty() {
-                return Ok(Bytes::new());
-            }
-            let mut out = BytesMut::new();
-            let mut stale = None;
-            for piece in &pieces {
-                match piece {
-                    Piece::Spool(r) => {
-                        let start = out.len();
-                        out.resize(start + (r.end - r.start) as usize, 0);
-                        if let Some(sp) = &spool {
-                            sp.read_at(r.start, &mut out[start..])?;
-                        }
-                    }
-                    Piece::Base(r) => {
-                        let b = base
-                            .as_ref()
-                            .ok_or(HandleError::Internal("no base object"))?;
-                        match self.read_base(b, r.clone(), seq, window).await {
-                            Ok(data) if data.len() as u64 == r.end - r.start => {
-                                h.of.lock().served = true;
-                                if pieces.len() == 1 {
-                                    return Ok(data);
-                                }
-                                out.extend_from_slice(&data);
-                            }
-                            Ok(data) => {
-                                return Err(HandleError::Short {
-                                    key: b.key.clone(),
-                                    got: data.len() as u64,
-                                    want: r.end - r.start,
-                                    at: r.start,
-                                }
-                                .into());
-                            }
-                            Err(e) if e.errno() == libc::ESTALE || e.errno() == libc::ENOENT => {
-                                stale = Some(b.clone());
-                                break;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-            let Some(old) = stale else {
-                return Ok(out.freeze());
+            let old = match self
+                .read_attempt(&h.of, offset, size as u64, seq, window)
+                .await?
+            {
+                Attempt::Read(data) => return Ok(data),
+                Attempt::Stale(old) => old,
             };
             // An upload of this very file (a flush, or attributes stored at release) may have
             // replaced the object and not yet moved the pin: let it finish, then look.
@@ -106,6 +64,86 @@ impl<S: ObjectStore> Fs<S> {
             return Err(HandleError::Replaced(old.key.clone()).into());
         }
     }
+
+    /// One attempt at reading `len` bytes at `offset`, piece by piece as the open file's plan
+    /// says: changed bytes from the spool, the others from the pinned version in S3.
+    async fn read_attempt(
+        self: &std::sync::Arc<Self>,
+        of: &OpenFile,
+        offset: u64,
+        len: u64,
+        seq: bool,
+        window: u64,
+    ) -> FsResult<Attempt> {
+        let (pieces, base, spool) = {
+            let s = of.lock();
+            (s.plan(offset, len), s.base.clone(), s.spool.clone())
+        };
+        if pieces.is_empty() {
+            return Ok(Attempt::Read(Bytes::new()));
+        }
+        let mut out = BytesMut::new();
+        for piece in &pieces {
+            match piece {
+                Piece::Spool(r) => {
+                    let start = out.len();
+                    out.resize(start + (r.end - r.start) as usize, 0);
+                    if let Some(sp) = &spool {
+                        sp.read_at(r.start, &mut out[start..])?;
+                    }
+                }
+                Piece::Base(r) => {
+                    let b = base
+                        .as_ref()
+                        .ok_or(HandleError::Internal("no base object"))?;
+                    let Some(data) = self.read_base_piece(of, b, r.clone(), seq, window).await?
+                    else {
+                        return Ok(Attempt::Stale(b.clone()));
+                    };
+                    if pieces.len() == 1 {
+                        return Ok(Attempt::Read(data));
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(Attempt::Read(out.freeze()))
+    }
+
+    /// The range `r` of the pinned version `b`, whole; `None` when S3 no longer holds that
+    /// version (replaced or deleted). A short answer is an error, never a short read.
+    async fn read_base_piece(
+        self: &std::sync::Arc<Self>,
+        of: &OpenFile,
+        b: &Base,
+        r: Range<u64>,
+        seq: bool,
+        window: u64,
+    ) -> FsResult<Option<Bytes>> {
+        match self.read_base(b, r.clone(), seq, window).await {
+            Ok(data) if data.len() as u64 == r.end - r.start => {
+                of.lock().served = true;
+                Ok(Some(data))
+            }
+            Ok(data) => Err(HandleError::Short {
+                key: b.key.clone(),
+                got: data.len() as u64,
+                want: r.end - r.start,
+                at: r.start,
+            }
+            .into()),
+            Err(e) if e.errno() == libc::ESTALE || e.errno() == libc::ENOENT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What one read attempt came to.
+enum Attempt {
+    /// The bytes asked for.
+    Read(Bytes),
+    /// The pinned version is no longer in S3: the read may be retried once the pin moves.
+    Stale(Base),
 }
 
 impl<S: ObjectStore> Fs<S> {
