@@ -113,6 +113,69 @@ struct Snapshot {
     dirty: bool,
 }
 
+impl Snapshot {
+    /// Freezes the file's state for an upload (taking the parts sent early); `None` when there
+    /// is nothing to store.
+    fn take(of: &OpenFile) -> FsResult<Option<Snapshot>> {
+        let mut s = of.lock();
+        // An upload that ran while this one waited for the lock failed for good: this
+        // caller's data was in it, so it gets the error too (a flush of a dup'ed or
+        // inherited descriptor must not report success for what was not stored).
+        if let Some(e) = &s.failed {
+            return Err(e.clone());
+        }
+        if s.unlinked || (!s.dirty && !s.meta_dirty) {
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
+            key: s.key.clone(),
+            size: s.size,
+            base: s.base.clone(),
+            present: s.present.clone(),
+            version: s.version,
+            part_version: s.part_version.clone(),
+            mp: s.mp.take(),
+            stat: s.stat,
+            meta: s.upload_meta(),
+            meta_version: s.meta_version,
+            spool: s.spool.clone(),
+            dirty: s.dirty,
+        }))
+    }
+
+    /// Tells the open file the snapshot is stored as `etag`: its new base, and which changes
+    /// are clean now (those made while the upload ran are not).
+    fn note_stored(&self, of: &OpenFile, etag: &str) {
+        let mut s = of.lock();
+        let old_len = self.base.as_ref().map_or(0, |b| b.len);
+        if self.size > old_len {
+            s.present.insert(old_len..self.size);
+        }
+        s.base = Some(Base {
+            key: self.key.clone(),
+            etag: etag.to_string(),
+            len: self.size,
+        });
+        if let Some(sp) = &s.spool {
+            sp.note(&Record::Stored {
+                key: self.key.clone(),
+                etag: etag.to_string(),
+                len: self.size,
+                clean: s.version == self.version,
+            });
+        }
+        if s.version == self.version {
+            s.dirty = false;
+            s.part_version.clear();
+        }
+        // Attributes changed while the upload ran (chmod, setxattr) are stored by the next.
+        if s.meta_version == self.meta_version {
+            s.meta_dirty = false;
+            s.foreign_meta = self.meta.clone();
+        }
+    }
+}
+
 enum PartJob {
     Reuse(String),
     Copy(Range<u64>),
@@ -147,75 +210,12 @@ impl<S: ObjectStore> Fs<S> {
     /// [`Self::upload`] for a caller that holds the file's upload lock.
     pub(crate) async fn upload_held(&self, of: &Arc<OpenFile>) -> FsResult<Option<Stored>> {
         let _running = Running::start(&self.uploader.running);
-        let snap = {
-            let mut s = of.lock();
-            // An upload that ran while this one waited for the lock failed for good: this
-            // caller's data was in it, so it gets the error too (a flush of a dup'ed or
-            // inherited descriptor must not report success for what was not stored).
-            if let Some(e) = &s.failed {
-                return Err(e.clone());
-            }
-            if s.unlinked || (!s.dirty && !s.meta_dirty) {
-                return Ok(None);
-            }
-            Snapshot {
-                key: s.key.clone(),
-                size: s.size,
-                base: s.base.clone(),
-                present: s.present.clone(),
-                version: s.version,
-                part_version: s.part_version.clone(),
-                mp: s.mp.take(),
-                stat: s.stat,
-                meta: s.upload_meta(),
-                meta_version: s.meta_version,
-                spool: s.spool.clone(),
-                dirty: s.dirty,
-            }
+        let Some(snap) = Snapshot::take(of)? else {
+            return Ok(None);
         };
-        let result = if !snap.dirty {
-            match &snap.base {
-                Some(b) if b.key == snap.key => self.copy_with_meta(&snap.key, b, &snap.meta).await,
-                _ => self.upload_whole(&snap).await,
-            }
-        } else if snap.size <= self.layout().base() {
-            if let Some(mp) = &snap.mp {
-                // The file shrank below one part after parts were sent early.
-                let _ = self.store.abort_multipart(&mp.key, &mp.upload_id).await;
-            }
-            self.upload_whole(&snap).await
-        } else {
-            self.upload_multipart(&snap).await
-        };
-        let etag = result?;
+        let etag = self.send(&snap).await?;
         log::debug!("stored {:?} ({} bytes, ETag {etag})", snap.key, snap.size);
-        let mut s = of.lock();
-        let old_len = snap.base.as_ref().map_or(0, |b| b.len);
-        if snap.size > old_len {
-            s.present.insert(old_len..snap.size);
-        }
-        s.base = Some(Base {
-            key: snap.key.clone(),
-            etag: etag.clone(),
-            len: snap.size,
-        });
-        if let Some(sp) = &s.spool {
-            sp.note(&Record::Stored {
-                key: snap.key.clone(),
-                etag: etag.clone(),
-                len: snap.size,
-                clean: s.version == snap.version,
-            });
-        }
-        if s.version == snap.version {
-            s.dirty = false;
-            s.part_version.clear();
-        }
-        // Attributes changed while the upload ran (chmod, setxattr) are stored by the next.
-        if s.meta_version == snap.meta_version {
-            s.meta_dirty = false;
-            s.foreign_meta = snap.meta.clone();
-        }
+        snap.note_stored(of, &etag);
         let mut stat = snap.stat;
         stat.size = snap.size;
         Ok(Some(Stored {
@@ -223,6 +223,24 @@ impl<S: ObjectStore> Fs<S> {
             meta: snap.meta,
             stat,
         }))
+    }
+
+    /// Stores the snapshot the cheapest way its changes allow; returns the new ETag.
+    async fn send(&self, snap: &Snapshot) -> FsResult<String> {
+        if !snap.dirty {
+            match &snap.base {
+                Some(b) if b.key == snap.key => self.copy_with_meta(&snap.key, b, &snap.meta).await,
+                _ => self.upload_whole(snap).await,
+            }
+        } else if snap.size <= self.layout().base() {
+            if let Some(mp) = &snap.mp {
+                // The file shrank below one part after parts were sent early.
+                let _ = self.store.abort_multipart(&mp.key, &mp.upload_id).await;
+            }
+            self.upload_whole(snap).await
+        } else {
+            self.upload_multipart(snap).await
+        }
     }
 
     /// One PUT of the whole file.
