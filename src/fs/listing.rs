@@ -86,44 +86,7 @@ impl<S: ObjectStore> Fs<S> {
         items.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, obj) in items {
             st.release_pending_before(&key, out);
-            let Some(rest) = key.strip_prefix(st.prefix.as_str()) else {
-                // A server answering keys outside the prefix asked for: not ours to show.
-                self.skip_log.skipped(&key, Unrepresentable::OutsidePrefix);
-                continue;
-            };
-            match obj {
-                Some(o) => {
-                    if rest.is_empty() {
-                        if o.size > 0 {
-                            self.skip_log
-                                .skipped(&key, Unrepresentable::ContentInDirectoryMarker);
-                        }
-                        continue;
-                    }
-                    if let Err(why) = names::check_segment(rest) {
-                        self.skip_log.skipped(&key, why);
-                        continue;
-                    }
-                    if st.local.contains(rest) {
-                        continue;
-                    }
-                    st.pending.insert(rest.to_string(), o);
-                }
-                None => {
-                    let name = rest.strip_suffix('/').unwrap_or(rest);
-                    if let Err(why) = names::check_segment(name) {
-                        self.skip_log.skipped(&key, why);
-                        continue;
-                    }
-                    if let Some(file) = st.pending.remove(name) {
-                        log::debug!("directory {key:?} shadows the object {:?}", file.key);
-                    }
-                    if st.local.contains(name) {
-                        continue;
-                    }
-                    out.push_back(Listed::Dir(name.to_string()));
-                }
-            }
+            self.take_item(st, &key, obj, out);
         }
         st.token = page.next_token;
         if st.token.is_none() {
@@ -133,6 +96,61 @@ impl<S: ObjectStore> Fs<S> {
             st.done = true;
         }
         Ok(())
+    }
+
+    /// One listed key, an object (`obj`) or a common prefix, by the rules of `readdir`.
+    fn take_item(
+        &self,
+        st: &mut ListState,
+        key: &str,
+        obj: Option<ObjectMeta>,
+        out: &mut VecDeque<Listed>,
+    ) {
+        let Some(rest) = key.strip_prefix(st.prefix.as_str()) else {
+            // A server answering keys outside the prefix asked for: not ours to show.
+            self.skip_log.skipped(key, Unrepresentable::OutsidePrefix);
+            return;
+        };
+        match obj {
+            Some(o) => self.take_object(st, key, rest, o),
+            None => self.take_prefix(st, key, rest, out),
+        }
+    }
+
+    /// A file named `name`: held back until no directory of that name can follow (trap 2 of
+    /// `readdir`). The directory's own marker is no entry (trap 4).
+    fn take_object(&self, st: &mut ListState, key: &str, name: &str, o: ObjectMeta) {
+        if name.is_empty() {
+            if o.size > 0 {
+                self.skip_log
+                    .skipped(key, Unrepresentable::ContentInDirectoryMarker);
+            }
+            return;
+        }
+        if let Err(why) = names::check_segment(name) {
+            self.skip_log.skipped(key, why);
+            return;
+        }
+        if st.local.contains(name) {
+            return;
+        }
+        st.pending.insert(name.to_string(), o);
+    }
+
+    /// A common prefix `rest` (`name/`): a directory, which shadows a file of its name.
+    fn take_prefix(&self, st: &mut ListState, key: &str, rest: &str, out: &mut VecDeque<Listed>) {
+        let name = rest.strip_suffix('/').unwrap_or(rest);
+        if let Err(why) = names::check_segment(name) {
+            self.skip_log.skipped(key, why);
+            return;
+        }
+        if let Some(file) = st.pending.remove(name) {
+            log::debug!("directory {key:?} shadows the object {:?}", file.key);
+        }
+        if st.local.contains(name) {
+            return;
+        }
+        out.push_back(Listed::Dir(name.to_string()));
     }
 
     /// The whole listing of directory `dir` (S3 entries only), cached for the metadata TTL;
