@@ -7,6 +7,7 @@
 //! [`Namespace::apply_head`], and `readdirplus` with [`Namespace::entry_attrs`].
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use super::listings::Listed;
 use super::table::{Ino, InodeTable, ROOT};
@@ -15,7 +16,7 @@ use crate::fs::Attr;
 use crate::fs::attr::{Kind, Stat, kind_from_meta};
 use crate::fs::error::{FsError, FsResult, NsError};
 use crate::fs::names::child_prefix;
-use crate::store::{ObjectMeta, StoreError};
+use crate::store::{ObjectMeta, StoreError, UserMeta};
 
 /// A question about `parent` about to be put to S3: the parent's key and the stamp of the
 /// state at that moment.
@@ -44,6 +45,40 @@ pub enum Found {
     Dir { marker: Option<ObjectMeta> },
     File(ObjectMeta),
     Nothing,
+}
+
+/// What S3 said exists at a name, as the table keeps it.
+struct Seen {
+    kind: Kind,
+    key: String,
+    stat: Stat,
+    etag: Option<String>,
+    meta: Option<UserMeta>,
+    marker: bool,
+}
+
+impl Seen {
+    /// Puts what was seen at `name` in `parent` into the table: on the inode there if it is
+    /// of the same kind, else on a new one. Returns its number.
+    fn record(self, t: &mut InodeTable, parent: Ino, name: &str, now: Instant) -> Ino {
+        let reuse = t
+            .child(parent, name)
+            .filter(|c| c.stat.kind == self.kind)
+            .map(|c| c.ino);
+        let inode = match reuse {
+            Some(ino) => t.get_mut(ino).expect("child exists"),
+            None => t.link_new(parent, name, self.key, self.stat),
+        };
+        if inode.etag != self.etag {
+            inode.target = None;
+        }
+        inode.stat = self.stat;
+        inode.etag = self.etag;
+        inode.user_meta = self.meta;
+        inode.has_marker = self.marker;
+        inode.validated = Some(now);
+        inode.ino
+    }
 }
 
 /// The outcome of applying an answer.
@@ -131,8 +166,7 @@ impl Namespace {
         {
             return Ok(Applied::Absent);
         }
-        let d = self.cfg.defaults;
-        let (kind, key, stat, etag, meta, marker) = match found {
+        let seen = match found {
             Found::Nothing => {
                 // What the table still had under the name is gone (it was checked above that
                 // nothing changed it here since the question).
@@ -140,48 +174,48 @@ impl Namespace {
                 st.negative_insert(asked.parent, name, now, self.cfg.negative_ttl);
                 return Ok(Applied::Absent);
             }
-            Found::Dir { marker } => {
-                let stat = match &marker {
-                    Some(m) => {
-                        Stat::from_object(Kind::Dir, 0, m.last_modified, m.user_meta.as_ref(), &d)
-                    }
-                    None => Stat::new(Kind::Dir, &d, self.cfg.started),
-                };
-                (
-                    Kind::Dir,
-                    child_prefix(&asked.dir_key, name),
-                    stat,
-                    marker.as_ref().map(|m| m.etag.clone()),
-                    marker.as_ref().and_then(|m| m.user_meta.clone()),
-                    marker.is_some(),
-                )
-            }
-            Found::File(m) => {
-                let kind = file_kind(&m);
-                let stat =
-                    Stat::from_object(kind, m.size, m.last_modified, m.user_meta.as_ref(), &d);
-                (kind, m.key, stat, Some(m.etag), m.user_meta, false)
-            }
+            Found::Dir { marker } => self.seen_dir(child_prefix(&asked.dir_key, name), marker),
+            Found::File(m) => self.seen_file(m),
         };
-        let t = &mut st.table;
-        let reuse = t
-            .child(asked.parent, name)
-            .filter(|c| c.stat.kind == kind)
-            .map(|c| c.ino);
-        let inode = match reuse {
-            Some(ino) => t.get_mut(ino).expect("child exists"),
-            None => t.link_new(asked.parent, name, key, stat),
+        let ino = seen.record(&mut st.table, asked.parent, name, now);
+        Ok(Applied::Attr(attr_of(&mut st.table, ino, count)))
+    }
+
+    /// A directory at `key`: its marker's attributes, or the defaults when it has none.
+    fn seen_dir(&self, key: String, marker: Option<ObjectMeta>) -> Seen {
+        let d = &self.cfg.defaults;
+        let stat = match &marker {
+            Some(m) => Stat::from_object(Kind::Dir, 0, m.last_modified, m.user_meta.as_ref(), d),
+            None => Stat::new(Kind::Dir, d, self.cfg.started),
         };
-        if inode.etag != etag {
-            inode.target = None;
+        Seen {
+            kind: Kind::Dir,
+            key,
+            stat,
+            etag: marker.as_ref().map(|m| m.etag.clone()),
+            meta: marker.as_ref().and_then(|m| m.user_meta.clone()),
+            marker: marker.is_some(),
         }
-        inode.stat = stat;
-        inode.etag = etag;
-        inode.user_meta = meta;
-        inode.has_marker = marker;
-        inode.validated = Some(now);
-        let ino = inode.ino;
-        Ok(Applied::Attr(attr_of(t, ino, count)))
+    }
+
+    /// A file (or symlink) object.
+    fn seen_file(&self, m: ObjectMeta) -> Seen {
+        let kind = file_kind(&m);
+        let stat = Stat::from_object(
+            kind,
+            m.size,
+            m.last_modified,
+            m.user_meta.as_ref(),
+            &self.cfg.defaults,
+        );
+        Seen {
+            kind,
+            key: m.key,
+            stat,
+            etag: Some(m.etag),
+            meta: m.user_meta,
+            marker: false,
+        }
     }
 
     /// What `getattr` of `ino` needs: the attributes, or a HEAD of the key.
