@@ -295,65 +295,11 @@ impl MountConfig {
         let source = resolved.source.clone();
         let mountpoint = check_mountpoint(&a.mountpoint)?;
         let s3 = s3_settings(conn, &a.s3)?;
-        let ttl = a.metadata_ttl;
-        let negative_ttl = a.negative_metadata_ttl;
-        for (flag, v) in [
-            ("--metadata-ttl", ttl),
-            ("--negative-metadata-ttl", negative_ttl),
-        ] {
-            if !(0.0..=86_400.0).contains(&v) {
-                return Err(CliError::Invalid(format!(
-                    "{flag} {v} must be between 0 and 86400 seconds"
-                )));
-            }
-        }
         let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let cache_root = std::path::absolute(&cache_root)
             .map_err(|e| CliError::failed(format!("--cache-dir {}", cache_root.display()), e))?;
-        let dir = MountDir::of(
-            &cache_root,
-            &Identity {
-                endpoint: s3.endpoint_url.as_deref().unwrap_or_default(),
-                bucket: &source.bucket,
-                prefix: &source.prefix,
-                mountpoint: &mountpoint,
-            },
-        );
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let mut fs = FsConfig::new(&source.prefix, dir);
-        fs.defaults = Defaults {
-            uid: a.uid.unwrap_or(uid),
-            gid: a.gid.unwrap_or(gid),
-            file_mode: a.file_mode.0,
-            dir_mode: a.dir_mode.0,
-            keep_setid: a.keep_setuid_bits,
-            stored_owners: !a.ignore_stored_owners,
-        };
-        fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
-        fs.metadata_ttl = Duration::from_secs_f64(ttl);
-        fs.negative_ttl = Duration::from_secs_f64(negative_ttl);
-        fs.max_spool_bytes = a.max_cache_size.0;
-        fs.part_size = a.part_size.0;
-        if fs.part_size < crate::store::MIN_PART_SIZE {
-            return Err(CliError::Invalid(
-                "--part-size must be at least 5M (S3's smallest part)".into(),
-            ));
-        }
-        fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
-        fs.memory_limit = a.memory_limit.0;
-        if fs.memory_limit < 64 << 20 {
-            return Err(CliError::Invalid(
-                "--memory-limit must be at least 64M".into(),
-            ));
-        }
-        fs.fast_listing = a.fast_listing;
-        fs.disk_cache_size = a.disk_cache_size.0;
-        fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
-        fs.case_collision = match a.case_collision.as_str() {
-            "error" => crate::fs::case::CaseCollision::Error,
-            _ => crate::fs::case::CaseCollision::Resolve,
-        };
-        fs.max_rename_objects = a.max_rename_objects;
+        let dir = MountDir::of(&cache_root, &identity(&s3, &source, &mountpoint));
+        let fs = fs_config(a, conn, FsConfig::new(&source.prefix, dir))?;
         Ok(MountConfig {
             source,
             label: resolved.connection.map(|(l, _)| l),
@@ -373,15 +319,70 @@ impl MountConfig {
     }
 }
 
+/// The filesystem's settings from the mount's flags and the connection `conn`, over `fs`
+/// (the defaults for the mount's prefix and directory).
+fn fs_config(
+    a: &MountArgs,
+    conn: Option<&Connection>,
+    mut fs: FsConfig,
+) -> Result<FsConfig, CliError> {
+    for (flag, v) in [
+        ("--metadata-ttl", a.metadata_ttl),
+        ("--negative-metadata-ttl", a.negative_metadata_ttl),
+    ] {
+        if !(0.0..=86_400.0).contains(&v) {
+            return Err(CliError::Invalid(format!(
+                "{flag} {v} must be between 0 and 86400 seconds"
+            )));
+        }
+    }
+    if a.part_size.0 < crate::store::MIN_PART_SIZE {
+        return Err("--part-size must be at least 5M (S3's smallest part)".into());
+    }
+    if a.memory_limit.0 < 64 << 20 {
+        return Err("--memory-limit must be at least 64M".into());
+    }
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    fs.defaults = Defaults {
+        uid: a.uid.unwrap_or(uid),
+        gid: a.gid.unwrap_or(gid),
+        file_mode: a.file_mode.0,
+        dir_mode: a.dir_mode.0,
+        keep_setid: a.keep_setuid_bits,
+        stored_owners: !a.ignore_stored_owners,
+    };
+    fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
+    fs.metadata_ttl = Duration::from_secs_f64(a.metadata_ttl);
+    fs.negative_ttl = Duration::from_secs_f64(a.negative_metadata_ttl);
+    fs.max_spool_bytes = a.max_cache_size.0;
+    fs.part_size = a.part_size.0;
+    fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
+    fs.memory_limit = a.memory_limit.0;
+    fs.fast_listing = a.fast_listing;
+    fs.disk_cache_size = a.disk_cache_size.0;
+    fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
+    fs.case_collision = match a.case_collision.as_str() {
+        "error" => crate::fs::case::CaseCollision::Error,
+        _ => crate::fs::case::CaseCollision::Resolve,
+    };
+    fs.max_rename_objects = a.max_rename_objects;
+    Ok(fs)
+}
+
 impl MountConfig {
     /// What the mount's directory in the cache is named for.
     pub fn identity(&self) -> Identity<'_> {
-        Identity {
-            endpoint: self.s3.endpoint_url.as_deref().unwrap_or_default(),
-            bucket: &self.source.bucket,
-            prefix: &self.source.prefix,
-            mountpoint: &self.mountpoint,
-        }
+        identity(&self.s3, &self.source, &self.mountpoint)
+    }
+}
+
+/// What names a mount's directory in the cache: the endpoint, bucket, prefix and mountpoint.
+fn identity<'a>(s3: &'a S3Settings, source: &'a Source, mountpoint: &'a Path) -> Identity<'a> {
+    Identity {
+        endpoint: s3.endpoint_url.as_deref().unwrap_or_default(),
+        bucket: &source.bucket,
+        prefix: &source.prefix,
+        mountpoint,
     }
 }
 
