@@ -38,10 +38,6 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Counts one kernel lookup (for entries returned by readdirplus).
-    pub fn add_lookup(&self, ino: Ino) {
-        self.ns.add_lookup(ino);
-    }
-
     /// Finds `name` in `parent` (ignoring case in case-insensitive mode).
     pub(crate) async fn resolve(&self, parent: Ino, name: &str, count: bool) -> FsResult<Attr> {
         if self.config.case_insensitive {

@@ -116,6 +116,27 @@ impl<S: ObjectStore> Fs<S> {
         self.handle_table().remove(fh);
     }
 
+    /// `readdirplus`: up to `max` entries from `offset`, with exact attributes, handed to
+    /// `take` until it answers that the reply is full. The kernel counts a lookup on every
+    /// entry it took but `.` and `..`, and so does this.
+    pub async fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        max: usize,
+        mut take: impl FnMut(&DirEntry) -> bool,
+    ) -> FsResult<()> {
+        for e in self.readdir(fh, offset, max, true).await? {
+            if !take(&e) {
+                break;
+            }
+            if e.name != "." && e.name != ".." {
+                self.ns.add_lookup(e.attr.ino);
+            }
+        }
+        Ok(())
+    }
+
     /// Up to `max` entries starting at `offset`. With `plus`, every entry (but `.` and `..`)
     /// has exact attributes and an inode the caller must count a lookup on if it uses it.
     pub async fn readdir(

@@ -22,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::attr::Kind;
 use crate::fs::error::FsError;
+use crate::fs::readdir::DirEntry;
 use crate::fs::setattr::SetAttr;
 use crate::fs::{Attr, Fs};
 use crate::store::ObjectStore;
@@ -488,27 +489,14 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     ) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
-            match fs.readdir(fh.0, offset, 64, true).await {
-                Ok(entries) => {
-                    for e in entries {
-                        let attr = file_attr(&e.attr);
-                        if reply.add(
-                            INodeNo(e.attr.ino),
-                            e.offset,
-                            &e.name,
-                            &ttl,
-                            &attr,
-                            Generation(0),
-                        ) {
-                            break;
-                        }
-                        // The kernel counts a lookup for every entry but "." and "..".
-                        if e.name != "." && e.name != ".." {
-                            fs.add_lookup(e.attr.ino);
-                        }
-                    }
-                    reply.ok()
-                }
+            // `add` answers true when the reply is full: the entry was not taken.
+            let take = |e: &DirEntry| {
+                let attr = file_attr(&e.attr);
+                let (ino, generation) = (INodeNo(e.attr.ino), Generation(0));
+                !reply.add(ino, e.offset, &e.name, &ttl, &attr, generation)
+            };
+            match fs.readdirplus(fh.0, offset, 64, take).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(fail("readdirplus", ino, None, &e)),
             }
         });
