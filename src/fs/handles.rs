@@ -145,14 +145,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.kernel_delivered().await;
             }
         }
-        let opened = self.ns.attach(ino, mode.truncate, |i| {
-            OpenFile::for_object(
-                i.key.clone(),
-                i.stat,
-                i.etag.clone().unwrap_or_default(),
-                i.user_meta.as_ref(),
-            )
-        })?;
+        let opened = self.ns.attach(ino, mode.truncate)?;
         if !mode.writable && !mode.truncate {
             self.note_read_open(opened.at.0, &opened.at.1);
         }

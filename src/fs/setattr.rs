@@ -137,14 +137,7 @@ impl<S: ObjectStore> Fs<S> {
         f: impl Fn(&mut Stat, &mut UserMeta) -> FsResult<()>,
     ) -> FsResult<()> {
         self.ensure_meta(ino).await?;
-        let opened = self.ns.attach(ino, false, |i| {
-            OpenFile::for_object(
-                i.key.clone(),
-                i.stat,
-                i.etag.clone().unwrap_or_default(),
-                i.user_meta.as_ref(),
-            )
-        })?;
+        let opened = self.ns.attach(ino, false)?;
         let of = opened.of;
         let r = self.apply_change(ino, &of, change, &f).await;
         if r.is_err() && opened.created {

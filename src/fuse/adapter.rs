@@ -7,7 +7,8 @@
 //! real filesystem can be tested without FUSE in the loop).
 
 use crate::buffers::POOL;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +22,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::fs::attr::Kind;
-use crate::fs::error::FsError;
+use crate::fs::error::{FsError, FsResult};
 use crate::fs::readdir::DirEntry;
 use crate::fs::setattr::SetAttr;
 use crate::fs::{Attr, Fs};
@@ -68,6 +69,49 @@ fn fail(op: &str, ino: INodeNo, name: Option<&OsStr>, e: &FsError) -> Errno {
 /// Replies to a call pailfs does not support, through the core's `unsupported!` table.
 fn decline(e: FsError) -> Errno {
     Errno::from_i32(e.errno())
+}
+
+impl<S: ObjectStore> Adapter<S> {
+    /// Runs a core operation that answers nothing on the runtime, then replies ok or its
+    /// errno (logged with `op`, the inode and the entry name).
+    fn answer_empty<F>(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        name: Option<OsString>,
+        reply: ReplyEmpty,
+        done: F,
+    ) where
+        F: Future<Output = FsResult<()>> + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            match done.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail(op, ino, name.as_deref(), &e)),
+            }
+        });
+    }
+
+    /// Runs a core operation that makes the entry `name` of `parent` on the runtime, then
+    /// replies with its attributes or the errno.
+    fn answer_entry<F>(
+        &self,
+        op: &'static str,
+        parent: INodeNo,
+        name: OsString,
+        reply: ReplyEntry,
+        made: F,
+    ) where
+        F: Future<Output = FsResult<Attr>> + Send + 'static,
+    {
+        let ttl = self.ttl;
+        self.rt.spawn(async move {
+            match made.await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(fail(op, parent, Some(&name), &e)),
+            }
+        });
+    }
 }
 
 /// getxattr/listxattr protocol: size 0 asks for the length; too small a buffer is ERANGE.
@@ -225,13 +269,11 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
+        let (fs, name) = (self.fs.clone(), name.to_owned());
         let (uid, gid) = (req.uid(), req.gid());
-        self.rt.spawn(async move {
-            match fs.mknod(parent.0, &name, mode, umask, uid, gid).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail("mknod", parent, Some(&name), &e)),
-            }
+        let n = name.clone();
+        self.answer_entry("mknod", parent, name, reply, async move {
+            fs.mknod(parent.0, &n, mode, umask, uid, gid).await
         });
     }
 
@@ -244,33 +286,27 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
+        let (fs, name) = (self.fs.clone(), name.to_owned());
         let (uid, gid) = (req.uid(), req.gid());
-        self.rt.spawn(async move {
-            match fs.mkdir(parent.0, &name, mode, umask, uid, gid).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail("mkdir", parent, Some(&name), &e)),
-            }
+        let n = name.clone();
+        self.answer_entry("mkdir", parent, name, reply, async move {
+            fs.mkdir(parent.0, &n, mode, umask, uid, gid).await
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        self.rt.spawn(async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("unlink", parent, Some(&name), &e)),
-            }
+        let n = name.clone();
+        self.answer_empty("unlink", parent, Some(name), reply, async move {
+            fs.unlink(parent.0, &n).await
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        self.rt.spawn(async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rmdir", parent, Some(&name), &e)),
-            }
+        let n = name.clone();
+        self.answer_empty("rmdir", parent, Some(name), reply, async move {
+            fs.rmdir(parent.0, &n).await
         });
     }
 
@@ -282,14 +318,11 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
-        let (name, target) = (link_name.to_owned(), target.to_owned());
+        let (fs, name, target) = (self.fs.clone(), link_name.to_owned(), target.to_owned());
         let (uid, gid) = (req.uid(), req.gid());
-        self.rt.spawn(async move {
-            match fs.symlink(parent.0, &name, &target, uid, gid).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail("symlink", parent, Some(&name), &e)),
-            }
+        let n = name.clone();
+        self.answer_entry("symlink", parent, name, reply, async move {
+            fs.symlink(parent.0, &n, &target, uid, gid).await
         });
     }
 
@@ -305,14 +338,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     ) {
         let fs = self.fs.clone();
         let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.rt.spawn(async move {
-            match fs
-                .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+        let n = name.clone();
+        self.answer_empty("rename", parent, Some(name), reply, async move {
+            fs.rename(parent.0, &n, newparent.0, &newname, flags.bits())
                 .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rename", parent, Some(&name), &e)),
-            }
         });
     }
 
@@ -403,12 +432,13 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("flush", ino, None, &e)),
-            }
-        });
+        self.answer_empty(
+            "flush",
+            ino,
+            None,
+            reply,
+            async move { fs.flush(fh.0).await },
+        );
     }
 
     fn release(
@@ -422,11 +452,8 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("release", ino, None, &e)),
-            }
+        self.answer_empty("release", ino, None, reply, async move {
+            fs.release(fh.0).await
         });
     }
 
@@ -439,12 +466,13 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("fsync", ino, None, &e)),
-            }
-        });
+        self.answer_empty(
+            "fsync",
+            ino,
+            None,
+            reply,
+            async move { fs.fsync(fh.0).await },
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -578,11 +606,8 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         let (fs, name, value) = (self.fs.clone(), name.to_owned(), value.to_vec());
-        self.rt.spawn(async move {
-            match fs.setxattr(ino.0, &name, &value, flags).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("setxattr", ino, None, &e)),
-            }
+        self.answer_empty("setxattr", ino, None, reply, async move {
+            fs.setxattr(ino.0, &name, &value, flags).await
         });
     }
 
@@ -608,11 +633,8 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        self.rt.spawn(async move {
-            match fs.removexattr(ino.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("removexattr", ino, None, &e)),
-            }
+        self.answer_empty("removexattr", ino, None, reply, async move {
+            fs.removexattr(ino.0, &name).await
         });
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Namespace;
-use super::table::{Ino, Inode};
+use super::table::Ino;
 use crate::fs::attr::Kind;
 use crate::fs::error::{FsError, FsResult, NsError};
 use crate::fs::openfile::OpenFile;
@@ -40,14 +40,9 @@ impl Namespace {
             && (i.etag.is_none() || !i.fresh(now, self.cfg.negative_ttl)))
     }
 
-    /// Attaches a handle to `ino`: its open state (shared by every handle, built by `make`
-    /// for the first one).
-    pub fn attach(
-        &self,
-        ino: Ino,
-        truncate: bool,
-        make: impl FnOnce(&Inode) -> OpenFile,
-    ) -> FsResult<Opened> {
+    /// Attaches a handle to `ino`: its open state, shared by every handle and made for the
+    /// first one from the object the inode stands for.
+    pub fn attach(&self, ino: Ino, truncate: bool) -> FsResult<Opened> {
         let mut st = self.lock();
         let i = st.table.get_mut(ino).ok_or_else(FsError::not_found)?;
         // Pages the kernel cached are still good when the object is the same version.
@@ -57,7 +52,12 @@ impl Namespace {
         let (of, created) = match &i.open {
             Some(of) => (of.clone(), false),
             None => {
-                let of = Arc::new(make(i));
+                let of = Arc::new(OpenFile::for_object(
+                    i.key.clone(),
+                    i.stat,
+                    i.etag.clone().unwrap_or_default(),
+                    i.user_meta.as_ref(),
+                ));
                 i.open = Some(of.clone());
                 (of, true)
             }
