@@ -3,8 +3,6 @@
 //! actions, printed policies, subfolder-restricted credentials, mounts by label, read-only
 //! fallback, and secrets never printed or logged.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::fd::IntoRawFd;
@@ -12,9 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 
 use bytes::Bytes;
-use common::{Mount, S3Env, rt, unique_prefix};
 use pailfs::store::{ObjectStore, UserMeta};
 use serde_json::Value;
+
+use crate::common::{self, Mount, S3Env, rt, unique_prefix};
 
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

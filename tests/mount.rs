@@ -1,8 +1,6 @@
 //! Real mounts through /dev/fuse against the local S3 server, driven by ordinary tools
 //! (`cp`, `diff`, `rsync`, `find`, `dd`), and the command line's handling of bad input.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,8 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
 use pailfs::store::{ObjectStore, UserMeta};
+
+use crate::common::{self, Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
 
 const MIB: usize = 1024 * 1024;
 

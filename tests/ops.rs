@@ -1,13 +1,12 @@
 //! Running pailfs the way admins do: live statistics, the Prometheus endpoint, the `-o`
 //! argument form of mount(8), and a stop (SIGTERM) in the middle of a write.
 
-mod common;
-
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
 use pailfs::store::ObjectStore;
+
+use crate::common::*;
 
 fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");

@@ -3,12 +3,10 @@
 //! systemd unit, and `dpkg -r`. `scripts/test` builds the package first (`scripts/package`)
 //! and passes its path in `PAILFS_DEB`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// The package's test purges /var/cache/pailfs, which the demo's mount uses: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
