@@ -473,6 +473,7 @@ fn a_debug_log_of_a_whole_session_holds_no_secret() {
         .args(["mount", &format!("{}:{prefix}", env.bucket)])
         .arg(m.path())
         .args(["--foreground", "--log-file", bad_log.to_str().unwrap()])
+        .args(["--cache-dir", m.cache.path().to_str().unwrap()])
         .env("RUST_LOG", "debug")
         .env("AWS_ENDPOINT_URL", &env.endpoint)
         .env("AWS_ACCESS_KEY_ID", &env.key)

@@ -246,12 +246,17 @@ fn mkdir_rmdir_unlink() {
 // ----- the command line with bad input: one line, non-zero exit, no hang -----
 
 /// Runs `pailfs mount` (as a daemon, the default) and returns (exit code, stderr, seconds).
+/// The cache directory is a private one, never root's default /var/cache/pailfs, which the
+/// packaging test purges while other tests run.
 fn mount_fails(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, f64) {
     let env = S3Env::get();
+    let cache = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let out = Command::new(common::pailfs_bin())
         .arg("mount")
         .args(args)
+        .arg("--cache-dir")
+        .arg(cache.path())
         .env("AWS_ENDPOINT_URL", &env.endpoint)
         .env("AWS_ACCESS_KEY_ID", &env.key)
         .env("AWS_SECRET_ACCESS_KEY", &env.secret)

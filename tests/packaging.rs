@@ -9,6 +9,9 @@ use std::process::Command;
 use crate::common::*;
 
 /// The package's test purges /var/cache/pailfs, which the demo's mount uses: one at a time.
+/// Every other test runs beside these in the same binary, so none may use that directory:
+/// each mount gets a cache directory of its own (`Mount` does it, other spawns pass
+/// `--cache-dir`).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(cmd: &str) -> (bool, String) {
