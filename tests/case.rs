@@ -1,15 +1,14 @@
 //! Case-insensitive mode and name collisions, through real mounts on Garage, and the
 //! `pailfs collisions` report.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 
 use bytes::Bytes;
-use common::{Mount, S3Env, rt, sh, unique_prefix};
 use pailfs::store::{ListRequest, ObjectStore, Pages, UserMeta};
 use serde_json::Value;
+
+use crate::common::{self, Mount, S3Env, rt, sh, unique_prefix};
 
 fn put(prefix: &str, rel: &str, data: &str) {
     let e = S3Env::get();

@@ -3,8 +3,6 @@
 //! actions, printed policies, subfolder-restricted credentials, mounts by label, read-only
 //! fallback, and secrets never printed or logged.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::fd::IntoRawFd;
@@ -12,9 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 
 use bytes::Bytes;
-use common::{Mount, S3Env, rt, unique_prefix};
 use pailfs::store::{ObjectStore, UserMeta};
 use serde_json::Value;
+
+use crate::common::{self, Mount, S3Env, rt, unique_prefix};
 
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -448,12 +447,15 @@ fn read_only_credentials_mount_read_only_with_a_notice_or_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let config = tempfile::tempdir().unwrap();
+    // Not root's default /var/cache/pailfs, which the packaging test purges meanwhile.
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap();
     let mut ro = garage_env();
     ro[1].1 = var("PAILFS_RO_ACCESS_KEY_ID");
     ro[2].1 = var("PAILFS_RO_SECRET_ACCESS_KEY");
     let refused = pailfs(
         config.path(),
-        &["mount", &e.bucket, d, "--read-write"],
+        &["mount", &e.bucket, d, "--read-write", "--cache-dir", c],
         &refs(&ro),
         None,
     );
@@ -466,7 +468,12 @@ fn read_only_credentials_mount_read_only_with_a_notice_or_are_refused() {
     );
     assert!(!common::is_mounted(dir.path()));
 
-    let ok = pailfs(config.path(), &["mount", &e.bucket, d], &refs(&ro), None);
+    let ok = pailfs(
+        config.path(),
+        &["mount", &e.bucket, d, "--cache-dir", c],
+        &refs(&ro),
+        None,
+    );
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(
         text(&ok).contains("notice") && text(&ok).contains("read-only"),

@@ -2,13 +2,13 @@
 //! server (Garage) through `AwsStore`, so the fake the core is tested with cannot drift from
 //! the real thing. Each case works under its own key prefix.
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use pailfs::store::memory::MemoryStore;
 use pailfs::store::{ListRequest, ObjectStore, StoreError, UserMeta};
+
+use crate::common;
 
 const MIB: usize = 1024 * 1024;
 

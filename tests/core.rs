@@ -1,8 +1,6 @@
 //! The core driven without the kernel, over the in-memory store: request counts, failure
 //! injection, and the upload strategies (one PUT, early parts, server-side copies).
 
-mod common;
-
 use std::ffi::OsStr;
 use std::sync::Arc;
 
@@ -11,6 +9,8 @@ use pailfs::fs::inode::ROOT;
 use pailfs::fs::{Fs, FsConfig};
 use pailfs::store::memory::{MemoryStore, Op};
 use pailfs::store::{ObjectStore, StoreError, UserMeta};
+
+use crate::common;
 
 const MIB: usize = 1024 * 1024;
 

@@ -1,8 +1,6 @@
 //! The S3 server dying, pailfs dying, and a long mixed load: nothing half-written in S3,
 //! nothing acknowledged lost, memory within its bound.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
 use std::path::Path;
@@ -10,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use pailfs::store::ObjectStore;
+
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 

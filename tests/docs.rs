@@ -1,5 +1,7 @@
 //! The documentation's claims point at tests: every test named in brackets in
-//! docs/SEMANTICS.md exists, so a renamed or removed test cannot leave a claim unbacked.
+//! docs/SEMANTICS.md exists, so a renamed or removed test cannot leave a claim unbacked. And
+//! every file in tests/ is a module of the one test binary, so a test cannot exist in a file
+//! that is never built (its name would still satisfy the first check).
 
 use std::path::Path;
 
@@ -53,6 +55,30 @@ fn every_test_cited_in_semantics_exists() {
     assert!(
         missing.is_empty(),
         "cited in docs/SEMANTICS.md but not found: {missing:?}"
+    );
+}
+
+#[test]
+fn every_test_file_is_a_module() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let entry = std::fs::read_to_string(tests.join("tests.rs")).unwrap();
+    let mut unlinked = Vec::new();
+    for e in std::fs::read_dir(&tests).unwrap() {
+        let p = e.unwrap().path();
+        let Some(name) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rs"))
+        else {
+            continue;
+        };
+        if name != "tests" && !entry.lines().any(|l| l == format!("mod {name};")) {
+            unlinked.push(name.to_string());
+        }
+    }
+    assert!(
+        unlinked.is_empty(),
+        "files in tests/ without a `mod NAME;` line in tests/tests.rs, so never built: {unlinked:?}"
     );
 }
 

@@ -3,18 +3,17 @@
 //! documents in the middle of a read. Every byte must still arrive intact, and no operation
 //! may fail, because each of these faults is one the retry and resume logic must absorb.
 
-mod common;
-
 use std::sync::Arc;
 
 use std::path::Path;
 
-use common::proxy::{Cut, FaultProxy};
-use common::*;
 use pailfs::cache::{BLOCK, MemoryShares};
 use pailfs::store::ObjectStore;
 use pailfs::store::aws::AwsStore;
 use pailfs::store::client::build_client;
+
+use crate::common::proxy::{Cut, FaultProxy};
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 
@@ -474,6 +473,7 @@ fn a_debug_log_of_a_whole_session_holds_no_secret() {
         .args(["mount", &format!("{}:{prefix}", env.bucket)])
         .arg(m.path())
         .args(["--foreground", "--log-file", bad_log.to_str().unwrap()])
+        .args(["--cache-dir", m.cache.path().to_str().unwrap()])
         .env("RUST_LOG", "debug")
         .env("AWS_ENDPOINT_URL", &env.endpoint)
         .env("AWS_ACCESS_KEY_ID", &env.key)

@@ -19,8 +19,6 @@
 //! Failures found by the search are kept below as named regression tests; tests/MODEL.md says
 //! which bugs the search finds on which code.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -35,6 +33,8 @@ use pailfs::fs::{Fs, FsConfig};
 use pailfs::store::StoreError;
 use pailfs::store::memory::{MemoryStore, Op as StoreOp};
 use proptest::prelude::*;
+
+use crate::common;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,8 +1,6 @@
 //! Real mounts through /dev/fuse against the local S3 server, driven by ordinary tools
 //! (`cp`, `diff`, `rsync`, `find`, `dd`), and the command line's handling of bad input.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,8 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
 use pailfs::store::{ObjectStore, UserMeta};
+
+use crate::common::{self, Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
 
 const MIB: usize = 1024 * 1024;
 
@@ -247,12 +246,17 @@ fn mkdir_rmdir_unlink() {
 // ----- the command line with bad input: one line, non-zero exit, no hang -----
 
 /// Runs `pailfs mount` (as a daemon, the default) and returns (exit code, stderr, seconds).
+/// The cache directory is a private one, never root's default /var/cache/pailfs, which the
+/// packaging test purges while other tests run.
 fn mount_fails(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, f64) {
     let env = S3Env::get();
+    let cache = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let out = Command::new(common::pailfs_bin())
         .arg("mount")
         .args(args)
+        .arg("--cache-dir")
+        .arg(cache.path())
         .env("AWS_ENDPOINT_URL", &env.endpoint)
         .env("AWS_ACCESS_KEY_ID", &env.key)
         .env("AWS_SECRET_ACCESS_KEY", &env.secret)

@@ -3,14 +3,15 @@
 //! systemd unit, and `dpkg -r`. `scripts/test` builds the package first (`scripts/package`)
 //! and passes its path in `PAILFS_DEB`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// The package's test purges /var/cache/pailfs, which the demo's mount uses: one at a time.
+/// Every other test runs beside these in the same binary, so none may use that directory:
+/// each mount gets a cache directory of its own (`Mount` does it, other spawns pass
+/// `--cache-dir`).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(cmd: &str) -> (bool, String) {

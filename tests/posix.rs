@@ -2,16 +2,15 @@
 //! differential test against a local directory, failures surfacing at close(), and the
 //! pjdfstest conformance suite.
 
-mod common;
-
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
 use pailfs::store::ObjectStore;
+
+use crate::common::{self, Mount, S3Env, pseudo_random, rt, sh, unique_prefix};
 
 // ----- applications -----
 

@@ -6,8 +6,6 @@
 //! S3 holds. Every case here failed on the code before the namespace had one owner (issue 11);
 //! tests/MODEL.md says which of them the model test finds by itself.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,14 +1,13 @@
 //! A mount is a trust boundary (issue 12): local users on one side, whoever can write to the
 //! bucket on the other. Each case here checks one thing a review found open, on a real mount.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use pailfs::store::{ObjectStore, UserMeta};
+
+use crate::common::*;
 
 fn put(env: &S3Env, key: &str, data: &[u8], meta: &[(&str, String)]) {
     let meta: UserMeta = meta

@@ -6,13 +6,12 @@
 //! objects and of directories that exist only through a key under them), written for this
 //! repository. Another client here is a plain S3 client on the same bucket.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::*;
 use pailfs::store::{ObjectStore, UserMeta};
+
+use crate::common::*;
 
 fn put(env: &S3Env, key: &str, data: &[u8], meta: &[(&str, &str)]) {
     let meta: UserMeta = meta

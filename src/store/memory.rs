@@ -3,7 +3,7 @@
 //! It exists so the core can be tested without a network: unit tests assert how many requests
 //! an operation made ("a cached stat makes 0 requests"), and model tests inject failures at
 //! chosen operations. It must not drift from S3, so the contract suite in
-//! the store contract tests (`contract` under `tests/`) run the same cases against it and against a real server. The
+//! `tests/contract.rs` runs the same cases against it and against a real server. The
 //! points that matter most, and are easy to get wrong:
 //!
 //! * keys sort byte-wise (`a-` < `a/` < `a0`), and a delimiter rolls every key that has it after

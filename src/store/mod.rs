@@ -3,7 +3,7 @@
 //! The filesystem core never sees aws-sdk-s3 types; it talks to this trait, which has two
 //! implementations: [`aws::AwsStore`] for real S3-compatible servers and [`memory::MemoryStore`]
 //! for unit and model tests. Both must behave alike on the points the core relies on, and
-//! the store contract tests (`contract` under `tests/`) check that they do:
+//! `tests/contract.rs` checks that they do:
 //!
 //! * LIST returns keys in byte-wise lexicographic order; with a delimiter, keys that contain the
 //!   delimiter after the prefix are rolled up into common prefixes, and objects and prefixes share

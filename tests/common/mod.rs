@@ -2,7 +2,6 @@
 //!
 //! Tests that need the S3 server or `/dev/fuse` fail with a message saying how to provide them
 //! (`scripts/test` starts everything); they never pass by skipping.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,6 @@
 //! with an XML error document. The proxy forwards every request unchanged (the `Host` header
 //! too, so SigV4 signatures stay valid) and injects those faults on demand, counting each one
 //! so a test can assert that the faults it relies on really happened.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
