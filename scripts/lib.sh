@@ -23,4 +23,9 @@ ensure_rust() {
         # shellcheck disable=SC1091
         . "$HOME/.cargo/env"
     fi
+    # The suite checks formatting and lints too.
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        log "installing rustfmt and clippy"
+        rustup component add rustfmt clippy >&2
+    fi
 }
