@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Mode, Size};
+use crate::fs::case::CaseCollision;
 use crate::fs::{
     self,
     attr::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE},
@@ -234,7 +235,7 @@ pub struct S3Args {
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// Attempts per S3 request, retries included, with exponential backoff and jitter.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
 }
 
@@ -279,8 +280,8 @@ pub struct MountArgs {
     pub case_insensitive: bool,
     /// With --case-insensitive: `resolve` (a name differing only in case opens the existing
     /// file) or `error` (creating such a name fails with EEXIST).
-    #[arg(long, value_name = "MODE", default_value = "resolve", value_parser = ["resolve", "error"])]
-    pub case_collision: String,
+    #[arg(long, value_name = "MODE", default_value_t = CaseCollision::default())]
+    pub case_collision: CaseCollision,
 
     /// Show setuid and setgid bits stored in objects' metadata. Off by default: anyone who
     /// can write to the bucket writes that metadata, and `cp -a` or `rsync -a` out of the

@@ -361,10 +361,7 @@ fn fs_config(
     fs.fast_listing = a.fast_listing;
     fs.disk_cache_size = a.disk_cache_size.0;
     fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
-    fs.case_collision = match a.case_collision.as_str() {
-        "error" => crate::fs::case::CaseCollision::Error,
-        _ => crate::fs::case::CaseCollision::Resolve,
-    };
+    fs.case_collision = a.case_collision;
     fs.max_rename_objects = a.max_rename_objects;
     Ok(fs)
 }
@@ -488,6 +485,12 @@ mod tests {
         assert_eq!(parse_mode("644").unwrap(), 0o644);
         assert_eq!(parse_mode("0755").unwrap(), 0o755);
         assert!(parse_mode("999").is_err());
+        // The help text shows defaults the way they are typed, and they parse back.
+        for s in ["0", "4096", "8M", "256M", "16G", "1T"] {
+            assert_eq!(s.parse::<Size>().unwrap().to_string(), s);
+        }
+        assert_eq!(Size(1536).to_string(), "1536");
+        assert_eq!("0755".parse::<Mode>().unwrap().to_string(), "755");
     }
 
     #[test]

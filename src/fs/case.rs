@@ -47,6 +47,26 @@ pub enum CaseCollision {
     Error,
 }
 
+impl std::str::FromStr for CaseCollision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "resolve" => Ok(CaseCollision::Resolve),
+            "error" => Ok(CaseCollision::Error),
+            _ => Err(format!("{s:?} is neither resolve nor error")),
+        }
+    }
+}
+
+impl std::fmt::Display for CaseCollision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaseCollision::Resolve => "resolve",
+            CaseCollision::Error => "error",
+        })
+    }
+}
+
 impl<S: ObjectStore> Fs<S> {
     pub(crate) fn folded(&self, name: &str) -> String {
         fold(name, self.config.normalize_names)

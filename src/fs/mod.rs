@@ -124,7 +124,7 @@ impl FsConfig {
             max_rename_objects: DEFAULT_MAX_RENAME_OBJECTS,
             max_single_copy: crate::store::MAX_SINGLE_COPY,
             case_insensitive: false,
-            case_collision: case::CaseCollision::Resolve,
+            case_collision: case::CaseCollision::default(),
             normalize_names: false,
             fast_listing: false,
             disk_cache_size: 0,

@@ -48,11 +48,14 @@ impl std::fmt::Debug for StaticKeys {
     }
 }
 
+/// The default `--max-attempts`: attempts per S3 request, retries included.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
 impl S3Settings {
     /// Settings with the defaults pailfs mounts with.
     pub fn with_defaults() -> Self {
         S3Settings {
-            max_attempts: 4,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(60),
             ..Default::default()
