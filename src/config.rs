@@ -486,7 +486,7 @@ mod tests {
         assert_eq!(parse_mode("0755").unwrap(), 0o755);
         assert!(parse_mode("999").is_err());
         // The help text shows defaults the way they are typed, and they parse back.
-        for s in ["0", "4096", "8M", "256M", "16G", "1T"] {
+        for s in ["0", "4K", "8M", "256M", "16G", "1T"] {
             assert_eq!(s.parse::<Size>().unwrap().to_string(), s);
         }
         assert_eq!(Size(1536).to_string(), "1536");
