@@ -382,6 +382,30 @@ fn moto_bad_keys_are_told_apart() {
     assert!(human.contains("access key id is not known"), "{human}");
 }
 
+/// An endpoint nobody listens on: one line for the endpoint step, saying it once, naming the
+/// endpoint and what to check, without the SDK's multi-line error dump.
+#[test]
+fn an_unreachable_endpoint_is_one_clear_line() {
+    let mut env = garage_env();
+    env[0].1 = "http://127.0.0.1:1".into();
+    let (code, json, human) = check(&["some-bucket"], &env);
+    assert_eq!(code, 1, "{human}");
+    let line = human
+        .lines()
+        .find(|l| l.contains("endpoint"))
+        .unwrap_or_else(|| panic!("no endpoint line: {human}"));
+    assert_eq!(line.matches("reach").count(), 1, "{line}");
+    assert!(
+        line.contains("127.0.0.1:1") && line.contains("--endpoint-url"),
+        "{line}"
+    );
+    assert!(
+        !human.contains("DispatchFailure") && !human.contains("source:"),
+        "{human}"
+    );
+    assert!(json.to_string().contains("127.0.0.1:1"), "{json}");
+}
+
 // ----- mounts by label and the mount-time check -----
 
 fn save(config: &std::path::Path, label: &str, args: &[&str], secret: &str) {

@@ -318,10 +318,16 @@ fn read_location(
             return Err(Stopped);
         }
         Err(e @ (StoreError::Unreachable(_) | StoreError::Timeout(_))) => {
+            let t = crate::diagnose::Target {
+                bucket: &target.bucket,
+                prefix: &target.subfolder,
+                endpoint: target.s3.endpoint_url.as_deref(),
+                region: target.s3.region.as_deref(),
+            };
             p.step(
                 "endpoint",
                 Outcome::Failed,
-                format!("cannot reach the endpoint: {e}"),
+                crate::diagnose::explain(&e, &t),
             );
             return Err(Stopped);
         }

@@ -313,6 +313,22 @@ fn check_content_range(key: &str, header: Option<&str>, from: u64) -> StoreResul
     }
 }
 
+/// An error and its causes in one line (`dispatch failure: io error: ...: Connection refused`),
+/// without the debug dump `DisplayErrorContext` appends: a line a person reads.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let s = e.to_string();
+        if !line.ends_with(&s) {
+            line.push_str(": ");
+            line.push_str(&s);
+        }
+        next = e.source();
+    }
+    line
+}
+
 /// Turns any SDK error into a [`StoreError`]. Never includes request headers, so a signature
 /// or secret cannot leak into a message.
 pub(crate) fn map_err<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
@@ -320,12 +336,12 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     match &err {
-        SdkError::TimeoutError(_) => StoreError::Timeout(DisplayErrorContext(&err).to_string()),
+        SdkError::TimeoutError(_) => StoreError::Timeout(causes(&err)),
         SdkError::DispatchFailure(d) => {
             if d.is_timeout() {
-                StoreError::Timeout(DisplayErrorContext(&err).to_string())
+                StoreError::Timeout(causes(&err))
             } else {
-                StoreError::Unreachable(DisplayErrorContext(&err).to_string())
+                StoreError::Unreachable(causes(&err))
             }
         }
         SdkError::ServiceError(se) => {
