@@ -324,11 +324,7 @@ fn read_location(
                 endpoint: target.s3.endpoint_url.as_deref(),
                 region: target.s3.region.as_deref(),
             };
-            p.step(
-                "endpoint",
-                Outcome::Failed,
-                crate::diagnose::explain(&e, &t),
-            );
+            p.step("endpoint", Outcome::Failed, crate::diagnose::explain(e, &t));
             return Err(Stopped);
         }
         Err(_) => {}
