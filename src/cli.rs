@@ -241,7 +241,8 @@ pub struct S3Args {
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// A saved connection's LABEL, or BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX.
+    /// A saved connection's LABEL (LABEL:PATH for a path under its subfolder), or BUCKET,
+    /// BUCKET:PREFIX or s3://BUCKET/PREFIX (always a bucket).
     pub source: String,
     /// An existing, empty directory to mount on.
     pub mountpoint: PathBuf,

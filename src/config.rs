@@ -159,23 +159,32 @@ pub struct Resolved {
     pub connection: Option<(String, Connection)>,
 }
 
-/// Resolves `LABEL`, `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX`. A saved connection
-/// wins over a bucket of the same name.
+/// Resolves `LABEL`, `LABEL:PATH` (rclone's form: PATH under the connection's subfolder),
+/// `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX` (always a bucket). A saved connection
+/// wins over a bucket of the same name, and when the label could be a bucket's name it says so
+/// on standard error, with how to name the bucket instead: never silently.
 pub fn resolve_source(s: &str) -> Result<Resolved, CliError> {
-    let plain = !s.contains(':') && !s.contains('/');
-    if plain
-        && connections::validate_label(s).is_ok()
-        && let Some((c, _path)) = connections::file::find(s)?
+    let (label, path) = s.split_once([':', '/']).unwrap_or((s, ""));
+    if !s.starts_with("s3://")
+        && connections::validate_label(label).is_ok()
+        && let Some((c, _path)) = connections::file::find(label)?
     {
         let c = c
             .validated()
-            .map_err(|e| e.within(format!("connection {s:?}")))?;
+            .map_err(|e| e.within(format!("connection {label:?}")))?;
+        let under = normalize_prefix(path).map_err(|e| CliError::Invalid(format!("{s:?}: {e}")))?;
+        if label != c.bucket && validate_bucket(label).is_ok() {
+            eprintln!(
+                "pailfs: notice: {label:?} is a saved connection (bucket {:?}); to use a bucket named {label:?}, write s3://{label}",
+                c.bucket
+            );
+        }
         return Ok(Resolved {
             source: Source {
                 bucket: c.bucket.clone(),
-                prefix: c.subfolder.clone(),
+                prefix: format!("{}{under}", c.subfolder),
             },
-            connection: Some((s.to_string(), c)),
+            connection: Some((label.to_string(), c)),
         });
     }
     Ok(Resolved {

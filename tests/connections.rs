@@ -636,3 +636,60 @@ fn a_full_trace_log_holds_no_secret() {
         "the secret key appears in the log"
     );
 }
+
+/// rclone's `LABEL:PATH`: the path is under the connection's subfolder, not a bucket named
+/// LABEL. A label that could also be a bucket's name says that it wins, and how to name the
+/// bucket instead.
+#[test]
+fn a_label_with_a_path_mounts_under_its_subfolder_and_says_it_shadows_a_bucket_name() {
+    let e = S3Env::get();
+    let prefix = unique_prefix("labelpath");
+    rt().block_on(async {
+        let s = e.store().await;
+        for (k, v) in [("deeper/inside.txt", "deeper"), ("top.txt", "top")] {
+            s.put(&format!("{prefix}{k}"), Bytes::from(v), &UserMeta::new())
+                .await
+                .unwrap();
+        }
+    });
+    let config = tempfile::tempdir().unwrap();
+    save(
+        config.path(),
+        "garage-lp",
+        &[
+            "--bucket",
+            &e.bucket,
+            "--endpoint-url",
+            &e.endpoint,
+            "--region",
+            &e.region,
+            "--subfolder",
+            &prefix,
+            "--access-key-id",
+            &e.key,
+        ],
+        &e.secret,
+    );
+    let cfg = config.path().to_str().unwrap();
+    let envs = [
+        ("PAILFS_CONFIG_DIR", cfg),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+    ];
+    let deeper = format!("{prefix}deeper/");
+    let m = Mount::custom("garage-lp:deeper", &deeper, &[], &envs);
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["inside.txt"]);
+    drop(m);
+    let out = pailfs(config.path(), &["check", "garage-lp:deeper"], &[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"garage-lp\" is a saved connection") && err.contains("s3://garage-lp"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains(&deeper), "{}", text(&out));
+}
