@@ -234,6 +234,10 @@ pub struct S3Args {
     /// AWS profile from ~/.aws/config and ~/.aws/credentials (SSO included).
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// Keys from an s3fs password file: `ACCESS_KEY_ID:SECRET` lines, or
+    /// `BUCKET:ACCESS_KEY_ID:SECRET` for one bucket (mode 600, as s3fs wants it).
+    #[arg(long, value_name = "FILE", conflicts_with = "profile")]
+    pub passwd_file: Option<PathBuf>,
     /// Attempts per S3 request, retries included, with exponential backoff and jitter.
     #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,

@@ -212,8 +212,13 @@ pub fn scan_spinner(show: bool) -> Option<indicatif::ProgressBar> {
     })
 }
 
-/// S3 settings: the defaults, `AWS_ENDPOINT_URL`, then the connection, then explicit flags.
-pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, CliError> {
+/// S3 settings for `bucket`: the defaults, `AWS_ENDPOINT_URL`, then the connection, then
+/// explicit flags.
+pub fn s3_settings(
+    conn: Option<&Connection>,
+    a: &S3Args,
+    bucket: &str,
+) -> Result<S3Settings, CliError> {
     let mut s = S3Settings::with_defaults();
     s.endpoint_url = std::env::var("AWS_ENDPOINT_URL")
         .ok()
@@ -230,6 +235,9 @@ pub fn s3_settings(conn: Option<&Connection>, a: &S3Args) -> Result<S3Settings, 
     if a.profile.is_some() {
         s.profile = a.profile.clone();
         s.static_keys = None;
+    }
+    if let Some(file) = &a.passwd_file {
+        s.static_keys = Some(connections::passwd::keys_for(file, bucket)?);
     }
     s.force_path_style |= a.force_path_style;
     s.max_attempts = a.max_attempts.max(1);
@@ -303,7 +311,7 @@ impl MountConfig {
         let conn = resolved.connection.as_ref().map(|(_, c)| c);
         let source = resolved.source.clone();
         let mountpoint = check_mountpoint(&a.mountpoint)?;
-        let s3 = s3_settings(conn, &a.s3)?;
+        let s3 = s3_settings(conn, &a.s3, &source.bucket)?;
         let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let cache_root = std::path::absolute(&cache_root)
             .map_err(|e| CliError::failed(format!("--cache-dir {}", cache_root.display()), e))?;

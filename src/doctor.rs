@@ -260,7 +260,7 @@ pub fn text(r: &Report) -> String {
 pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, CliError> {
     let resolved = crate::config::resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
-    let s3 = crate::config::s3_settings(conn, &a.s3)?;
+    let s3 = crate::config::s3_settings(conn, &a.s3, &resolved.source.bucket)?;
     let rt = crate::config::command_runtime()?;
     let bar = crate::config::scan_spinner(!a.json);
     let (bucket, prefix) = (&resolved.source.bucket, &resolved.source.prefix);

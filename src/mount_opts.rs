@@ -7,6 +7,11 @@
 //! `memory-limit=512M`), `--allow-other` is `-o allow_other`. The generic options mount(8)
 //! and fstab carry (`rw`, `nodev`, `_netdev`, `x-systemd.*`, ...) are accepted and ignored,
 //! `ro` means `--read-only`, and anything else is an error naming the option.
+//!
+//! An fstab line written for s3fs works too: its options become the pailfs flags that mean
+//! the same (`url` the endpoint, `endpoint` the region, `passwd_file`, `umask`, ...; see
+//! [`s3fs`]), options that only tune s3fs are dropped, and those whose meaning pailfs cannot
+//! give (encryption, ACLs, storage classes) are refused by name rather than silently lost.
 
 use std::ffi::OsString;
 
@@ -101,6 +106,9 @@ fn translate(opt: &str, mount: &clap::Command) -> Result<Vec<String>, String> {
     if name == "ro" {
         return Ok(vec!["--read-only".into()]);
     }
+    if let Some(flags) = s3fs(name, value)? {
+        return Ok(flags);
+    }
     let long = name.replace('_', "-");
     let arg = mount
         .get_arguments()
@@ -116,6 +124,96 @@ fn translate(opt: &str, mount: &clap::Command) -> Result<Vec<String>, String> {
         (true, None) => Err(format!("mount option {name:?} needs a value ({name}=...)")),
         (false, None) => Ok(vec![flag]),
         (false, Some(_)) => Err(format!("mount option {name:?} takes no value")),
+    }
+}
+
+/// s3fs options that tune only s3fs itself (its caches, debugging, request details): dropped.
+const S3FS_TUNING: &[&str] = &[
+    "nonempty",
+    "mp_umask",
+    "iam_role",
+    "enable_noobj_cache",
+    "max_stat_cache_size",
+    "stat_cache_interval_expire",
+    "dbglevel",
+    "curldbg",
+    "complement_stat",
+    "compat_dir",
+    "notsup_compat_dir",
+    "sigv2",
+    "sigv4",
+    "ensure_diskfree",
+    "del_cache",
+    "use_xattr",
+    "enable_content_md5",
+    "connect_timeout",
+    "readwrite_timeout",
+    "list_object_max_keys",
+    "multireq_max",
+    "singlepart_copy_limit",
+    "max_dirty_data",
+    "instance_name",
+    "ssl_verify_hostname",
+    "no_check_certificate",
+    "cipher_suites",
+];
+
+/// s3fs options whose meaning pailfs cannot give yet: refused, never silently lost.
+const S3FS_REFUSED: &[&str] = &[
+    "use_sse",
+    "default_acl",
+    "storage_class",
+    "public_bucket",
+    "requester_pays",
+];
+
+/// s3fs option `name` as pailfs flags; `None` when it is not one of s3fs's.
+fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> {
+    if S3FS_TUNING.contains(&name) {
+        return Ok(Some(Vec::new()));
+    }
+    if S3FS_REFUSED.contains(&name) {
+        return Err(format!(
+            "s3fs option {name:?} has no pailfs equivalent yet; remove it from the mount options"
+        ));
+    }
+    let plain = |flag: &str| -> Result<Option<Vec<String>>, String> {
+        let v = value.ok_or(format!("s3fs option {name:?} needs a value ({name}=...)"))?;
+        Ok(Some(vec![flag.to_string(), v.to_string()]))
+    };
+    let number = || -> Result<u64, String> {
+        value
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("s3fs option {name:?} needs a number ({name}=N)"))
+    };
+    match name {
+        "use_path_request_style" => Ok(Some(vec!["--force-path-style".into()])),
+        "url" => plain("--endpoint-url"),
+        // s3fs's `endpoint` is the region.
+        "endpoint" => plain("--region"),
+        "passwd_file" => plain("--passwd-file"),
+        "use_cache" => plain("--cache-dir"),
+        "stat_cache_expire" => plain("--metadata-ttl"),
+        "parallel_count" => plain("--upload-concurrency"),
+        "multipart_size" => Ok(Some(vec!["--part-size".into(), format!("{}M", number()?)])),
+        // s3fs retries this many times after the first attempt.
+        "retries" => Ok(Some(vec![
+            "--max-attempts".into(),
+            (number()? + 1).to_string(),
+        ])),
+        "umask" => {
+            let mask = value
+                .and_then(|v| u16::from_str_radix(v.trim_start_matches("0o"), 8).ok())
+                .filter(|m| *m <= 0o777)
+                .ok_or("s3fs option \"umask\" needs an octal mask (umask=022)".to_string())?;
+            Ok(Some(vec![
+                "--file-mode".into(),
+                format!("{:o}", 0o666 & !mask),
+                "--dir-mode".into(),
+                format!("{:o}", 0o777 & !mask),
+            ]))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -187,6 +285,45 @@ mod tests {
         let e = run(&["pailfs", "b", "/m", "-o", "allow_other=yes"]).unwrap_err();
         assert!(e.contains("takes no value"), "{e}");
         assert!(run(&["pailfs", "b", "/m", "-o"]).is_err());
+    }
+
+    /// An fstab line written for s3fs mounts with pailfs: each s3fs option becomes the flag
+    /// that means the same, options that change nothing here are dropped, and the ones whose
+    /// meaning pailfs cannot give (encryption, ACLs, storage classes) are refused by name.
+    #[test]
+    fn an_s3fs_fstab_line_means_the_same_here() {
+        let got = run(&[
+            "pailfs",
+            "photos",
+            "/mnt/p",
+            "-o",
+            "_netdev,allow_other,use_path_request_style,url=http://10.0.0.1:3900,endpoint=garage,\
+             passwd_file=/etc/passwd-s3fs,nonempty,umask=027,use_cache=/var/cache/s3fs,retries=3,\
+             multipart_size=16,parallel_count=4,stat_cache_expire=30,uid=1000,gid=1000,\
+             dbglevel=info,mp_umask=022,enable_noobj_cache,use_xattr",
+        ])
+        .unwrap();
+        let expected = "pailfs mount photos /mnt/p --allow-other --force-path-style \
+             --endpoint-url http://10.0.0.1:3900 --region garage --passwd-file /etc/passwd-s3fs \
+             --file-mode 640 --dir-mode 750 --cache-dir /var/cache/s3fs --max-attempts 4 \
+             --part-size 16M --upload-concurrency 4 --metadata-ttl 30 --uid 1000 --gid 1000";
+        assert_eq!(
+            got.join(" "),
+            expected.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        crate::cli::Cli::try_parse_from(&got).unwrap();
+        for refused in [
+            "use_sse",
+            "use_sse=kmsid",
+            "default_acl=public-read",
+            "storage_class=STANDARD_IA",
+        ] {
+            let e = run(&["pailfs", "b", "/m", "-o", refused]).unwrap_err();
+            assert!(
+                e.contains("s3fs option") && e.contains(refused.split('=').next().unwrap()),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -361,3 +361,61 @@ fn missing_dev_fuse_is_reported() {
         "/dev/fuse",
     );
 }
+
+/// An fstab line written for s3fs (its password file, `url`, `endpoint` as the region,
+/// `use_path_request_style`, `umask`, `nonempty`) mounts with pailfs and means the same: no AWS
+/// variables, the keys from the password file, the umask on the modes of objects without
+/// stored attributes. (`use_cache` becomes `--cache-dir`, which the test mount sets itself.)
+#[test]
+fn an_s3fs_fstab_line_mounts_with_the_s3fs_password_file() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("s3fs-line");
+    rt().block_on(async {
+        let s = env.store().await;
+        s.put(
+            &format!("{prefix}plain.txt"),
+            Bytes::from_static(b"from s3"),
+            &UserMeta::new(),
+        )
+        .await
+        .unwrap();
+    });
+    let secrets = tempfile::tempdir().unwrap();
+    let passwd = secrets.path().join("passwd-s3fs");
+    fs::write(
+        &passwd,
+        format!("# s3fs\n{}:{}:{}\n", env.bucket, env.key, env.secret),
+    )
+    .unwrap();
+    fs::set_permissions(&passwd, fs::Permissions::from_mode(0o600)).unwrap();
+    let opts = format!(
+        "_netdev,nonempty,use_path_request_style,url={},endpoint={},passwd_file={},umask=027,dbglevel=info",
+        env.endpoint,
+        env.region,
+        passwd.display()
+    );
+    let source = format!("{}:{prefix}", env.bucket);
+    let m = Mount::custom(
+        &source,
+        &prefix,
+        &["-o", &opts],
+        &[
+            ("AWS_ENDPOINT_URL", ""),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_REGION", ""),
+        ],
+    );
+    assert_eq!(fs::read(m.p("plain.txt")).unwrap(), b"from s3");
+    let mode = fs::metadata(m.p("plain.txt")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "umask=027 on a file without stored attributes");
+    fs::write(m.p("written.txt"), b"through an s3fs line").unwrap();
+    let stored = rt().block_on(async {
+        env.store()
+            .await
+            .get_range(&format!("{prefix}written.txt"), 0..100, None)
+            .await
+            .unwrap()
+    });
+    assert_eq!(&stored[..], b"through an s3fs line");
+}

@@ -139,7 +139,7 @@ fn add(a: ConnectionAddArgs) -> Result<(), CliError> {
 pub fn check(a: CheckArgs) -> Result<i32, CliError> {
     let resolved = resolve_source(&a.source)?;
     let conn = resolved.connection.as_ref().map(|(_, c)| c);
-    let s3 = s3_settings(conn, &a.s3)?;
+    let s3 = s3_settings(conn, &a.s3, &resolved.source.bucket)?;
     let subfolder = match &a.subfolder {
         Some(s) => normalize_prefix(s)?,
         None => resolved.source.prefix.clone(),

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod commands;
 pub mod file;
+pub mod passwd;
 pub mod policy;
 pub mod report;
 
