@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Mode, Size};
+use crate::config::{Mode, Size, Ttl};
 use crate::fs::case::CaseCollision;
 use crate::fs::{
     self,
@@ -304,24 +304,55 @@ pub struct MountArgs {
     #[arg(long)]
     pub fast_listing: bool,
 
-    /// Seconds attributes, names and directory listings are trusted without asking S3.
-    #[arg(long, value_name = "SECONDS", default_value_t = fs::DEFAULT_METADATA_TTL_SECS as f64)]
-    pub metadata_ttl: f64,
+    /// Seconds attributes, names and directory listings are trusted without asking S3;
+    /// `minimal` (0: ask every time) and `indefinite` (never expire) as in mount-s3.
+    #[arg(long, value_name = "SECONDS", default_value_t = Ttl(fs::DEFAULT_METADATA_TTL_SECS as f64))]
+    pub metadata_ttl: Ttl,
     /// Seconds "no such file" is trusted, and how old what S3 said about a file may be when a
     /// new open() decides which version it reads (at most --metadata-ttl).
     #[arg(long, value_name = "SECONDS", default_value_t = fs::DEFAULT_NEGATIVE_TTL_MS as f64 / 1000.0)]
     pub negative_metadata_ttl: f64,
     /// Directory for spool files of open files (default: $XDG_CACHE_HOME/pailfs, or
     /// /var/cache/pailfs for root).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "cache")]
     pub cache_dir: Option<PathBuf>,
-    /// Most disk the spool may use, e.g. 10G; writes wait for room, then fail with ENOSPC.
+    /// Most disk the write spool may use, e.g. 10G; writes wait for room, then fail with
+    /// ENOSPC.
     #[arg(long, value_name = "SIZE", default_value_t = Size(fs::DEFAULT_MAX_SPOOL_BYTES))]
-    pub max_cache_size: Size,
+    pub max_spool_size: Size,
     /// Keep blocks read from S3 on disk too, in the cache directory, up to SIZE (e.g. 10G), so
     /// re-reads after eviction or a remount cost no GET; 0 (the default) turns it off.
-    #[arg(long, value_name = "SIZE", default_value_t = Size(0))]
+    #[arg(long, value_name = "SIZE", default_value_t = Size(0), conflicts_with = "max_cache_size")]
     pub disk_cache_size: Size,
+    /// mount-s3's `--cache DIR`: the cache directory is DIR and blocks read from S3 are kept
+    /// on disk there (up to --max-cache-size, else 5% of the space free there).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// mount-s3's: the on-disk block cache's size in MiB (a unit may be given: 10G).
+    #[arg(long, value_name = "MIB")]
+    pub max_cache_size: Option<String>,
+    /// mount-s3's: mount only the keys under this prefix of the bucket (added to SOURCE's).
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// mount-s3's: threads reading FUSE requests (pailfs needs few: see --help of the code).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_threads: Option<u16>,
+    /// mount-s3's: log at debug level (as --log-level debug).
+    #[arg(long)]
+    pub debug: bool,
+    /// Unmount when pailfs exits, even if it is killed (FUSE's auto_unmount; implies
+    /// --allow-root unless --allow-other is given, as fusermount needs one of them).
+    #[arg(long)]
+    pub auto_unmount: bool,
+    /// Let root use the mount too (FUSE's allow_root).
+    #[arg(long, conflicts_with = "allow_other")]
+    pub allow_root: bool,
+    /// mount-s3's: pailfs always allows deleting files; accepted for mount-s3 command lines.
+    #[arg(long)]
+    pub allow_delete: bool,
+    /// mount-s3's: pailfs always allows overwriting files; accepted for mount-s3 command lines.
+    #[arg(long)]
+    pub allow_overwrite: bool,
     /// Size of the first multipart parts (files up to this size are one PUT), e.g. 8M.
     #[arg(long, value_name = "SIZE", default_value_t = Size(fs::DEFAULT_PART_SIZE))]
     pub part_size: Size,

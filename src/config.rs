@@ -87,6 +87,44 @@ impl std::fmt::Display for Size {
     }
 }
 
+/// A metadata TTL in seconds, or mount-s3's `minimal` (0: ask S3 every time) and
+/// `indefinite` (ten years: never expire while mounted).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ttl(pub f64);
+
+/// What `--metadata-ttl indefinite` means, in seconds.
+pub const INDEFINITE_TTL_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+
+impl std::str::FromStr for Ttl {
+    type Err = CliError;
+    fn from_str(s: &str) -> Result<Ttl, CliError> {
+        match s {
+            "minimal" => Ok(Ttl(0.0)),
+            "indefinite" => Ok(Ttl(INDEFINITE_TTL_SECS)),
+            _ => s
+                .parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=86_400.0).contains(v))
+                .map(Ttl)
+                .ok_or_else(|| {
+                    CliError::Invalid(format!(
+                        "{s:?} is not 0 to 86400 seconds, minimal or indefinite"
+                    ))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Ttl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 >= INDEFINITE_TTL_SECS {
+            f.write_str("indefinite")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
 /// Permission bits, given and shown in octal (`644`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mode(pub u16);
@@ -273,7 +311,7 @@ impl Tuning {
     fn from_args(a: &MountArgs) -> Tuning {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Tuning {
-            fuse_threads: a.fuse_threads,
+            fuse_threads: a.max_threads.unwrap_or(a.fuse_threads),
             io_threads: match a.io_threads {
                 0 => cores.clamp(2, 8) as u16,
                 n => n,
@@ -297,6 +335,9 @@ pub struct MountConfig {
     /// The cache root (`--cache-dir` or the default); the mount's own directory is `fs.dir`.
     pub cache_root: PathBuf,
     pub allow_other: bool,
+    /// FUSE's allow_root (also implied by `auto_unmount` without `allow_other`).
+    pub allow_root: bool,
+    pub auto_unmount: bool,
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
@@ -309,14 +350,21 @@ impl MountConfig {
     pub fn from_args(a: &MountArgs) -> Result<MountConfig, CliError> {
         let resolved = resolve_source(&a.source)?;
         let conn = resolved.connection.as_ref().map(|(_, c)| c);
-        let source = resolved.source.clone();
+        let mut source = resolved.source.clone();
+        if let Some(p) = &a.prefix {
+            source.prefix.push_str(
+                &normalize_prefix(p).map_err(|e| CliError::Invalid(format!("--prefix: {e}")))?,
+            );
+        }
         let mountpoint = check_mountpoint(&a.mountpoint)?;
         let s3 = s3_settings(conn, &a.s3, &source.bucket)?;
-        let cache_root = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let cache_root = a.cache.clone().or(a.cache_dir.clone());
+        let cache_root = cache_root.unwrap_or_else(default_cache_dir);
         let cache_root = std::path::absolute(&cache_root)
             .map_err(|e| CliError::failed(format!("--cache-dir {}", cache_root.display()), e))?;
         let dir = MountDir::of(&cache_root, &identity(&s3, &source, &mountpoint));
-        let fs = fs_config(a, conn, FsConfig::new(&source.prefix, dir))?;
+        let mut fs = fs_config(a, conn, FsConfig::new(&source.prefix, dir))?;
+        fs.disk_cache_size = disk_cache_size(a, &cache_root)?;
         Ok(MountConfig {
             source,
             label: resolved.connection.map(|(l, _)| l),
@@ -326,8 +374,14 @@ impl MountConfig {
             fs,
             cache_root,
             allow_other: a.allow_other,
+            allow_root: a.allow_root || a.auto_unmount && !a.allow_other,
+            auto_unmount: a.auto_unmount,
             foreground: a.foreground,
-            log_level: a.log_level.clone(),
+            log_level: if a.debug {
+                "debug".into()
+            } else {
+                a.log_level.clone()
+            },
             log_file: a.log_file.clone(),
             kernel_readahead_kb: a.kernel_readahead_kb,
             metrics_listen: a.metrics_listen,
@@ -343,15 +397,11 @@ fn fs_config(
     conn: Option<&Connection>,
     mut fs: FsConfig,
 ) -> Result<FsConfig, CliError> {
-    for (flag, v) in [
-        ("--metadata-ttl", a.metadata_ttl),
-        ("--negative-metadata-ttl", a.negative_metadata_ttl),
-    ] {
-        if !(0.0..=86_400.0).contains(&v) {
-            return Err(CliError::Invalid(format!(
-                "{flag} {v} must be between 0 and 86400 seconds"
-            )));
-        }
+    let v = a.negative_metadata_ttl;
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err(CliError::Invalid(format!(
+            "--negative-metadata-ttl {v} must be between 0 and 86400 seconds"
+        )));
     }
     if a.part_size.0 < crate::store::MIN_PART_SIZE {
         return Err("--part-size must be at least 5M (S3's smallest part)".into());
@@ -369,14 +419,13 @@ fn fs_config(
         stored_owners: !a.ignore_stored_owners,
     };
     fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
-    fs.metadata_ttl = Duration::from_secs_f64(a.metadata_ttl);
+    fs.metadata_ttl = Duration::from_secs_f64(a.metadata_ttl.0);
     fs.negative_ttl = Duration::from_secs_f64(a.negative_metadata_ttl);
-    fs.max_spool_bytes = a.max_cache_size.0;
+    fs.max_spool_bytes = a.max_spool_size.0;
     fs.part_size = a.part_size.0;
     fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);
     fs.memory_limit = a.memory_limit.0;
     fs.fast_listing = a.fast_listing;
-    fs.disk_cache_size = a.disk_cache_size.0;
     fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
     fs.case_collision = a.case_collision;
     fs.max_rename_objects = a.max_rename_objects;
@@ -388,6 +437,37 @@ impl MountConfig {
     pub fn identity(&self) -> Identity<'_> {
         identity(&self.s3, &self.source, &self.mountpoint)
     }
+}
+
+/// The on-disk block cache's cap: `--disk-cache-size`, or mount-s3's `--max-cache-size` (MiB
+/// when no unit is given), or with mount-s3's `--cache DIR` alone 5% of the space free there.
+fn disk_cache_size(a: &MountArgs, cache_root: &Path) -> Result<u64, CliError> {
+    if let Some(m) = &a.max_cache_size {
+        let bytes = match m.parse::<u64>() {
+            Ok(mib) => mib << 20,
+            Err(_) => parse_size(m).map_err(|e| e.within("--max-cache-size"))?,
+        };
+        return Ok(bytes);
+    }
+    if a.cache.is_none() {
+        return Ok(a.disk_cache_size.0);
+    }
+    let existing = cache_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .map_err(|_| CliError::Invalid(format!("--cache {}: not a path", cache_root.display())))?;
+    // SAFETY: statvfs fills the struct it is given; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(CliError::failed(
+            format!("cannot measure the space free in {}", existing.display()),
+            e,
+        ));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64 / 20)
 }
 
 /// What names a mount's directory in the cache: the endpoint, bucket, prefix and mountpoint.
@@ -508,6 +588,61 @@ mod tests {
         }
         assert_eq!(Size(1536).to_string(), "1536");
         assert_eq!("0755".parse::<Mode>().unwrap().to_string(), "755");
+    }
+
+    /// A mount-s3 command line means what it means to mount-s3.
+    #[test]
+    fn mount_s3_flags_mean_what_they_mean_there() {
+        use clap::Parser;
+        let mp = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "pailfs",
+                "mount",
+                "some-bucket",
+                mp.path().to_str().unwrap(),
+            ];
+            argv.extend(extra);
+            let crate::cli::Command::Mount(a) = crate::cli::Cli::parse_from(argv).command else {
+                unreachable!("a mount command")
+            };
+            MountConfig::from_args(&a).unwrap()
+        };
+        let c = cache.path().to_str().unwrap();
+        let cfg = parse(&[
+            "--prefix",
+            "logs/2024",
+            "--cache",
+            c,
+            "--max-cache-size",
+            "64",
+            "--metadata-ttl",
+            "indefinite",
+            "--max-threads",
+            "3",
+            "--debug",
+            "--allow-delete",
+            "--allow-overwrite",
+            "--auto-unmount",
+            "--max-spool-size",
+            "2G",
+        ]);
+        assert_eq!(cfg.source.prefix, "logs/2024/");
+        assert_eq!(cfg.cache_root, cache.path());
+        assert_eq!(cfg.fs.disk_cache_size, 64 << 20);
+        assert_eq!(cfg.fs.max_spool_bytes, 2 << 30);
+        assert!(cfg.fs.metadata_ttl.as_secs_f64() >= INDEFINITE_TTL_SECS);
+        assert_eq!(cfg.tuning.fuse_threads, 3);
+        assert_eq!(cfg.log_level, "debug");
+        assert!(cfg.auto_unmount && cfg.allow_root && !cfg.allow_other);
+        // --cache alone turns the disk cache on; minimal asks S3 every time.
+        let cfg = parse(&["--cache", c, "--metadata-ttl", "minimal"]);
+        assert!(cfg.fs.disk_cache_size > 0);
+        assert_eq!(cfg.fs.metadata_ttl, Duration::ZERO);
+        let cfg = parse(&["--max-cache-size", "1G"]);
+        assert_eq!(cfg.fs.disk_cache_size, 1 << 30);
+        assert!("forever".parse::<Ttl>().is_err() && "90000".parse::<Ttl>().is_err());
     }
 
     #[test]

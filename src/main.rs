@@ -75,7 +75,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 }
                 (None, _) => LogTo::Stderr,
             };
-            init_logging(&args.log_level, to)?;
+            let level = if args.debug { "debug" } else { &args.log_level };
+            init_logging(level, to)?;
             let cfg = MountConfig::from_args(&args)?;
             pailfs::run::mount_command(cfg).map(|_| 0)
         }

@@ -374,6 +374,8 @@ fn mount_fuse<S: ObjectStore>(
         fsname: format!("pailfs:{}", cfg.source.display()),
         read_only,
         allow_other: cfg.allow_other,
+        allow_root: cfg.allow_root,
+        auto_unmount: cfg.auto_unmount,
         threads: cfg.tuning.fuse_threads.into(),
     };
     let session = mount(adapter, &cfg.mountpoint, &settings).map_err(|e| {

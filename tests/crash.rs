@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -118,21 +117,6 @@ except OSError as e:
     // The multipart upload the outage stranded is aborted, at the latest by the next mount.
     m.remount();
     assert_eq!(rt.block_on(open_uploads(&store, &prefix)), 0);
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -419,3 +419,70 @@ fn an_s3fs_fstab_line_mounts_with_the_s3fs_password_file() {
     });
     assert_eq!(&stored[..], b"through an s3fs line");
 }
+
+/// A mount-s3 command line (`--prefix`, `--max-cache-size` in MiB, `--metadata-ttl
+/// indefinite`, `--max-threads`, `--allow-delete`, `--auto-unmount`) mounts the keys under the
+/// prefix, keeps blocks on disk in the cache directory, and a killed daemon leaves no dead
+/// mount behind (fusermount unmounts it). (`--cache DIR` sets the cache directory, which the
+/// test mount sets itself; the unit tests cover it.)
+#[test]
+fn a_mount_s3_command_line_works_and_auto_unmount_cleans_up_a_killed_mount() {
+    let env = S3Env::get();
+    let prefix = unique_prefix("mounts3");
+    rt().block_on(async {
+        let s = env.store().await;
+        let data = pseudo_random(2 * MIB, 7);
+        s.put(
+            &format!("{prefix}sub/data.bin"),
+            Bytes::from(data),
+            &UserMeta::new(),
+        )
+        .await
+        .unwrap();
+    });
+    let root = prefix.trim_end_matches('/').to_string();
+    let mut m = Mount::custom(
+        &env.bucket,
+        &prefix,
+        &[
+            "--prefix",
+            &root,
+            "--max-cache-size",
+            "64",
+            "--metadata-ttl",
+            "indefinite",
+            "--max-threads",
+            "4",
+            "--allow-delete",
+            "--allow-overwrite",
+            "--auto-unmount",
+        ],
+        &[],
+    );
+    assert_eq!(
+        fs::read(m.p("sub/data.bin")).unwrap(),
+        pseudo_random(2 * MIB, 7)
+    );
+    let on_disk = || {
+        common::walk(m.cache.path())
+            .iter()
+            .filter(|p| p.parent().is_some_and(|d| d.ends_with("blocks")))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_disk() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(on_disk() >= 2, "blocks kept on disk");
+    let pid = m.pid() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::is_mounted(m.path()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !common::is_mounted(m.path()),
+        "the killed mount was not unmounted"
+    );
+    m.unmount();
+}

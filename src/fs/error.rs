@@ -179,7 +179,7 @@ impl ToErrno for HandleError {
 /// Uploads and the spool that holds what is being written.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("spool directory is full ({used} bytes in use, limit {limit}); raise --max-cache-size")]
+    #[error("spool directory is full ({used} bytes in use, limit {limit}); raise --max-spool-size")]
     SpoolFull { used: u64, limit: u64 },
     #[error("file moved or removed during upload")]
     Moved,

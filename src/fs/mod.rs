@@ -217,7 +217,7 @@ pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 /// The default `--upload-concurrency`.
 pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 8;
 
-/// The default `--max-cache-size`: the spool's disk budget.
+/// The default `--max-spool-size`: the spool's disk budget.
 pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// The default `--max-rename-objects`.

@@ -19,6 +19,10 @@ pub struct MountSettings {
     pub fsname: String,
     pub read_only: bool,
     pub allow_other: bool,
+    /// Root may use the mount too (FUSE's allow_root).
+    pub allow_root: bool,
+    /// fusermount unmounts when the process ends, however it ends.
+    pub auto_unmount: bool,
     pub threads: usize,
 }
 
@@ -35,10 +39,15 @@ pub fn fuse_config(s: &MountSettings) -> Config {
     } else {
         MountOption::RW
     });
+    if s.auto_unmount {
+        options.push(MountOption::AutoUnmount);
+    }
     let mut config = Config::default();
     config.mount_options = options;
     config.acl = if s.allow_other {
         SessionACL::All
+    } else if s.allow_root {
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
