@@ -238,6 +238,24 @@ pub struct S3Args {
     /// `BUCKET:ACCESS_KEY_ID:SECRET` for one bucket (mode 600, as s3fs wants it).
     #[arg(long, value_name = "FILE", conflicts_with = "profile")]
     pub passwd_file: Option<PathBuf>,
+    /// Server-side encryption of every object pailfs writes: AES256, aws:kms or aws:kms:dsse.
+    #[arg(long, value_name = "KIND")]
+    pub sse: Option<String>,
+    /// The KMS key for --sse aws:kms or aws:kms:dsse (id, ARN or alias; default: S3's key).
+    #[arg(long, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// S3 Bucket Keys with --sse aws:kms (fewer KMS requests).
+    #[arg(long)]
+    pub bucket_key: bool,
+    /// Storage class of every object pailfs writes (STANDARD_IA, INTELLIGENT_TIERING, ...).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// The requester pays for requests and transfer (requester-pays buckets).
+    #[arg(long)]
+    pub requester_pays: bool,
+    /// Work on the bucket only if this AWS account (12 digits) owns it.
+    #[arg(long, value_name = "ACCOUNT")]
+    pub expected_bucket_owner: Option<String>,
     /// Attempts per S3 request, retries included, with exponential backoff and jitter.
     #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,

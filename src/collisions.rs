@@ -368,8 +368,7 @@ pub fn command(a: crate::cli::CollisionsArgs) -> Result<i32, CliError> {
     let rt = crate::config::command_runtime()?;
     let bar = crate::config::scan_spinner(!a.json);
     let report = rt.block_on(async {
-        let client = crate::store::client::build_client(&s3).await;
-        let store = crate::store::aws::AwsStore::new(client, resolved.source.bucket.clone());
+        let store = crate::store::aws::AwsStore::connect(&s3, &resolved.source.bucket).await;
         scan(
             &store,
             &resolved.source.bucket,

@@ -15,6 +15,7 @@ use crate::fs::FsConfig;
 use crate::fs::attr::Defaults;
 use crate::fs::names::normalize_prefix;
 use crate::store::client::S3Settings;
+use crate::store::requests::RequestOptions;
 
 /// A bucket and the prefix inside it that becomes the mount's root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +277,21 @@ pub fn s3_settings(
     }
     if let Some(file) = &a.passwd_file {
         s.static_keys = Some(connections::passwd::keys_for(file, bucket)?);
+    }
+    s.requests = RequestOptions::new(
+        a.sse.as_deref(),
+        a.sse_kms_key_id.as_deref(),
+        a.bucket_key,
+        a.storage_class.as_deref(),
+    )?;
+    s.requests.requester_pays = a.requester_pays;
+    if let Some(owner) = &a.expected_bucket_owner {
+        if owner.len() != 12 || !owner.chars().all(|c| c.is_ascii_digit()) {
+            return Err(CliError::Invalid(format!(
+                "--expected-bucket-owner {owner:?} is not a 12-digit AWS account id"
+            )));
+        }
+        s.requests.expected_bucket_owner = Some(owner.clone());
     }
     s.force_path_style |= a.force_path_style;
     s.max_attempts = a.max_attempts.max(1);

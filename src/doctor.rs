@@ -265,8 +265,7 @@ pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, CliError> {
     let bar = crate::config::scan_spinner(!a.json);
     let (bucket, prefix) = (&resolved.source.bucket, &resolved.source.prefix);
     let result = rt.block_on(async {
-        let client = crate::store::client::build_client(&s3).await;
-        let store = crate::store::aws::AwsStore::new(client, bucket.clone());
+        let store = crate::store::aws::AwsStore::connect(&s3, bucket).await;
         let (scanned, total, listed) = scan_keys(&store, prefix, |n| {
             if let Some(b) = &bar {
                 b.set_position(n);

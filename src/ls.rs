@@ -11,8 +11,7 @@ pub fn command(a: crate::cli::LsArgs) -> Result<i32, CliError> {
     let rt = crate::config::command_runtime()?;
     let (bucket, prefix) = (&resolved.source.bucket, &resolved.source.prefix);
     rt.block_on(async {
-        let client = crate::store::client::build_client(&s3).await;
-        let store = crate::store::aws::AwsStore::new(client, bucket.clone());
+        let store = crate::store::aws::AwsStore::connect(&s3, bucket).await;
         let mut pages = Pages::new(ListRequest::dir(prefix));
         while let Some(page) = pages
             .next(&store)

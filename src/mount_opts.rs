@@ -11,7 +11,8 @@
 //! An fstab line written for s3fs works too: its options become the pailfs flags that mean
 //! the same (`url` the endpoint, `endpoint` the region, `passwd_file`, `umask`, ...; see
 //! [`s3fs`]), options that only tune s3fs are dropped, and those whose meaning pailfs cannot
-//! give (encryption, ACLs, storage classes) are refused by name rather than silently lost.
+//! give (ACLs, customer-provided encryption keys) are refused by name rather than silently
+//! lost.
 
 use std::ffi::OsString;
 
@@ -159,13 +160,7 @@ const S3FS_TUNING: &[&str] = &[
 ];
 
 /// s3fs options whose meaning pailfs cannot give yet: refused, never silently lost.
-const S3FS_REFUSED: &[&str] = &[
-    "use_sse",
-    "default_acl",
-    "storage_class",
-    "public_bucket",
-    "requester_pays",
-];
+const S3FS_REFUSED: &[&str] = &["default_acl", "public_bucket"];
 
 /// s3fs option `name` as pailfs flags; `None` when it is not one of s3fs's.
 fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> {
@@ -188,6 +183,26 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> 
     };
     match name {
         "use_path_request_style" => Ok(Some(vec!["--force-path-style".into()])),
+        "requester_pays" => Ok(Some(vec!["--requester-pays".into()])),
+        "storage_class" => plain("--storage-class"),
+        // s3fs: use_sse (or =1) is SSE-S3; kmsid / kmsid:KEY is SSE-KMS; custom is SSE-C.
+        "use_sse" => match value {
+            None | Some("1") => Ok(Some(vec!["--sse".into(), "AES256".into()])),
+            Some("kmsid") | Some("k") => Ok(Some(vec!["--sse".into(), "aws:kms".into()])),
+            Some(v) if v.starts_with("kmsid:") || v.starts_with("k:") => {
+                let key = v.split_once(':').map_or("", |(_, k)| k);
+                Ok(Some(vec![
+                    "--sse".into(),
+                    "aws:kms".into(),
+                    "--sse-kms-key-id".into(),
+                    key.into(),
+                ]))
+            }
+            Some(_) => Err(
+                "s3fs option \"use_sse\" with customer keys (SSE-C) has no pailfs equivalent yet; remove it from the mount options"
+                    .to_string(),
+            ),
+        },
         "url" => plain("--endpoint-url"),
         // s3fs's `endpoint` is the region.
         "endpoint" => plain("--region"),
@@ -289,7 +304,7 @@ mod tests {
 
     /// An fstab line written for s3fs mounts with pailfs: each s3fs option becomes the flag
     /// that means the same, options that change nothing here are dropped, and the ones whose
-    /// meaning pailfs cannot give (encryption, ACLs, storage classes) are refused by name.
+    /// meaning pailfs cannot give (ACLs, customer-provided keys) are refused by name.
     #[test]
     fn an_s3fs_fstab_line_means_the_same_here() {
         let got = run(&[
@@ -312,12 +327,19 @@ mod tests {
             expected.split_whitespace().collect::<Vec<_>>().join(" ")
         );
         crate::cli::Cli::try_parse_from(&got).unwrap();
-        for refused in [
-            "use_sse",
-            "use_sse=kmsid",
-            "default_acl=public-read",
-            "storage_class=STANDARD_IA",
-        ] {
+        let sse = run(&[
+            "pailfs",
+            "b",
+            "/m",
+            "-o",
+            "use_sse=kmsid:alias/k,storage_class=STANDARD_IA,requester_pays",
+        ])
+        .unwrap();
+        assert_eq!(
+            sse[4..].join(" "),
+            "--sse aws:kms --sse-kms-key-id alias/k --storage-class STANDARD_IA --requester-pays"
+        );
+        for refused in ["use_sse=custom:/etc/sse-c.keys", "default_acl=public-read"] {
             let e = run(&["pailfs", "b", "/m", "-o", refused]).unwrap_err();
             assert!(
                 e.contains("s3fs option") && e.contains(refused.split('=').next().unwrap()),

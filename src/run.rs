@@ -27,7 +27,6 @@ use crate::fs::Fs;
 use crate::fuse::adapter::Adapter;
 use crate::fuse::session::{MountSettings, mount};
 use crate::store::aws::AwsStore;
-use crate::store::client::build_client;
 use crate::store::journal::Journaled;
 use crate::store::metered::{Metered, StoreStats};
 use crate::store::{ListRequest, ObjectStore};
@@ -490,7 +489,7 @@ async fn prepare(
     let mut s3 = cfg.s3.clone();
     s3.attempts = Some(attempts);
     let mut notices = Vec::new();
-    let mut store = AwsStore::new(build_client(&s3).await, cfg.source.bucket.clone());
+    let mut store = AwsStore::connect(&s3, &cfg.source.bucket).await;
     if let Err(e) = check_access(&store, cfg).await {
         match e {
             Access::Redirect(region) => {
@@ -500,7 +499,7 @@ async fn prepare(
                     s3.region.as_deref().unwrap_or("the default")
                 ));
                 s3.region = Some(region);
-                store = AwsStore::new(build_client(&s3).await, cfg.source.bucket.clone());
+                store = AwsStore::connect(&s3, &cfg.source.bucket).await;
                 check_access(&store, cfg).await.map_err(Access::message)?;
             }
             other => return Err(CliError::Mount(other.message())),

@@ -493,3 +493,33 @@ fn a_debug_log_of_a_whole_session_holds_no_secret() {
         );
     }
 }
+
+/// `--requester-pays --expected-bucket-owner` go with every request a mount makes: the
+/// access check, listings, reads, writes, a multipart upload, copies and deletes.
+#[test]
+fn requester_pays_and_the_expected_owner_go_with_every_request() {
+    let env = S3Env::get();
+    let proxy = FaultProxy::start(&env.endpoint);
+    let prefix = unique_prefix("payer");
+    let mut m = Mount::with_args(
+        &prefix,
+        &[
+            "--endpoint-url",
+            &proxy.url,
+            "--requester-pays",
+            "--expected-bucket-owner",
+            "123456789012",
+            "--part-size",
+            "5M",
+        ],
+    );
+    std::fs::write(m.p("a.txt"), b"paid for").unwrap();
+    std::fs::write(m.p("big.bin"), pseudo_random(6 << 20, 3)).unwrap();
+    std::fs::rename(m.p("a.txt"), m.p("b.txt")).unwrap();
+    assert_eq!(std::fs::read(m.p("b.txt")).unwrap(), b"paid for");
+    std::fs::remove_file(m.p("big.bin")).unwrap();
+    m.unmount();
+    let (all, paid) = (proxy.count(|c| &c.forwarded), proxy.count(|c| &c.paid));
+    assert!(all > 5, "{all} requests");
+    assert_eq!(paid, all, "every request carries both headers");
+}

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::policy::{FULL_ACTIONS, Mode, READ_ONLY_ACTIONS, minimal_policy};
 use crate::store::aws::AwsStore;
-use crate::store::client::{S3Settings, build_client};
+use crate::store::client::S3Settings;
 use crate::store::{ListRequest, ObjectStore, StoreError, UserMeta};
 
 /// What to check.
@@ -190,7 +190,7 @@ pub async fn run(target: &CheckTarget) -> CheckReport {
     s3.connect_timeout = Duration::from_secs(5);
     s3.attempt_timeout = Duration::from_secs(10);
     let mut p = Probe {
-        store: AwsStore::new(build_client(&s3).await, target.bucket.clone()),
+        store: AwsStore::connect(&s3, &target.bucket).await,
         steps: Vec::new(),
         actions: FULL_ACTIONS
             .iter()
@@ -280,7 +280,7 @@ async fn probe_bucket(
     {
         region.corrected = true;
         s3.region = Some(d.clone());
-        p.store = AwsStore::new(build_client(s3).await, target.bucket.clone());
+        p.store = AwsStore::connect(s3, &target.bucket).await;
     }
     Ok(creds_proven)
 }

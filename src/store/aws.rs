@@ -25,6 +25,8 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use super::client::{S3Settings, build_client};
+use super::requests::RequestOptions;
 use super::spacing::WriteSpacing;
 use super::{
     ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
@@ -46,6 +48,8 @@ pub struct AwsStore {
     bucket: String,
     /// Writes to one key are spaced (see `spacing`).
     spacing: std::sync::Arc<WriteSpacing>,
+    /// Encryption, storage class, payer, expected owner (see `requests`).
+    opts: RequestOptions,
 }
 
 impl AwsStore {
@@ -54,7 +58,15 @@ impl AwsStore {
             client,
             bucket: bucket.into(),
             spacing: Default::default(),
+            opts: RequestOptions::default(),
         }
+    }
+
+    /// A store of `bucket` with a client built from `s3` and its request options.
+    pub async fn connect(s3: &S3Settings, bucket: &str) -> Self {
+        let mut store = AwsStore::new(build_client(s3).await, bucket);
+        store.opts = s3.requests.clone();
+        store
     }
 
     /// Runs the write `w` to `key` spaced from the previous write to it.
@@ -167,10 +179,7 @@ impl AwsStore {
         pinned: &mut Option<String>,
         pieces: &mut Pieces,
     ) -> StoreResult<Option<String>> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
+        let out = crate::paid!(self.client.get_object().bucket(&self.bucket), self.opts)
             .key(key)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .set_if_match(pinned.clone())
@@ -416,10 +425,7 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
 
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let out = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
+        let out = crate::paid!(self.client.head_object().bucket(&self.bucket), self.opts)
             .key(key)
             .send()
             .await
@@ -439,19 +445,19 @@ impl ObjectStore for AwsStore {
         } else {
             req.max_keys
         };
-        let out = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&req.prefix)
-            .set_delimiter(req.delimiter.clone())
-            .set_continuation_token(req.token.clone())
-            .set_start_after(req.start_after.clone())
-            .max_keys(max as i32)
-            .encoding_type(EncodingType::Url)
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = crate::paid!(
+            self.client.list_objects_v2().bucket(&self.bucket),
+            self.opts
+        )
+        .prefix(&req.prefix)
+        .set_delimiter(req.delimiter.clone())
+        .set_continuation_token(req.token.clone())
+        .set_start_after(req.start_after.clone())
+        .max_keys(max as i32)
+        .encoding_type(EncodingType::Url)
+        .send()
+        .await
+        .map_err(map_err)?;
         let mut page = ListPage::default();
         for o in out.contents() {
             let Some(raw) = o.key() else { continue };
@@ -503,10 +509,7 @@ impl ObjectStore for AwsStore {
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
         let len = body.len() as i64;
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
+        let req = crate::stored!(self.client.put_object().bucket(&self.bucket), self.opts)
             .key(key)
             .content_length(len)
             .body(ByteStream::from(body))
@@ -520,15 +523,15 @@ impl ObjectStore for AwsStore {
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_metadata(Some(meta.clone().into_iter().collect()))
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = crate::stored!(
+            self.client.create_multipart_upload().bucket(&self.bucket),
+            self.opts
+        )
+        .key(key)
+        .set_metadata(Some(meta.clone().into_iter().collect()))
+        .send()
+        .await
+        .map_err(map_err)?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
@@ -542,10 +545,7 @@ impl ObjectStore for AwsStore {
         body: Bytes,
     ) -> StoreResult<String> {
         let len = body.len() as i64;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
+        let out = crate::paid!(self.client.upload_part().bucket(&self.bucket), self.opts)
             .key(key)
             .upload_id(upload_id)
             .part_number(part)
@@ -568,19 +568,19 @@ impl ObjectStore for AwsStore {
         range: Range<u64>,
         src_etag: &str,
     ) -> StoreResult<String> {
-        let out = self
-            .client
-            .upload_part_copy()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(part)
-            .copy_source(self.copy_source(src_key))
-            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
-            .copy_source_if_match(src_etag)
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = crate::paid!(
+            self.client.upload_part_copy().bucket(&self.bucket),
+            self.opts
+        )
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(part)
+        .copy_source(self.copy_source(src_key))
+        .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+        .copy_source_if_match(src_etag)
+        .send()
+        .await
+        .map_err(map_err)?;
         out.copy_part_result()
             .and_then(|r| r.e_tag())
             .map(str::to_string)
@@ -597,17 +597,17 @@ impl ObjectStore for AwsStore {
             .iter()
             .map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build())
             .collect();
-        let req = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            );
+        let req = crate::paid!(
+            self.client.complete_multipart_upload().bucket(&self.bucket),
+            self.opts
+        )
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        );
         let out = self
             .spaced(key, async { req.send().await.map_err(map_err) })
             .await?;
@@ -617,14 +617,15 @@ impl ObjectStore for AwsStore {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-            .map_err(map_err)?;
+        crate::paid!(
+            self.client.abort_multipart_upload().bucket(&self.bucket),
+            self.opts
+        )
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -633,16 +634,16 @@ impl ObjectStore for AwsStore {
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
         loop {
-            let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_key_marker(key_marker.clone())
-                .set_upload_id_marker(id_marker.clone())
-                .send()
-                .await
-                .map_err(map_err)?;
+            let page = crate::paid!(
+                self.client.list_multipart_uploads().bucket(&self.bucket),
+                self.opts
+            )
+            .prefix(prefix)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await
+            .map_err(map_err)?;
             for u in page.uploads() {
                 if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
                     out.push(PendingUpload {
@@ -670,10 +671,7 @@ impl ObjectStore for AwsStore {
         meta: Option<&UserMeta>,
         src_etag: Option<&str>,
     ) -> StoreResult<PutResult> {
-        let mut req = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
+        let mut req = crate::stored!(self.client.copy_object().bucket(&self.bucket), self.opts)
             .key(dst_key)
             .copy_source(self.copy_source(src_key))
             .set_copy_source_if_match(src_etag.map(str::to_string));
@@ -695,7 +693,8 @@ impl ObjectStore for AwsStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let req = self.client.delete_object().bucket(&self.bucket).key(key);
+        let req =
+            crate::paid!(self.client.delete_object().bucket(&self.bucket), self.opts).key(key);
         self.spaced(key, async { req.send().await.map_err(map_err) })
             .await?;
         Ok(())

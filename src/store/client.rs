@@ -29,6 +29,8 @@ pub struct S3Settings {
     pub attempt_timeout: Duration,
     /// Counts HTTP attempts (retries included), for the mount's statistics.
     pub attempts: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Encryption, storage class, payer and expected owner of every request.
+    pub requests: super::requests::RequestOptions,
 }
 
 /// An access key pair. `Debug` masks the secret.

@@ -19,6 +19,7 @@ pub mod journal;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod metered;
+pub mod requests;
 pub mod spacing;
 
 use std::collections::BTreeMap;

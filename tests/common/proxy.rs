@@ -49,6 +49,8 @@ pub type Rewrite = Arc<dyn Fn(String) -> String + Send + Sync>;
 #[derive(Default, Debug)]
 pub struct Counts {
     pub forwarded: AtomicU64,
+    /// Requests that said the requester pays and named the expected bucket owner.
+    pub paid: AtomicU64,
     pub slowdowns: AtomicU64,
     pub resets: AtomicU64,
     pub cuts: AtomicU64,
@@ -172,6 +174,13 @@ async fn handle(
     client: Client<HttpConnector, Body>,
     upstream: hyper::Uri,
 ) -> Result<Response<Body>, BoxError> {
+    let h = req.headers();
+    if h.get("x-amz-request-payer")
+        .is_some_and(|v| v == "requester")
+        && h.contains_key("x-amz-expected-bucket-owner")
+    {
+        counts.paid.fetch_add(1, Ordering::SeqCst);
+    }
     let p = faults.fail_percent.load(Ordering::SeqCst);
     if p > 0 && roll(&counts) < p {
         // Drain the request first so the client is not still sending when we answer.
