@@ -523,3 +523,23 @@ fn requester_pays_and_the_expected_owner_go_with_every_request() {
     assert!(all > 5, "{all} requests");
     assert_eq!(paid, all, "every request carries both headers");
 }
+
+/// The write probe at mount creates and aborts a multipart upload: no object is written or
+/// deleted (on a versioned bucket a PUT and a DELETE would leave a version and a delete
+/// marker, and fire object events), and no upload is left open.
+#[test]
+fn the_write_probe_at_mount_writes_and_deletes_no_object() {
+    let env = S3Env::get();
+    let proxy = FaultProxy::start(&env.endpoint);
+    let prefix = unique_prefix("probe");
+    let mut m = Mount::with_args(&prefix, &["--endpoint-url", &proxy.url]);
+    assert!(!m.p("x").exists());
+    m.unmount();
+    assert_eq!(proxy.count(|c| &c.object_puts), 0, "object PUTs");
+    assert_eq!(proxy.count(|c| &c.object_deletes), 0, "object DELETEs");
+    let left = rt().block_on(async {
+        let s = env.store().await;
+        s.list_multipart_uploads(&prefix).await.unwrap()
+    });
+    assert!(left.is_empty(), "{left:?}");
+}

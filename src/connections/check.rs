@@ -711,15 +711,19 @@ fn finish(
     }
 }
 
-/// The fast part of the check, run by `mount`: may these credentials write here? A zero-byte
-/// probe object is written and deleted under the mount's prefix. `Ok(false)` means S3 refused
-/// the write (read-only credentials).
+/// The fast part of the check, run by `mount`: may these credentials write here? A multipart
+/// upload is created under the mount's prefix and aborted: S3 allows it exactly when it allows
+/// a PUT, and no object is written or deleted, so a versioned bucket keeps no version or
+/// delete marker of it, no object event fires, and credentials without DeleteObject leave
+/// nothing behind. `Ok(false)` means S3 refused (read-only credentials).
 pub async fn can_write(store: &AwsStore, prefix: &str) -> Result<bool, StoreError> {
     let probe = format!("{prefix}.pailfs-write-check-{}", unique_suffix());
-    match bounded(store.put(&probe, Bytes::new(), &UserMeta::new())).await {
-        Ok(_) => {
-            if let Err(e) = bounded(store.delete(&probe)).await {
-                log::warn!("could not remove the write probe {probe:?}: {e}");
+    match bounded(store.create_multipart(&probe, &UserMeta::new())).await {
+        Ok(id) => {
+            if let Err(e) = bounded(store.abort_multipart(&probe, &id)).await {
+                log::warn!(
+                    "could not abort the write probe's multipart upload of {probe:?} ({e}); it holds no data, and a lifecycle rule for incomplete uploads removes it"
+                );
             }
             Ok(true)
         }

@@ -51,6 +51,9 @@ pub struct Counts {
     pub forwarded: AtomicU64,
     /// Requests that said the requester pays and named the expected bucket owner.
     pub paid: AtomicU64,
+    /// DELETEs of objects (not of multipart uploads) and PUTs of objects (not of parts).
+    pub object_deletes: AtomicU64,
+    pub object_puts: AtomicU64,
     pub slowdowns: AtomicU64,
     pub resets: AtomicU64,
     pub cuts: AtomicU64,
@@ -180,6 +183,13 @@ async fn handle(
         && h.contains_key("x-amz-expected-bucket-owner")
     {
         counts.paid.fetch_add(1, Ordering::SeqCst);
+    }
+    let upload = req.uri().query().is_some_and(|q| q.contains("uploadId"));
+    if !upload && req.method() == hyper::Method::DELETE {
+        counts.object_deletes.fetch_add(1, Ordering::SeqCst);
+    }
+    if !upload && req.method() == hyper::Method::PUT && !h.contains_key("x-amz-copy-source") {
+        counts.object_puts.fetch_add(1, Ordering::SeqCst);
     }
     let p = faults.fail_percent.load(Ordering::SeqCst);
     if p > 0 && roll(&counts) < p {
