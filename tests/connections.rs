@@ -756,3 +756,36 @@ fn encryption_and_storage_class_reach_every_object_written() {
         );
     }
 }
+
+/// An object in a Glacier class cannot be read until restored: a read answers at once with
+/// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO.
+#[test]
+fn an_archived_object_is_refused_at_once_with_what_to_do() {
+    let moto = S3Env {
+        endpoint: var("PAILFS_MOTO_ENDPOINT"),
+        bucket: var("PAILFS_MOTO_BUCKET"),
+        key: var("PAILFS_MOTO_FULL_KEY"),
+        secret: var("PAILFS_MOTO_FULL_SECRET"),
+        region: "us-east-1".into(),
+    };
+    let prefix = unique_prefix("glacier");
+    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
+    rt().block_on(
+        client
+            .put_object()
+            .bucket(&moto.bucket)
+            .key(format!("{prefix}cold.bin"))
+            .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"frozen"))
+            .send(),
+    )
+    .unwrap();
+    let source = format!("{}:{prefix}", moto.bucket);
+    let m = Mount::on(moto.clone(), &source, &prefix, &[], &[]);
+    let started = std::time::Instant::now();
+    let err = fs::read(m.p("cold.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert!(started.elapsed().as_secs() < 10);
+    let log = m.log_text();
+    assert!(log.contains("archived") && log.contains("restore"), "{log}");
+}

@@ -28,7 +28,9 @@ impl ToErrno for StoreError {
         match self {
             StoreError::NotFound => libc::ENOENT,
             StoreError::PreconditionFailed => libc::ESTALE,
-            StoreError::AccessDenied(_)
+            // As mountpoint-s3 answers it: the object exists, reading it is not allowed now.
+            StoreError::Archived
+            | StoreError::AccessDenied(_)
             | StoreError::InvalidAccessKey
             | StoreError::SignatureMismatch
             | StoreError::ExpiredToken => libc::EACCES,

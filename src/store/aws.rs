@@ -395,6 +395,7 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
             return StoreError::WrongRegion(region);
         }
         "NoSuchUpload" => return StoreError::NoSuchUpload,
+        "InvalidObjectState" => return StoreError::Archived,
         "NotImplemented" | "MethodNotAllowed" => return StoreError::NotImplemented(message),
         "EntityTooLarge" => return StoreError::TooLarge,
         "SlowDown"

@@ -28,7 +28,7 @@ pub const OPS: [&str; 12] = {
 };
 
 /// Error kinds, as named in the metrics.
-pub const ERROR_KINDS: [&str; 14] = [
+pub const ERROR_KINDS: [&str; 15] = [
     "not_found",
     "precondition_failed",
     "access_denied",
@@ -43,6 +43,7 @@ pub const ERROR_KINDS: [&str; 14] = [
     "too_large",
     "throttled",
     "other",
+    "archived",
 ];
 
 fn kind(e: &StoreError) -> usize {
@@ -61,6 +62,7 @@ fn kind(e: &StoreError) -> usize {
         StoreError::TooLarge => 11,
         StoreError::Throttled(_) => 12,
         StoreError::NotImplemented(_) | StoreError::Other(_) => 13,
+        StoreError::Archived => 14,
     }
 }
 

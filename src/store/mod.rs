@@ -253,6 +253,10 @@ pub enum StoreError {
     NotImplemented(String),
     #[error("the server is throttling requests: {0}")]
     Throttled(String),
+    #[error(
+        "the object is archived (a Glacier storage class) and cannot be read until it is restored: aws s3api restore-object, then read it again"
+    )]
+    Archived,
     #[error("{0}")]
     Other(String),
 }
