@@ -215,6 +215,10 @@ pub struct CheckArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the minimal policy as a bucket policy whose Principal is these credentials'
+    /// identity (found with STS GetCallerIdentity), instead of a policy for the IAM user.
+    #[arg(long)]
+    pub bucket_policy: bool,
 }
 
 /// Where the bucket is and how to reach it.

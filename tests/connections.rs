@@ -789,3 +789,26 @@ fn an_archived_object_is_refused_at_once_with_what_to_do() {
     let log = m.log_text();
     assert!(log.contains("archived") && log.contains("restore"), "{log}");
 }
+
+/// `--bucket-policy` prints the policy as the bucket's, its Principal the identity these
+/// credentials belong to (STS GetCallerIdentity), and says where each form goes.
+#[test]
+fn the_bucket_policy_form_names_these_credentials_identity() {
+    let bucket = var("PAILFS_MOTO_BUCKET");
+    let env = moto_env("FULL");
+    let (code, r, human) = check(&[&bucket, "--bucket-policy"], &env);
+    assert_eq!(code, 0, "{human}");
+    assert_eq!(r["policy_form"], "bucket", "{r}");
+    let arn = "arn:aws:iam::123456789012:user/pailfs-full";
+    for s in r["policy"]["Statement"].as_array().unwrap() {
+        assert_eq!(s["Principal"]["AWS"], arn, "{s}");
+    }
+    assert!(
+        human.contains("Bucket policy") && human.contains(arn),
+        "{human}"
+    );
+    let (_, r, human) = check(&[&bucket], &env);
+    assert_eq!(r["policy_form"], "user");
+    assert!(r["policy"]["Statement"][0].get("Principal").is_none());
+    assert!(human.contains("IAM user"), "{human}");
+}

@@ -23,7 +23,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::policy::{FULL_ACTIONS, Mode, READ_ONLY_ACTIONS, minimal_policy};
+use super::policy::{
+    FULL_ACTIONS, Mode, PolicyForm, READ_ONLY_ACTIONS, bucket_policy, minimal_policy,
+};
 use crate::store::aws::AwsStore;
 use crate::store::client::S3Settings;
 use crate::store::{ListRequest, ObjectStore, StoreError, UserMeta};
@@ -37,6 +39,8 @@ pub struct CheckTarget {
     pub subfolder: String,
     pub s3: S3Settings,
     pub need: Mode,
+    /// The form the policy is printed in.
+    pub policy_form: PolicyForm,
     /// Describes where the credentials come from (never the secret).
     pub credentials: String,
 }
@@ -99,6 +103,10 @@ pub struct CheckReport {
     pub missing: Vec<String>,
     pub untested: Vec<String>,
     pub policy: serde_json::Value,
+    /// Where the policy goes (the IAM user, or the bucket with `principal`).
+    pub policy_form: PolicyForm,
+    /// The identity the credentials belong to, for a bucket policy.
+    pub principal: Option<String>,
     /// A probe key that could not be removed (DeleteObject denied).
     pub leftover: Option<String>,
     pub ok: bool,
@@ -212,7 +220,19 @@ pub async fn run(target: &CheckTarget) -> CheckReport {
             }
         }
     }
-    finish(target, p, region, leftover)
+    let principal = match target.policy_form {
+        PolicyForm::Bucket => match crate::store::client::caller_arn(&s3).await {
+            Ok(arn) => Some(arn),
+            Err(e) => {
+                eprintln!(
+                    "pailfs: notice: cannot find the identity of these credentials (STS GetCallerIdentity: {e}); the policy is printed for the IAM user"
+                );
+                None
+            }
+        },
+        PolicyForm::User => None,
+    };
+    finish(target, p, region, leftover, principal)
 }
 
 /// The probes stopped early; the failure that stopped them is already recorded as a step.
@@ -659,6 +679,7 @@ fn finish(
     mut p: Probe,
     region: RegionInfo,
     leftover: Option<String>,
+    principal: Option<String>,
 ) -> CheckReport {
     p.steps.sort_by_key(|s| {
         STEP_ORDER
@@ -705,7 +726,16 @@ fn finish(
         required: target.need,
         missing,
         untested,
-        policy: minimal_policy(target.need, &target.bucket, &target.subfolder),
+        policy: match &principal {
+            Some(arn) => bucket_policy(target.need, &target.bucket, &target.subfolder, arn),
+            None => minimal_policy(target.need, &target.bucket, &target.subfolder),
+        },
+        policy_form: if principal.is_some() {
+            PolicyForm::Bucket
+        } else {
+            PolicyForm::User
+        },
+        principal,
         leftover,
         ok,
     }

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 
 use super::check::{CheckTarget, run};
 use super::file::ConnectionFile;
-use super::policy::Mode;
+use super::policy::{Mode, PolicyForm};
 use super::{Connection, mask_key_id, report, validate_label};
 use crate::cli::{CheckArgs, ConnectionAddArgs, ConnectionCommand, S3Args};
 use crate::config::{resolve_source, s3_settings};
@@ -67,6 +67,7 @@ pub fn connection(cmd: ConnectionCommand) -> Result<i32, CliError> {
             subfolder: None,
             read_only: false,
             json: t.json,
+            bucket_policy: false,
         }),
     }
 }
@@ -162,6 +163,11 @@ pub fn check(a: CheckArgs) -> Result<i32, CliError> {
         subfolder,
         s3,
         need,
+        policy_form: if a.bucket_policy {
+            PolicyForm::Bucket
+        } else {
+            PolicyForm::User
+        },
         credentials,
     };
     let rt = crate::config::command_runtime()?;

@@ -86,6 +86,26 @@ pub fn minimal_policy(mode: Mode, bucket: &str, subfolder: &str) -> Value {
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
+/// Where a policy goes: attached to the IAM user (or role) whose credentials these are, or on
+/// the bucket with that identity as its Principal (the form bucket owners paste).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyForm {
+    User,
+    Bucket,
+}
+
+/// [`minimal_policy`] as a bucket policy granting it to `principal` (an IAM ARN).
+pub fn bucket_policy(mode: Mode, bucket: &str, subfolder: &str, principal: &str) -> Value {
+    let mut p = minimal_policy(mode, bucket, subfolder);
+    if let Some(statements) = p["Statement"].as_array_mut() {
+        for s in statements {
+            s["Principal"] = json!({ "AWS": principal });
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +134,16 @@ mod tests {
         want.sort();
         assert_eq!(actions(&p), want);
         assert_eq!(p["Statement"][1]["Resource"], "arn:aws:s3:::b/*");
+    }
+
+    #[test]
+    fn the_bucket_form_grants_the_same_actions_to_the_principal() {
+        let arn = "arn:aws:iam::123456789012:user/u";
+        let p = bucket_policy(Mode::Full, "b", "s/", arn);
+        assert_eq!(actions(&p), actions(&minimal_policy(Mode::Full, "b", "s/")));
+        for s in p["Statement"].as_array().unwrap() {
+            assert_eq!(s["Principal"]["AWS"], arn);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::check::{CheckReport, Classification, Outcome};
+use super::policy::PolicyForm;
 
 fn mark(o: Outcome) -> &'static str {
     match o {
@@ -66,13 +67,22 @@ pub fn text(r: &CheckReport) -> String {
         )
     };
     let _ = writeln!(out, "{verdict}");
-    let _ = writeln!(
-        out,
-        "Minimal IAM policy for {} on s3://{}/{}:",
-        r.required.name(),
-        r.bucket,
-        r.subfolder
-    );
+    let _ = match (&r.policy_form, &r.principal) {
+        (PolicyForm::Bucket, Some(arn)) => writeln!(
+            out,
+            "Minimal bucket policy for {} on s3://{}/{} (Bucket policy: put it on the bucket, in the S3 console under Permissions; its Principal is these credentials' identity, {arn}):",
+            r.required.name(),
+            r.bucket,
+            r.subfolder
+        ),
+        _ => writeln!(
+            out,
+            "Minimal IAM policy for {} on s3://{}/{} (attach it to the IAM user or role these credentials belong to; --bucket-policy prints it for the bucket instead):",
+            r.required.name(),
+            r.bucket,
+            r.subfolder
+        ),
+    };
     let _ = writeln!(
         out,
         "{}",

@@ -80,6 +80,29 @@ pub fn needs_path_style(endpoint: &str) -> bool {
 
 /// Builds a client. Loading may read profile files and query instance metadata.
 pub async fn build_client(s: &S3Settings) -> aws_sdk_s3::Client {
+    s3_client(s, &shared_config(s).await)
+}
+
+/// The identity the credentials of `s` belong to (an IAM ARN), from STS GetCallerIdentity,
+/// which needs no permission. An S3-compatible endpoint is asked too (moto answers STS there).
+pub async fn caller_arn(s: &S3Settings) -> Result<String, String> {
+    let shared = shared_config(s).await;
+    let mut b = aws_sdk_sts::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        b = b.region(Region::new("us-east-1"));
+    }
+    let out = aws_sdk_sts::Client::from_conf(b.build())
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sts::error::DisplayErrorContext(&e).to_string())?;
+    out.arn()
+        .map(str::to_string)
+        .ok_or_else(|| "STS answered without an ARN".to_string())
+}
+
+/// What aws-config finds, with pailfs's explicit settings on top.
+async fn shared_config(s: &S3Settings) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
             RetryConfig::standard()
@@ -111,8 +134,11 @@ pub async fn build_client(s: &S3Settings) -> aws_sdk_s3::Client {
             "pailfs-connection",
         ));
     }
-    let shared = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+    loader.load().await
+}
+
+fn s3_client(s: &S3Settings, shared: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let mut builder = aws_sdk_s3::config::Builder::from(shared)
         // Checksums only where S3 requires them: S3-compatible servers differ in support for
         // the newer trailing-checksum encoding, and TLS already protects the bytes in transit.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
