@@ -18,7 +18,14 @@ enum LogTo<'a> {
 
 fn init_logging(level: &str, to: LogTo) -> Result<(), CliError> {
     use std::io::Write;
-    let default = format!("pailfs={level},fuser=error,warn");
+    // At trace level the S3 client's own events (aws-smithy, forwarded from `tracing`) show
+    // too: requests, retries and why they failed.
+    let sdk = if level == "trace" {
+        "aws_smithy_runtime=debug,aws_sdk_s3=debug,aws_config=debug,"
+    } else {
+        ""
+    };
+    let default = format!("pailfs={level},fuser=error,{sdk}warn");
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
     // Keys come from whoever writes to the bucket: control characters in them are escaped,
@@ -34,6 +41,19 @@ fn init_logging(level: &str, to: LogTo) -> Result<(), CliError> {
         )
     });
     match to {
+        // Under systemd: the journal keeps the time; a `<N>` prefix gives each line its
+        // priority, so `journalctl -p warning` shows the warnings (sd-daemon(3)).
+        LogTo::Stderr if pailfs::syslog::stderr_is_journal() => {
+            b.format(|buf, rec| {
+                writeln!(
+                    buf,
+                    "<{}>{}: {}",
+                    pailfs::syslog::priority(rec.level()) & 7,
+                    rec.target(),
+                    pailfs::syslog::escape_controls(&rec.args().to_string())
+                )
+            });
+        }
         LogTo::Stderr => {}
         LogTo::File(path) => {
             let f = pailfs::logfile::LogFile::open(path.to_path_buf()).map_err(|e| {

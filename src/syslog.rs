@@ -14,6 +14,24 @@ use std::path::{Path, PathBuf};
 pub const DEV_LOG: &str = "/dev/log";
 
 /// `<PRI>` for facility daemon and the record's level.
+/// True when standard error is a stream to the systemd journal: systemd sets `JOURNAL_STREAM`
+/// to that stream's `device:inode`, which a process started elsewhere does not inherit as its
+/// own standard error.
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    // SAFETY: fstat fills the struct it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
+}
+
 pub fn priority(level: log::Level) -> u8 {
     const DAEMON: u8 = 3 << 3;
     DAEMON

@@ -335,3 +335,63 @@ fn the_disk_cache_serves_a_remount_without_a_get() {
         "after a remount the blocks came from the disk, not S3"
     );
 }
+
+/// Under systemd (standard error is the journal's stream, `JOURNAL_STREAM`), each log line
+/// starts with its priority, `<4>` for a warning, so `journalctl -p warning` finds it; and at
+/// `--log-level trace` the S3 client's own events are in the log too.
+#[test]
+fn journal_lines_carry_their_priority_and_trace_shows_the_s3_client() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = S3Env::get();
+    let prefix = unique_prefix("journal");
+    let mnt = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    // A cache directory others can read is repaired, with a warning.
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let stderr_path = out.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let m = stderr.metadata().unwrap();
+    let mut child = std::process::Command::new(pailfs_bin())
+        .args(["mount", &format!("{}:{prefix}", env.bucket)])
+        .arg(mnt.path())
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .env("AWS_ENDPOINT_URL", &env.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &env.key)
+        .env("AWS_SECRET_ACCESS_KEY", &env.secret)
+        .env("AWS_REGION", &env.region)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mounted(mnt.path()) {
+        assert!(Instant::now() < deadline, "no mount");
+        assert!(child.try_wait().unwrap().is_none(), "pailfs exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("umount")
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&stderr_path).unwrap();
+    let warning = text.lines().find(|l| l.contains("private"));
+    assert!(
+        warning.is_some_and(|l| l.starts_with("<4>")),
+        "no <4> warning line: {text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("<6>")), "{text}");
+
+    let mut traced = Mount::with_args(&unique_prefix("trace"), &["--log-level", "trace"]);
+    std::fs::write(traced.p("f"), b"x").unwrap();
+    traced.unmount();
+    let log = traced.log_text();
+    assert!(
+        log.contains("aws_smithy_runtime"),
+        "no S3 client events at trace level"
+    );
+    assert!(!log.contains(&env.secret));
+}
