@@ -78,6 +78,17 @@ fn moto_env(user: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// moto's server as the user with the full-access policy, for mounts and raw requests.
+fn moto_full() -> S3Env {
+    S3Env {
+        endpoint: var("PAILFS_MOTO_ENDPOINT"),
+        bucket: var("PAILFS_MOTO_BUCKET"),
+        key: var("PAILFS_MOTO_FULL_KEY"),
+        secret: var("PAILFS_MOTO_FULL_SECRET"),
+        region: "us-east-1".into(),
+    }
+}
+
 fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
 }
@@ -699,13 +710,7 @@ fn a_label_with_a_path_mounts_under_its_subfolder_and_says_it_shadows_a_bucket_n
 /// self-copy) and a rename (a copy), and a directory marker.
 #[test]
 fn encryption_and_storage_class_reach_every_object_written() {
-    let moto = S3Env {
-        endpoint: var("PAILFS_MOTO_ENDPOINT"),
-        bucket: var("PAILFS_MOTO_BUCKET"),
-        key: var("PAILFS_MOTO_FULL_KEY"),
-        secret: var("PAILFS_MOTO_FULL_SECRET"),
-        region: "us-east-1".into(),
-    };
+    let moto = moto_full();
     let prefix = unique_prefix("sse");
     let source = format!("{}:{prefix}", moto.bucket);
     let flags = [
@@ -761,13 +766,7 @@ fn encryption_and_storage_class_reach_every_object_written() {
 /// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO.
 #[test]
 fn an_archived_object_is_refused_at_once_with_what_to_do() {
-    let moto = S3Env {
-        endpoint: var("PAILFS_MOTO_ENDPOINT"),
-        bucket: var("PAILFS_MOTO_BUCKET"),
-        key: var("PAILFS_MOTO_FULL_KEY"),
-        secret: var("PAILFS_MOTO_FULL_SECRET"),
-        region: "us-east-1".into(),
-    };
+    let moto = moto_full();
     let prefix = unique_prefix("glacier");
     let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
     rt().block_on(
