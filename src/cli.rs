@@ -356,9 +356,11 @@ pub struct MountArgs {
     /// mount-s3's: mount only the keys under this prefix of the bucket (added to SOURCE's).
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
-    /// mount-s3's: threads reading FUSE requests (pailfs needs few: see --help of the code).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub max_threads: Option<u16>,
+    /// Threads reading FUSE requests (mount-s3's flag; pailfs hands each request to its I/O
+    /// runtime at once, so a few suffice).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_FUSE_THREADS,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_threads: u16,
     /// mount-s3's: log at debug level (as --log-level debug).
     #[arg(long)]
     pub debug: bool,
@@ -403,15 +405,11 @@ pub struct MountArgs {
     /// 127.0.0.1:9187 (`pailfs stats MOUNTPOINT` works without it).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Experiments only (`scripts/bench-fuse-settings`): threads reading FUSE requests.
-    #[arg(long, hide = true, default_value_t = crate::config::Tuning::DEFAULT.fuse_threads,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub fuse_threads: u16,
     /// Experiments only: tokio worker threads for S3 and spool I/O (0: one per core, 2 to 8).
     #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub io_threads: u16,
     /// Experiments only: asynchronous requests the kernel keeps in flight (max_background).
-    #[arg(long, hide = true, default_value_t = crate::config::Tuning::DEFAULT.max_background,
+    #[arg(long, hide = true, default_value_t = crate::config::DEFAULT_MAX_BACKGROUND,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub fuse_max_background: u16,
 }

@@ -305,7 +305,13 @@ pub fn s3_settings(
     Ok(s)
 }
 
-/// Knobs for measuring, not for users (hidden flags; `scripts/bench-fuse-settings`).
+/// The default `--max-threads`.
+pub const DEFAULT_FUSE_THREADS: u16 = 4;
+/// The default of the hidden `--fuse-max-background`.
+pub const DEFAULT_MAX_BACKGROUND: u16 = 16;
+
+/// Threads and queue depths (`--max-threads` and hidden flags for
+/// `scripts/bench-fuse-settings`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// Threads reading FUSE requests from the kernel.
@@ -318,16 +324,10 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub const DEFAULT: Tuning = Tuning {
-        fuse_threads: 4,
-        io_threads: 2,
-        max_background: 16,
-    };
-
     fn from_args(a: &MountArgs) -> Tuning {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Tuning {
-            fuse_threads: a.max_threads.unwrap_or(a.fuse_threads),
+            fuse_threads: a.max_threads,
             io_threads: match a.io_threads {
                 0 => cores.clamp(2, 8) as u16,
                 n => n,
@@ -465,7 +465,7 @@ fn disk_cache_size(a: &MountArgs, cache_root: &Path) -> Result<u64, CliError> {
         };
         return Ok(bytes);
     }
-    if a.cache.is_none() {
+    if a.cache.is_none() || a.disk_cache_size.0 > 0 {
         return Ok(a.disk_cache_size.0);
     }
     let existing = cache_root

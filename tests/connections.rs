@@ -419,6 +419,23 @@ fn an_unreachable_endpoint_is_one_clear_line() {
 
 // ----- mounts by label and the mount-time check -----
 
+/// Saves `label`: the Garage bucket of `e`, restricted to `prefix`, with `e`'s keys.
+fn save_subfolder(config: &std::path::Path, label: &str, e: &S3Env, prefix: &str) {
+    let args = [
+        "--bucket",
+        &e.bucket,
+        "--endpoint-url",
+        &e.endpoint,
+        "--region",
+        &e.region,
+        "--subfolder",
+        prefix,
+        "--access-key-id",
+        &e.key,
+    ];
+    save(config, label, &args, &e.secret);
+}
+
 fn save(config: &std::path::Path, label: &str, args: &[&str], secret: &str) {
     let mut a = vec!["connection", "add", label];
     a.extend_from_slice(args);
@@ -578,23 +595,7 @@ fn mount_by_label_uses_the_subfolder_as_root() {
         .unwrap();
     });
     let config = tempfile::tempdir().unwrap();
-    save(
-        config.path(),
-        "garage-sub",
-        &[
-            "--bucket",
-            &e.bucket,
-            "--endpoint-url",
-            &e.endpoint,
-            "--region",
-            &e.region,
-            "--subfolder",
-            &prefix,
-            "--access-key-id",
-            &e.key,
-        ],
-        &e.secret,
-    );
+    save_subfolder(config.path(), "garage-sub", &e, &prefix);
     let cfg = config.path().to_str().unwrap();
     let m = Mount::custom(
         "garage-sub",
@@ -664,23 +665,7 @@ fn a_label_with_a_path_mounts_under_its_subfolder_and_says_it_shadows_a_bucket_n
         }
     });
     let config = tempfile::tempdir().unwrap();
-    save(
-        config.path(),
-        "garage-lp",
-        &[
-            "--bucket",
-            &e.bucket,
-            "--endpoint-url",
-            &e.endpoint,
-            "--region",
-            &e.region,
-            "--subfolder",
-            &prefix,
-            "--access-key-id",
-            &e.key,
-        ],
-        &e.secret,
-    );
+    save_subfolder(config.path(), "garage-lp", &e, &prefix);
     let cfg = config.path().to_str().unwrap();
     let envs = [
         ("PAILFS_CONFIG_DIR", cfg),

@@ -352,17 +352,14 @@ fn journal_lines_carry_their_priority_and_trace_shows_the_s3_client() {
     let stderr_path = out.path().join("stderr");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     let m = stderr.metadata().unwrap();
-    let mut child = std::process::Command::new(pailfs_bin())
+    let mut child = env
+        .apply(&mut std::process::Command::new(pailfs_bin()))
         .args(["mount", &format!("{}:{prefix}", env.bucket)])
         .arg(mnt.path())
         .arg("--foreground")
         .arg("--cache-dir")
         .arg(cache.path())
         .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
-        .env("AWS_ENDPOINT_URL", &env.endpoint)
-        .env("AWS_ACCESS_KEY_ID", &env.key)
-        .env("AWS_SECRET_ACCESS_KEY", &env.secret)
-        .env("AWS_REGION", &env.region)
         .stderr(stderr)
         .spawn()
         .unwrap();

@@ -20,9 +20,10 @@
 //! `setattr` and `xattr`; `openfile` (per-file shared state), `spool`, `ranges`, `parts` and
 //! `recovery` (what an open file keeps on disk), `attr`, `names` and `error`.
 //!
-//! Locks, in order: the namespace's rename fence, an open file's `upload` lock, the namespace
-//! state, the handle table, an open file's `state` (see `namespace` and `openfile`). No std
-//! lock is held across an `.await`.
+//! Locks, in order: the namespace's rename fence, an open file's `upload` lock, its `data`
+//! lock (held across a spool write done off the async workers), the namespace state, the
+//! handle table, an open file's `state` (see `namespace` and `openfile`). No std lock is held
+//! across an `.await` or a write to disk.
 
 pub mod attr;
 pub mod case;

@@ -53,6 +53,14 @@ impl S3Env {
         s
     }
 
+    /// Points `cmd` (a pailfs run) at this server with these keys, through the environment.
+    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_REGION", &self.region)
+    }
+
     pub async fn store(&self) -> AwsStore {
         AwsStore::new(build_client(&self.settings()).await, self.bucket.clone())
     }
@@ -170,7 +178,9 @@ impl Mount {
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: the mount tests need FUSE (run as root with /dev/fuse)"
         );
-        let child = Command::new(pailfs_bin())
+        let child = self
+            .env
+            .apply(&mut Command::new(pailfs_bin()))
             .arg("mount")
             .arg(&self.source)
             .arg(self.dir.path())
@@ -185,10 +195,6 @@ impl Mount {
                 vec!["--log-level", "debug"]
             })
             .args(&self.extra)
-            .env("AWS_ENDPOINT_URL", &self.env.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &self.env.key)
-            .env("AWS_SECRET_ACCESS_KEY", &self.env.secret)
-            .env("AWS_REGION", &self.env.region)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
