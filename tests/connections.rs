@@ -79,16 +79,6 @@ fn moto_env(user: &str) -> Vec<(&'static str, String)> {
 }
 
 /// moto's server as the user with the full-access policy, for mounts and raw requests.
-fn moto_full() -> S3Env {
-    S3Env {
-        endpoint: var("PAILFS_MOTO_ENDPOINT"),
-        bucket: var("PAILFS_MOTO_BUCKET"),
-        key: var("PAILFS_MOTO_FULL_KEY"),
-        secret: var("PAILFS_MOTO_FULL_SECRET"),
-        region: "us-east-1".into(),
-    }
-}
-
 fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
 }
@@ -688,90 +678,6 @@ fn a_label_with_a_path_mounts_under_its_subfolder_and_says_it_shadows_a_bucket_n
         text(&out)
     );
     assert!(text(&out).contains(&deeper), "{}", text(&out));
-}
-
-/// `--sse aws:kms --sse-kms-key-id K --bucket-key --storage-class STANDARD_IA` reach every
-/// object pailfs writes, as S3 (moto) stored them: a PUT, a multipart upload, a chmod (a
-/// self-copy) and a rename (a copy), and a directory marker.
-#[test]
-fn encryption_and_storage_class_reach_every_object_written() {
-    let moto = moto_full();
-    let prefix = unique_prefix("sse");
-    let source = format!("{}:{prefix}", moto.bucket);
-    let flags = [
-        "--sse",
-        "aws:kms",
-        "--sse-kms-key-id",
-        "alias/pailfs-test",
-        "--bucket-key",
-        "--storage-class",
-        "STANDARD_IA",
-        "--part-size",
-        "5M",
-    ];
-    let mut m = Mount::on(moto.clone(), &source, &prefix, &flags, &[]);
-    fs::write(m.p("small.txt"), b"encrypted").unwrap();
-    fs::write(m.p("big.bin"), vec![7u8; 6 << 20]).unwrap();
-    fs::set_permissions(m.p("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
-    fs::rename(m.p("big.bin"), m.p("moved.bin")).unwrap();
-    fs::create_dir(m.p("dir")).unwrap();
-    m.unmount();
-    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
-    for key in ["small.txt", "moved.bin", "dir/"] {
-        let head = rt()
-            .block_on(
-                client
-                    .head_object()
-                    .bucket(&moto.bucket)
-                    .key(format!("{prefix}{key}"))
-                    .send(),
-            )
-            .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"));
-        assert_eq!(
-            head.server_side_encryption().map(|s| s.as_str()),
-            Some("aws:kms"),
-            "{key}"
-        );
-        assert!(
-            head.ssekms_key_id()
-                .is_some_and(|k| k.contains("pailfs-test")),
-            "{key}: {:?}",
-            head.ssekms_key_id()
-        );
-        assert_eq!(head.bucket_key_enabled(), Some(true), "{key}");
-        assert_eq!(
-            head.storage_class().map(|s| s.as_str()),
-            Some("STANDARD_IA"),
-            "{key}"
-        );
-    }
-}
-
-/// An object in a Glacier class cannot be read until restored: a read answers at once with
-/// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO.
-#[test]
-fn an_archived_object_is_refused_at_once_with_what_to_do() {
-    let moto = moto_full();
-    let prefix = unique_prefix("glacier");
-    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
-    rt().block_on(
-        client
-            .put_object()
-            .bucket(&moto.bucket)
-            .key(format!("{prefix}cold.bin"))
-            .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
-            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"frozen"))
-            .send(),
-    )
-    .unwrap();
-    let source = format!("{}:{prefix}", moto.bucket);
-    let m = Mount::on(moto.clone(), &source, &prefix, &[], &[]);
-    let started = std::time::Instant::now();
-    let err = fs::read(m.p("cold.bin")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
-    assert!(started.elapsed().as_secs() < 10);
-    let log = m.log_text();
-    assert!(log.contains("archived") && log.contains("restore"), "{log}");
 }
 
 /// `--bucket-policy` prints the policy as the bucket's, its Principal the identity these

@@ -11,6 +11,7 @@
 
 mod common;
 
+mod aws_options;
 mod case;
 mod connections;
 mod contract;

@@ -317,7 +317,8 @@ impl<S: ObjectStore> Fs<S> {
         size: u64,
         meta: Option<&crate::store::UserMeta>,
     ) -> FsResult<String> {
-        if size <= self.config.max_single_copy {
+        let retype = crate::store::content_type::changes(src, dst);
+        if size <= self.config.max_single_copy && !retype {
             return self
                 .store
                 .copy(src, dst, None, etag)
@@ -334,12 +335,22 @@ impl<S: ObjectStore> Fs<S> {
                     .head(src)
                     .await
                     .map_err(|e| FsError::from_store(e, src))?;
+                // The version asked for, when known: a newer one fails the copy's condition.
                 (
-                    head.etag.clone(),
+                    etag.map_or_else(|| head.etag.clone(), str::to_string),
                     head.user_meta.clone().unwrap_or_default(),
                 )
             }
         };
+        if size <= self.config.max_single_copy {
+            // The new name implies another Content-Type: the copy rewrites the metadata.
+            return self
+                .store
+                .copy(src, dst, Some(&meta), Some(&etag))
+                .await
+                .map(|p| p.etag)
+                .map_err(|e| FsError::from_store(e, src));
+        }
         let base = Base {
             key: src.to_string(),
             etag,

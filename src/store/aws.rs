@@ -25,6 +25,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use super::content_type;
 use super::client::{S3Settings, build_client};
 use super::requests::RequestOptions;
 use super::spacing::WriteSpacing;
@@ -514,6 +515,7 @@ impl ObjectStore for AwsStore {
             .key(key)
             .content_length(len)
             .body(ByteStream::from(body))
+            .set_content_type(content_type::for_key(key).map(str::to_string))
             .set_metadata(Some(meta.clone().into_iter().collect()));
         let out = self
             .spaced(key, async { req.send().await.map_err(map_err) })
@@ -529,6 +531,7 @@ impl ObjectStore for AwsStore {
             self.opts
         )
         .key(key)
+        .set_content_type(content_type::for_key(key).map(str::to_string))
         .set_metadata(Some(meta.clone().into_iter().collect()))
         .send()
         .await
@@ -679,6 +682,7 @@ impl ObjectStore for AwsStore {
         if let Some(meta) = meta {
             req = req
                 .metadata_directive(MetadataDirective::Replace)
+                .set_content_type(content_type::for_key(dst_key).map(str::to_string))
                 .set_metadata(Some(meta.clone().into_iter().collect()));
         }
         let out = self

@@ -15,6 +15,7 @@
 
 pub mod aws;
 pub mod client;
+pub mod content_type;
 pub mod journal;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;

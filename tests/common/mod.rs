@@ -41,6 +41,17 @@ impl S3Env {
         }
     }
 
+    /// moto's server (`scripts/moto-server`), as its full-access IAM user.
+    pub fn moto_full() -> S3Env {
+        S3Env {
+            endpoint: need("PAILFS_MOTO_ENDPOINT"),
+            bucket: need("PAILFS_MOTO_BUCKET"),
+            key: need("PAILFS_MOTO_FULL_KEY"),
+            secret: need("PAILFS_MOTO_FULL_SECRET"),
+            region: "us-east-1".into(),
+        }
+    }
+
     pub fn settings(&self) -> S3Settings {
         let mut s = S3Settings::with_defaults();
         s.endpoint_url = Some(self.endpoint.clone());

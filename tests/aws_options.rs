@@ -1,0 +1,128 @@
+//! What real AWS buckets need, shown on what S3 stored: moto's server (`scripts/moto-server`)
+//! answers SSE, storage classes, Glacier states and the headers of stored objects; each test
+//! writes through a real mount and then asks the server with a plain SDK client, so a flag that
+//! parsed but reached no request fails here.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::{Mount, S3Env, rt, unique_prefix};
+
+fn head(moto: &S3Env, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
+    rt().block_on(client.head_object().bucket(&moto.bucket).key(key).send())
+        .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"))
+}
+
+/// `--sse aws:kms --sse-kms-key-id K --bucket-key --storage-class STANDARD_IA` reach every
+/// object pailfs writes, as S3 (moto) stored them: a PUT, a multipart upload, a chmod (a
+/// self-copy) and a rename (a copy), and a directory marker.
+#[test]
+fn encryption_and_storage_class_reach_every_object_written() {
+    let moto = S3Env::moto_full();
+    let prefix = unique_prefix("sse");
+    let source = format!("{}:{prefix}", moto.bucket);
+    let flags = [
+        "--sse",
+        "aws:kms",
+        "--sse-kms-key-id",
+        "alias/pailfs-test",
+        "--bucket-key",
+        "--storage-class",
+        "STANDARD_IA",
+        "--part-size",
+        "5M",
+    ];
+    let mut m = Mount::on(moto.clone(), &source, &prefix, &flags, &[]);
+    fs::write(m.p("small.txt"), b"encrypted").unwrap();
+    fs::write(m.p("big.bin"), vec![7u8; 6 << 20]).unwrap();
+    fs::set_permissions(m.p("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(m.p("big.bin"), m.p("moved.bin")).unwrap();
+    fs::create_dir(m.p("dir")).unwrap();
+    m.unmount();
+    for key in ["small.txt", "moved.bin", "dir/"] {
+        let head = head(&moto, &format!("{prefix}{key}"));
+        assert_eq!(
+            head.server_side_encryption().map(|s| s.as_str()),
+            Some("aws:kms"),
+            "{key}"
+        );
+        assert!(
+            head.ssekms_key_id()
+                .is_some_and(|k| k.contains("pailfs-test")),
+            "{key}: {:?}",
+            head.ssekms_key_id()
+        );
+        assert_eq!(head.bucket_key_enabled(), Some(true), "{key}");
+        assert_eq!(
+            head.storage_class().map(|s| s.as_str()),
+            Some("STANDARD_IA"),
+            "{key}"
+        );
+    }
+}
+
+/// An object in a Glacier class cannot be read until restored: a read answers at once with
+/// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO.
+#[test]
+fn an_archived_object_is_refused_at_once_with_what_to_do() {
+    let moto = S3Env::moto_full();
+    let prefix = unique_prefix("glacier");
+    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
+    rt().block_on(
+        client
+            .put_object()
+            .bucket(&moto.bucket)
+            .key(format!("{prefix}cold.bin"))
+            .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"frozen"))
+            .send(),
+    )
+    .unwrap();
+    let source = format!("{}:{prefix}", moto.bucket);
+    let m = Mount::on(moto.clone(), &source, &prefix, &[], &[]);
+    let started = std::time::Instant::now();
+    let err = fs::read(m.p("cold.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert!(started.elapsed().as_secs() < 10);
+    let log = m.log_text();
+    assert!(log.contains("archived") && log.contains("restore"), "{log}");
+}
+
+
+/// Objects get the Content-Type their name implies (a website or CDN serves them with it): on
+/// a PUT, a multipart upload, a rename to a name of another type (as editors and rsync save:
+/// a temporary name, then the real one) and a chmod (a metadata-rewriting self-copy).
+#[test]
+fn objects_get_the_content_type_of_their_name_across_renames_and_chmod() {
+    let moto = S3Env::moto_full();
+    let prefix = unique_prefix("ctype");
+    let source = format!("{}:{prefix}", moto.bucket);
+    let mut m = Mount::on(moto.clone(), &source, &prefix, &["--part-size", "5M"], &[]);
+    fs::write(m.p("page.html"), b"<p>hi</p>").unwrap();
+    fs::write(m.p("video.mp4"), vec![1u8; 6 << 20]).unwrap();
+    fs::write(m.p(".style.css.Xy12ab"), b"p{}").unwrap();
+    fs::rename(m.p(".style.css.Xy12ab"), m.p("style.css")).unwrap();
+    fs::write(m.p("data.json"), b"{}").unwrap();
+    fs::rename(m.p("data.json"), m.p("kept.json")).unwrap();
+    fs::set_permissions(m.p("page.html"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(m.p("README"), b"no extension").unwrap();
+    m.unmount();
+    for (key, want) in [
+        ("page.html", Some("text/html")),
+        ("video.mp4", Some("video/mp4")),
+        ("style.css", Some("text/css")),
+        ("kept.json", Some("application/json")),
+    ] {
+        let h = head(&moto, &format!("{prefix}{key}"));
+        assert_eq!(h.content_type(), want, "{key}");
+    }
+    let h = head(&moto, &format!("{prefix}page.html"));
+    assert_eq!(
+        h.metadata().and_then(|m| m.get("mode")).map(String::as_str),
+        Some("33152"),
+        "the chmod copy kept the mode beside the type"
+    );
+    let none = head(&moto, &format!("{prefix}README"));
+    assert_ne!(none.content_type(), Some("text/html"));
+}
