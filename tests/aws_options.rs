@@ -89,7 +89,6 @@ fn an_archived_object_is_refused_at_once_with_what_to_do() {
     assert!(log.contains("archived") && log.contains("restore"), "{log}");
 }
 
-
 /// Objects get the Content-Type their name implies (a website or CDN serves them with it): on
 /// a PUT, a multipart upload, a rename to a name of another type (as editors and rsync save:
 /// a temporary name, then the real one) and a chmod (a metadata-rewriting self-copy).

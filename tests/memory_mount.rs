@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,10 +140,6 @@ fn declined_calls_answer_a_definite_errno() {
     std::fs::write(m.p("f"), b"x").unwrap();
     let link = std::fs::hard_link(m.p("f"), m.p("g")).unwrap_err();
     assert_eq!(errno(&link), libc::EPERM, "{link}");
-    let fifo = std::ffi::CString::new(m.p("fifo").into_os_string().into_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
-    assert_eq!(errno(&std::io::Error::last_os_error()), libc::EPERM);
-    assert!(!Path::new(&m.p("fifo")).exists());
     // mknod of a regular file is a create: stored before it returns.
     let plain = std::ffi::CString::new(m.p("plain").into_os_string().into_encoded_bytes()).unwrap();
     assert_eq!(
@@ -157,6 +153,75 @@ fn declined_calls_answer_a_definite_errno() {
             .file_type()
             .is_fifo()
     );
+}
+
+fn c_path(p: PathBuf) -> std::ffi::CString {
+    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap()
+}
+
+/// What `rsync -a` and backups copy: FIFOs, sockets and device nodes are stored as s3fs
+/// stores them (an empty object, the type in `mode`, the device number in `rdev`), shown with
+/// their type and number, and never usable as devices (the mount is `nodev`).
+#[test]
+fn fifos_sockets_and_device_nodes_are_stored_with_their_type() {
+    let m = MemMount::new(&[]);
+    assert_eq!(
+        unsafe { libc::mkfifo(c_path(m.p("fifo")).as_ptr(), 0o640) },
+        0
+    );
+    let dev = libc::makedev(1, 3);
+    let null = c_path(m.p("null"));
+    assert_eq!(
+        unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o644, dev) },
+        0
+    );
+    let _sock = std::os::unix::net::UnixListener::bind(m.p("sock")).unwrap();
+    for (key, mode) in [
+        ("fifo", libc::S_IFIFO | 0o640),
+        ("null", libc::S_IFCHR | 0o644),
+    ] {
+        assert_eq!(m.store.peek(key).as_deref(), Some(&b""[..]), "{key}");
+        let meta = m.store.peek_meta(key).unwrap();
+        assert_eq!(meta["mode"], mode.to_string(), "{key}");
+    }
+    assert_eq!(m.store.peek_meta("null").unwrap()["rdev"], dev.to_string());
+    assert!(
+        std::fs::metadata(m.p("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        std::fs::metadata(m.p("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let null_meta = std::fs::metadata(m.p("null")).unwrap();
+    assert!(null_meta.file_type().is_char_device());
+    assert_eq!(std::os::unix::fs::MetadataExt::rdev(&null_meta), dev);
+    let open = std::fs::File::open(m.p("null")).unwrap_err();
+    assert_eq!(errno(&open), libc::EACCES, "nodev: {open}");
+    let listed: Vec<_> = std::fs::read_dir(m.p(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_type().unwrap())
+        .collect();
+    assert!(listed.iter().any(|t| t.is_fifo()) && listed.iter().any(|t| t.is_char_device()));
+}
+
+/// A directory's link count is 2 plus its subdirectories, as find and pjdfstest expect.
+#[test]
+fn a_directory_counts_its_subdirectories_in_its_link_count() {
+    use std::os::unix::fs::MetadataExt;
+    let m = MemMount::new(&[]);
+    std::fs::create_dir(m.p("d")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("d")).unwrap().nlink(), 2);
+    std::fs::create_dir(m.p("d/a")).unwrap();
+    std::fs::create_dir(m.p("d/b")).unwrap();
+    std::fs::write(m.p("d/f"), b"").unwrap();
+    assert_eq!(std::fs::metadata(m.p("d")).unwrap().nlink(), 4);
+    std::fs::remove_dir(m.p("d/a")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("d")).unwrap().nlink(), 3);
 }
 
 #[test]

@@ -416,6 +416,9 @@ impl Model {
             None => Err(libc::ENOENT),
             Some(Kind::Dir) => Err(libc::EISDIR),
             Some(Kind::Symlink) => Err(libc::ELOOP),
+            Some(Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice) => {
+                unreachable!("the model makes no special files")
+            }
             Some(Kind::File) => Ok(()),
         }
     }
@@ -700,6 +703,9 @@ impl Model {
                 match self.kind(path) {
                     Some(Kind::Dir) => Err(libc::EISDIR),
                     Some(Kind::Symlink) => Err(libc::ELOOP),
+                    Some(Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice) => {
+                        unreachable!("the model makes no special files")
+                    }
                     _ => {
                         self.edit(path, |d| *d = data.clone());
                         Ok(())
@@ -718,6 +724,9 @@ impl Model {
                     None => Err(libc::ENOENT),
                     Some(Kind::Dir) => Err(libc::EISDIR),
                     Some(Kind::Symlink) => Err(libc::EINVAL),
+                    Some(Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice) => {
+                        unreachable!("the model makes no special files")
+                    }
                     Some(Kind::File) if self.is_held(path) => {
                         // An open file's truncation is stored with its next upload.
                         let h = self.held.as_mut().unwrap();
@@ -792,6 +801,9 @@ impl Model {
                         Ok(())
                     }
                     Some(Kind::Symlink) => Ok(()), // kernel refuses chmod on links; not generated
+                    Some(Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice) => {
+                        unreachable!("the model makes no special files")
+                    }
                     Some(Kind::File) => {
                         if self.is_held(path) {
                             let h = self.held.as_mut().unwrap();
@@ -842,6 +854,9 @@ impl Model {
                 match self.kind(path) {
                     Some(Kind::Dir) => Err(libc::EISDIR),
                     Some(Kind::Symlink) => Err(libc::ELOOP),
+                    Some(Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice) => {
+                        unreachable!("the model makes no special files")
+                    }
                     Some(Kind::File) => {
                         let o = self.s3[path.as_str()].clone();
                         self.held = Some(Held {
@@ -882,6 +897,9 @@ impl Model {
                     None => Err(libc::ENOENT),
                     Some(Kind::Dir) => Err(libc::EISDIR),
                     Some(Kind::Symlink) => Err(libc::ELOOP),
+                    Some(Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice) => {
+                        unreachable!("the model makes no special files")
+                    }
                     Some(Kind::File) => {
                         // Its close flushes what the held file shares with it.
                         if let Some(h) = self.held.as_mut()
@@ -1483,6 +1501,9 @@ impl Sut {
                     Kind::Symlink => {
                         let t = self.fs.readlink(a.ino).await.unwrap();
                         out.insert(path, Seen::Symlink(String::from_utf8(t).unwrap()));
+                    }
+                    Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+                        panic!("{path}: the model makes no special files")
                     }
                     Kind::File => {
                         let fh = self.fs.open(a.ino, libc::O_RDONLY).await.unwrap().fh;

@@ -18,18 +18,27 @@ pub const META_GID: &str = "gid";
 pub const META_MTIME: &str = "mtime";
 pub const META_CTIME: &str = "ctime";
 pub const META_ATIME: &str = "atime";
+/// The device number of a character or block device node (s3fs's `x-amz-meta-rdev`).
+pub const META_RDEV: &str = "rdev";
 
 const S_IFMT: u32 = libc::S_IFMT;
 const S_IFDIR: u32 = libc::S_IFDIR;
 const S_IFLNK: u32 = libc::S_IFLNK;
 const S_IFREG: u32 = libc::S_IFREG;
 
-/// What an inode is.
+/// What an inode is. FIFOs, sockets and device nodes are stored as s3fs stores them: an empty
+/// object whose mode carries the type (and `rdev` the device number); the kernel handles what
+/// opening them means (a pipe, a socket), and the mount is `nodev`, so a device node stored in
+/// the bucket never reaches a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 impl Kind {
@@ -38,7 +47,35 @@ impl Kind {
             Kind::File => S_IFREG,
             Kind::Dir => S_IFDIR,
             Kind::Symlink => S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDevice => libc::S_IFCHR,
+            Kind::BlockDevice => libc::S_IFBLK,
         }
+    }
+
+    /// The kind the file-type bits of a mode name, if any.
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDevice,
+            Kind::BlockDevice,
+        ]
+        .into_iter()
+        .find(|k| k.type_bits() == mode & S_IFMT)
+    }
+
+    /// A FIFO, socket or device node: an empty object nobody reads through the mount.
+    pub fn is_special(self) -> bool {
+        !matches!(self, Kind::File | Kind::Dir | Kind::Symlink)
+    }
+
+    fn is_device(self) -> bool {
+        matches!(self, Kind::CharDevice | Kind::BlockDevice)
     }
 }
 
@@ -89,6 +126,8 @@ pub struct Stat {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// The device number of a device node; 0 for everything else.
+    pub rdev: u32,
 }
 
 impl Stat {
@@ -109,6 +148,7 @@ impl Stat {
             atime: now,
             mtime: now,
             ctime: now,
+            rdev: 0,
         }
     }
 
@@ -155,6 +195,9 @@ impl Stat {
         if let Some(t) = m.get(META_ATIME).and_then(|v| parse_time(v)) {
             self.atime = t;
         }
+        if self.kind.is_device() {
+            self.rdev = m.get(META_RDEV).and_then(|v| parse_int(v)).unwrap_or(0) as u32;
+        }
     }
 
     /// `base` with our headers set from this stat (other headers are kept, as s3fs does).
@@ -169,19 +212,16 @@ impl Stat {
         m.insert(META_MTIME.into(), format_time(self.mtime));
         m.insert(META_CTIME.into(), format_time(self.ctime));
         m.insert(META_ATIME.into(), format_time(self.atime));
+        if self.kind.is_device() {
+            m.insert(META_RDEV.into(), self.rdev.to_string());
+        }
         m
     }
 }
 
-/// The kind an object's metadata declares, if any (a symlink or a directory).
+/// The kind an object's metadata declares, if any.
 pub fn kind_from_meta(m: &UserMeta) -> Option<Kind> {
-    let mode = parse_int(m.get(META_MODE)?)? as u32;
-    match mode & S_IFMT {
-        S_IFLNK => Some(Kind::Symlink),
-        S_IFDIR => Some(Kind::Dir),
-        S_IFREG => Some(Kind::File),
-        _ => None,
-    }
+    Kind::from_mode(parse_int(m.get(META_MODE)?)? as u32)
 }
 
 /// Parses an integer the way `strtoll(s, NULL, 0)` does (decimal, `0` octal, `0x` hex).

@@ -177,24 +177,38 @@ impl<S: ObjectStore> Fs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        self.check_writable()?;
-        let name = names::name_from_os(name)?;
         let target = target
             .to_str()
             .ok_or(NsError::NotUtf8("symlink targets"))?
             .to_string();
-        let parent = self.ns.canon(parent);
-        let _fence = self.ns.shared().await;
-        self.ensure_absent(parent, name, "symlink").await?;
-        let key = child_key(&self.ns.dir_key(parent)?, name);
         let mut stat = Stat::new(Kind::Symlink, &self.config.defaults, SystemTime::now());
         stat.uid = uid;
         stat.gid = gid;
         stat.size = target.len() as u64;
+        self.store_whole(parent, name, stat, Some(target)).await
+    }
+
+    /// Makes `name` an object stored whole by the call that makes it: a symlink (its body the
+    /// target) or a special file (empty), its attributes in its metadata.
+    pub(crate) async fn store_whole(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        stat: Stat,
+        target: Option<String>,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let name = names::name_from_os(name)?;
+        let parent = self.ns.canon(parent);
+        let _fence = self.ns.shared().await;
+        let what = if target.is_some() { "symlink" } else { "mknod" };
+        self.ensure_absent(parent, name, what).await?;
+        let key = child_key(&self.ns.dir_key(parent)?, name);
         let meta = stat.to_meta(None);
+        let body = Bytes::from(target.clone().unwrap_or_default().into_bytes());
         let put = self
             .store
-            .put(&key, Bytes::from(target.clone().into_bytes()), &meta)
+            .put(&key, body, &meta)
             .await
             .map_err(|e| FsError::from_store(e, &key))?;
         let stored = ObjectMeta {
@@ -204,7 +218,7 @@ impl<S: ObjectStore> Fs<S> {
             last_modified: SystemTime::now(),
             user_meta: Some(meta),
         };
-        self.ns.made_symlink(parent, name, stat, stored, target)
+        self.ns.made_whole(parent, name, stat, stored, target)
     }
 
     /// The target of a symlink.

@@ -60,6 +60,11 @@ pub enum NsError {
     IsADirectory,
     #[error("is a symlink")]
     IsASymlink,
+    /// A FIFO, socket or device node: the kernel opens those, never the filesystem.
+    #[error("a FIFO, socket or device node is not opened through the filesystem")]
+    SpecialFile,
+    #[error("mknod of a file type that cannot be made this way")]
+    BadFileType,
     #[error("not a symlink")]
     NotASymlink,
     #[error("not a regular file")]
@@ -101,6 +106,8 @@ impl ToErrno for NsError {
             NsError::NotADirectory => libc::ENOTDIR,
             NsError::IsADirectory => libc::EISDIR,
             NsError::IsASymlink => libc::ELOOP,
+            NsError::SpecialFile => libc::ENXIO,
+            NsError::BadFileType => libc::EINVAL,
             NsError::Exists(_) | NsError::CaseCollision { .. } => libc::EEXIST,
             NsError::NotEmpty => libc::ENOTEMPTY,
             NsError::NameTooLong => libc::ENAMETOOLONG,
@@ -123,8 +130,8 @@ pub enum AttrError {
     NoSuchAttribute,
     #[error("attribute exists")]
     Exists,
-    #[error("only user.* extended attributes can be stored in S3, not {0:?}")]
-    NotUserNamespace(String),
+    #[error("system.* attributes are interpreted by the kernel and not stored in S3: {0:?}")]
+    UnstoredNamespace(String),
     #[error("attributes need {total} bytes of object metadata; S3 allows {max}")]
     TooBig { total: usize, max: usize },
 }
@@ -134,7 +141,7 @@ impl ToErrno for AttrError {
         match self {
             AttrError::NoSuchAttribute => libc::ENODATA,
             AttrError::Exists => libc::EEXIST,
-            AttrError::NotUserNamespace(_) => libc::ENOTSUP,
+            AttrError::UnstoredNamespace(_) => libc::ENOTSUP,
             AttrError::TooBig { .. } => libc::E2BIG,
         }
     }

@@ -218,24 +218,27 @@ impl<S: ObjectStore> Fs<S> {
         Ok((attr, fh))
     }
 
-    /// `mknod(2)`: only a regular file can be stored in S3; it is created empty and stored
-    /// before the call returns, like a `create` followed by `close`.
-    #[allow(clippy::too_many_arguments)]
+    /// `mknod(2)`: a regular file is created empty and stored before the call returns, like a
+    /// `create` followed by `close`; a FIFO, socket or device node is stored as s3fs stores it
+    /// (an empty object, its type in the mode, a device's number in `rdev`).
     pub async fn mknod(
         &self,
         parent: Ino,
         name: &std::ffi::OsStr,
         mode: u32,
         umask: u32,
-        uid: u32,
-        gid: u32,
+        rdev: u32,
+        (uid, gid): (u32, u32),
     ) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(crate::unsupported!(
-                "device nodes, FIFOs and sockets",
-                libc::EPERM,
-                "only regular files can be stored in S3"
-            ));
+        let kind = Kind::from_mode(mode).ok_or(NsError::BadFileType)?;
+        if kind.is_special() {
+            let mut stat = Stat::new(kind, &self.config.defaults, SystemTime::now());
+            stat.perm = (mode & !umask & 0o7777) as u16;
+            (stat.uid, stat.gid, stat.rdev) = (uid, gid, rdev);
+            return self.store_whole(parent, name, stat, None).await;
+        }
+        if kind != Kind::File {
+            return Err(NsError::BadFileType.into());
         }
         let flags = libc::O_WRONLY | libc::O_EXCL;
         let (attr, fh) = self

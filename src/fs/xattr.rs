@@ -1,11 +1,14 @@
-//! Extended attributes in the `user.` namespace, stored in object metadata as s3fs stores them.
+//! Extended attributes, stored in object metadata as s3fs stores them.
 //!
 //! All of a file's attributes live in one header, `x-amz-meta-xattr`: a JSON object mapping
 //! each name to its base64 value, percent-encoded (`{"user.a":"YmFy"}` is sent as
 //! `%7B%22user.a%22%3A%22YmFy%22%7D`), so buckets written by s3fs with `-o use_xattr` read the
-//! same here. Other namespaces (`security.`, `system.`, `trusted.`) cannot be stored and answer
-//! `ENOTSUP`, which the kernel and `ls`/`cp` treat as "no such attributes". S3 limits user
-//! metadata to 2 KiB per object, so larger sets fail with `E2BIG`.
+//! same here. The `user.`, `trusted.` and `security.` namespaces are stored (the kernel lets
+//! only privileged callers near `trusted.` and `security.capability`, and a file capability
+//! does nothing on this `nosuid` mount); `system.` names are what the kernel itself interprets
+//! (ACLs), which a bucket cannot enforce: they answer `ENOTSUP`, which the kernel and
+//! `ls`/`cp` treat as "no such attributes", and are not listed if another tool stored them.
+//! S3 limits user metadata to 2 KiB per object, so larger sets fail with `E2BIG`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -68,10 +71,17 @@ pub fn encode(meta: &mut UserMeta, attrs: &BTreeMap<String, Vec<u8>>) {
     );
 }
 
-fn user_name(name: &OsStr) -> FsResult<String> {
+/// The namespaces stored.
+const STORED_NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];
+
+fn is_stored(name: &str) -> bool {
+    STORED_NAMESPACES.iter().any(|ns| name.starts_with(ns))
+}
+
+fn stored_name(name: &OsStr) -> FsResult<String> {
     let n = name.to_str().ok_or(NsError::NotUtf8("attribute names"))?;
-    if !n.starts_with("user.") {
-        return Err(AttrError::NotUserNamespace(n.to_string()).into());
+    if !is_stored(n) {
+        return Err(AttrError::UnstoredNamespace(n.to_string()).into());
     }
     Ok(n.to_string())
 }
@@ -89,7 +99,7 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn getxattr(&self, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
-        let name = user_name(name)?;
+        let name = stored_name(name)?;
         self.current_xattrs(ino)
             .await?
             .remove(&name)
@@ -99,7 +109,12 @@ impl<S: ObjectStore> Fs<S> {
     /// Names, each followed by a NUL, as `listxattr(2)` returns them.
     pub async fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
         let mut out = Vec::new();
-        for k in self.current_xattrs(ino).await?.keys() {
+        for k in self
+            .current_xattrs(ino)
+            .await?
+            .keys()
+            .filter(|k| is_stored(k))
+        {
             out.extend_from_slice(k.as_bytes());
             out.push(0);
         }
@@ -107,7 +122,7 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
-        let name = user_name(name)?;
+        let name = stored_name(name)?;
         let value = value.to_vec();
         let _fence = self.ns.shared().await;
         self.modify_meta(ino, |_, meta| {
@@ -127,7 +142,7 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn removexattr(&self, ino: Ino, name: &OsStr) -> FsResult<()> {
-        let name = user_name(name)?;
+        let name = stored_name(name)?;
         let _fence = self.ns.shared().await;
         self.modify_meta(ino, |_, meta| {
             let mut attrs = decode(meta);
@@ -167,13 +182,15 @@ mod tests {
     }
 
     #[test]
-    fn only_the_user_namespace() {
+    fn system_names_are_not_stored() {
         assert_eq!(
-            user_name(OsStr::new("security.capability"))
+            stored_name(OsStr::new("system.posix_acl_access"))
                 .unwrap_err()
                 .errno(),
             libc::ENOTSUP
         );
-        assert!(user_name(OsStr::new("user.x")).is_ok());
+        for n in ["user.x", "trusted.overlay.opaque", "security.selinux"] {
+            assert!(stored_name(OsStr::new(n)).is_ok(), "{n}");
+        }
     }
 }

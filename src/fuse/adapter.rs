@@ -132,6 +132,10 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
         Kind::File => (FileType::RegularFile, s.size),
         Kind::Dir => (FileType::Directory, 4096),
         Kind::Symlink => (FileType::Symlink, s.size),
+        Kind::Fifo => (FileType::NamedPipe, 0),
+        Kind::Socket => (FileType::Socket, 0),
+        Kind::CharDevice => (FileType::CharDevice, 0),
+        Kind::BlockDevice => (FileType::BlockDevice, 0),
     };
     FileAttr {
         ino: INodeNo(a.ino),
@@ -146,7 +150,7 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
         nlink,
         uid: s.uid,
         gid: s.gid,
-        rdev: 0,
+        rdev: s.rdev,
         blksize: BLKSIZE,
         flags: 0,
     }
@@ -266,14 +270,14 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
         let (uid, gid) = (req.uid(), req.gid());
         let n = name.clone();
         self.answer_entry("mknod", parent, name, reply, async move {
-            fs.mknod(parent.0, &n, mode, umask, uid, gid).await
+            fs.mknod(parent.0, &n, mode, umask, rdev, (uid, gid)).await
         });
     }
 

@@ -25,8 +25,8 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
-use super::content_type;
 use super::client::{S3Settings, build_client};
+use super::content_type;
 use super::requests::RequestOptions;
 use super::spacing::WriteSpacing;
 use super::{

@@ -458,12 +458,13 @@ impl Namespace {
     }
 }
 
-/// The kind a file object declares (a symlink, or a regular file).
+/// The kind a file object declares (a regular file, a symlink or a special file; never a
+/// directory, which a key without a trailing slash cannot be).
 fn file_kind(m: &ObjectMeta) -> Kind {
     m.user_meta
         .as_ref()
         .and_then(kind_from_meta)
-        .filter(|k| *k == Kind::Symlink)
+        .filter(|k| *k != Kind::Dir)
         .unwrap_or(Kind::File)
 }
 

@@ -64,14 +64,14 @@ impl Namespace {
         Ok(attr)
     }
 
-    /// A symlink stored here.
-    pub fn made_symlink(
+    /// A symlink or special file stored whole here (`target` for a symlink).
+    pub fn made_whole(
         &self,
         parent: Ino,
         name: &str,
         stat: Stat,
         stored: ObjectMeta,
-        target: String,
+        target: Option<String>,
     ) -> FsResult<Attr> {
         let now = self.clock.now();
         let mut st = self.lock();
@@ -80,7 +80,7 @@ impl Namespace {
         let i = st.table.link_new(parent, name, key, stat);
         i.etag = Some(stored.etag.clone());
         i.user_meta = stored.user_meta.clone();
-        i.target = Some(target);
+        i.target = target;
         i.validated = Some(now);
         i.changed = s;
         let ino = i.ino;

@@ -389,9 +389,13 @@ fn attr_of(t: &mut InodeTable, ino: Ino, count: bool) -> Attr {
     if count {
         i.forget_asked = false;
     }
+    let linked = i.linked;
     let mut a = Attr::new(ino, stat);
-    if !i.linked {
+    if !linked {
         a.nlink = 0;
+    } else if stat.kind == Kind::Dir {
+        // `.`, the parent's entry, and each known subdirectory's `..`.
+        a.nlink = 2 + t.subdirs(ino);
     }
     a
 }

@@ -34,6 +34,7 @@ impl Namespace {
             Kind::Dir => return Err(NsError::IsADirectory.into()),
             Kind::Symlink => return Err(NsError::IsASymlink.into()),
             Kind::File => {}
+            _ => return Err(NsError::SpecialFile.into()),
         }
         Ok(i.open.is_none()
             && i.remote

@@ -168,6 +168,15 @@ impl InodeTable {
     }
 
     /// Children of `parent` currently linked in the table.
+    /// How many of `parent`'s children known here are directories.
+    pub fn subdirs(&self, parent: Ino) -> u32 {
+        self.children.get(&parent).map_or(0, |m| {
+            m.values()
+                .filter(|i| self.inodes.get(i).is_some_and(Inode::is_dir))
+                .count() as u32
+        })
+    }
+
     pub fn children_of(&self, parent: Ino) -> Vec<&Inode> {
         self.children
             .get(&parent)
