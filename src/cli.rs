@@ -251,6 +251,10 @@ pub struct S3Args {
     /// S3 Bucket Keys with --sse aws:kms (fewer KMS requests).
     #[arg(long)]
     pub bucket_key: bool,
+    /// SSE-C: encrypt every object written, and read every object, with the 32-byte AES-256
+    /// key in FILE (raw or base64, mode 600); objects written with another key cannot be read.
+    #[arg(long, value_name = "FILE", conflicts_with = "sse")]
+    pub sse_c_key_file: Option<PathBuf>,
     /// Storage class of every object pailfs writes (STANDARD_IA, INTELLIGENT_TIERING, ...).
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,

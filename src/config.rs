@@ -285,6 +285,9 @@ pub fn s3_settings(
         a.storage_class.as_deref(),
     )?;
     s.requests.requester_pays = a.requester_pays;
+    if let Some(file) = &a.sse_c_key_file {
+        s.requests.sse_c = Some(crate::store::customer_key::CustomerKey::from_file(file)?);
+    }
     if let Some(owner) = &a.expected_bucket_owner {
         if owner.len() != 12 || !owner.chars().all(|c| c.is_ascii_digit()) {
             return Err(CliError::Invalid(format!(

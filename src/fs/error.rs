@@ -30,6 +30,7 @@ impl ToErrno for StoreError {
             StoreError::PreconditionFailed => libc::ESTALE,
             // As mountpoint-s3 answers it: the object exists, reading it is not allowed now.
             StoreError::Archived
+            | StoreError::EncryptionKey(_)
             | StoreError::AccessDenied(_)
             | StoreError::InvalidAccessKey
             | StoreError::SignatureMismatch

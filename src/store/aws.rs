@@ -180,13 +180,16 @@ impl AwsStore {
         pinned: &mut Option<String>,
         pieces: &mut Pieces,
     ) -> StoreResult<Option<String>> {
-        let out = crate::paid!(self.client.get_object().bucket(&self.bucket), self.opts)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(pinned.clone())
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = crate::customer_key!(
+            crate::paid!(self.client.get_object().bucket(&self.bucket), self.opts),
+            self.opts
+        )
+        .key(key)
+        .range(format!("bytes={}-{}", range.start, range.end - 1))
+        .set_if_match(pinned.clone())
+        .send()
+        .await
+        .map_err(map_err)?;
         if pinned.is_none() {
             *pinned = out.e_tag().map(str::to_string);
         }
@@ -378,6 +381,17 @@ where
     }
 }
 
+/// Whether an `InvalidRequest` is about SSE-C keys (AWS: "The object was stored using a form of
+/// Server Side Encryption...", "The encryption parameters are not applicable to this object";
+/// Garage: "Object is encrypted", "Trying to decrypt a plaintext object", "Invalid encryption
+/// key").
+fn is_about_encryption(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["encrypt", "decrypt", "server side encryption"]
+        .iter()
+        .any(|w| m.contains(w))
+}
+
 /// The error table for S3 answers, by error code first and HTTP status second.
 fn classify(status: u16, code: &str, message: String, region: Option<String>) -> StoreError {
     match code {
@@ -397,6 +411,9 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
         }
         "NoSuchUpload" => return StoreError::NoSuchUpload,
         "InvalidObjectState" => return StoreError::Archived,
+        "InvalidRequest" if is_about_encryption(&message) => {
+            return StoreError::EncryptionKey(message);
+        }
         "NotImplemented" | "MethodNotAllowed" => return StoreError::NotImplemented(message),
         "EntityTooLarge" => return StoreError::TooLarge,
         "SlowDown"
@@ -409,6 +426,9 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
     }
     match status {
         404 => StoreError::NotFound,
+        // Only a HEAD has no error body; S3 (and Garage) answer a HEAD 400 Bad Request when
+        // the SSE-C key is wrong, missing, or given for an object stored without one.
+        400 if code.is_empty() => StoreError::EncryptionKey("HEAD: 400 Bad Request".into()),
         412 => StoreError::PreconditionFailed,
         403 => StoreError::AccessDenied(if message.is_empty() {
             "403 Forbidden".into()
@@ -427,11 +447,14 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
 
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let out = crate::paid!(self.client.head_object().bucket(&self.bucket), self.opts)
-            .key(key)
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = crate::customer_key!(
+            crate::paid!(self.client.head_object().bucket(&self.bucket), self.opts),
+            self.opts
+        )
+        .key(key)
+        .send()
+        .await
+        .map_err(map_err)?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -549,15 +572,18 @@ impl ObjectStore for AwsStore {
         body: Bytes,
     ) -> StoreResult<String> {
         let len = body.len() as i64;
-        let out = crate::paid!(self.client.upload_part().bucket(&self.bucket), self.opts)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(part)
-            .content_length(len)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = crate::customer_key!(
+            crate::paid!(self.client.upload_part().bucket(&self.bucket), self.opts),
+            self.opts
+        )
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(part)
+        .content_length(len)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(map_err)?;
         out.e_tag()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other(format!("UploadPart {part} returned no ETag")))
@@ -572,8 +598,14 @@ impl ObjectStore for AwsStore {
         range: Range<u64>,
         src_etag: &str,
     ) -> StoreResult<String> {
-        let out = crate::paid!(
-            self.client.upload_part_copy().bucket(&self.bucket),
+        let out = crate::copy_source_key!(
+            crate::customer_key!(
+                crate::paid!(
+                    self.client.upload_part_copy().bucket(&self.bucket),
+                    self.opts
+                ),
+                self.opts
+            ),
             self.opts
         )
         .key(key)
@@ -675,10 +707,13 @@ impl ObjectStore for AwsStore {
         meta: Option<&UserMeta>,
         src_etag: Option<&str>,
     ) -> StoreResult<PutResult> {
-        let mut req = crate::stored!(self.client.copy_object().bucket(&self.bucket), self.opts)
-            .key(dst_key)
-            .copy_source(self.copy_source(src_key))
-            .set_copy_source_if_match(src_etag.map(str::to_string));
+        let mut req = crate::copy_source_key!(
+            crate::stored!(self.client.copy_object().bucket(&self.bucket), self.opts),
+            self.opts
+        )
+        .key(dst_key)
+        .copy_source(self.copy_source(src_key))
+        .set_copy_source_if_match(src_etag.map(str::to_string));
         if let Some(meta) = meta {
             req = req
                 .metadata_directive(MetadataDirective::Replace)

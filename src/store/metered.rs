@@ -28,7 +28,7 @@ pub const OPS: [&str; 12] = {
 };
 
 /// Error kinds, as named in the metrics.
-pub const ERROR_KINDS: [&str; 15] = [
+pub const ERROR_KINDS: [&str; 16] = [
     "not_found",
     "precondition_failed",
     "access_denied",
@@ -44,6 +44,7 @@ pub const ERROR_KINDS: [&str; 15] = [
     "throttled",
     "other",
     "archived",
+    "encryption_key",
 ];
 
 fn kind(e: &StoreError) -> usize {
@@ -63,6 +64,7 @@ fn kind(e: &StoreError) -> usize {
         StoreError::Throttled(_) => 12,
         StoreError::NotImplemented(_) | StoreError::Other(_) => 13,
         StoreError::Archived => 14,
+        StoreError::EncryptionKey(_) => 15,
     }
 }
 

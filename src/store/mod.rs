@@ -16,6 +16,7 @@
 pub mod aws;
 pub mod client;
 pub mod content_type;
+pub mod customer_key;
 pub mod journal;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
@@ -258,6 +259,10 @@ pub enum StoreError {
         "the object is archived (a Glacier storage class) and cannot be read until it is restored: aws s3api restore-object, then read it again"
     )]
     Archived,
+    #[error(
+        "the object is encrypted with a customer key (SSE-C) this mount does not have, or with none while this mount reads with one ({0}): mount with --sse-c-key-file holding the key it was written with"
+    )]
+    EncryptionKey(String),
     #[error("{0}")]
     Other(String),
 }

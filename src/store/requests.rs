@@ -24,6 +24,8 @@ pub struct RequestOptions {
     pub storage_class: Option<StorageClass>,
     pub requester_pays: bool,
     pub expected_bucket_owner: Option<String>,
+    /// SSE-C: the key every object's data is encrypted with (see `customer_key`).
+    pub sse_c: Option<super::customer_key::CustomerKey>,
 }
 
 impl RequestOptions {
@@ -72,6 +74,7 @@ impl RequestOptions {
             storage_class,
             requester_pays: false,
             expected_bucket_owner: None,
+            sse_c: None,
         })
     }
 
@@ -95,12 +98,12 @@ macro_rules! paid {
     };
 }
 
-/// Adds encryption, storage class, payer and expected owner to a request that stores an
-/// object (PUT, CreateMultipartUpload, CopyObject).
+/// Adds encryption (SSE-C included), storage class, payer and expected owner to a request
+/// that stores an object (PUT, CreateMultipartUpload, CopyObject).
 #[macro_export]
 macro_rules! stored {
     ($req:expr, $o:expr) => {
-        $crate::paid!($req, $o)
+        $crate::customer_key!($crate::paid!($req, $o), $o)
             .set_server_side_encryption($o.sse.clone())
             .set_ssekms_key_id($o.sse_kms_key_id.clone())
             .set_bucket_key_enabled($o.bucket_key_enabled())
