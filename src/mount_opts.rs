@@ -198,10 +198,13 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> 
                     key.into(),
                 ]))
             }
-            Some(_) => Err(
-                "s3fs option \"use_sse\" with customer keys (SSE-C) has no pailfs equivalent yet; remove it from the mount options"
-                    .to_string(),
-            ),
+            Some(v) if v.starts_with("custom:") || v.starts_with("c:") => {
+                let file = v.split_once(':').map_or("", |(_, f)| f);
+                Ok(Some(vec!["--sse-c-key-file".into(), file.into()]))
+            }
+            Some(v) => Err(format!(
+                "s3fs option \"use_sse={v}\" names no key file; write use_sse=custom:FILE (pailfs: --sse-c-key-file FILE)"
+            )),
         },
         "url" => plain("--endpoint-url"),
         // s3fs's `endpoint` is the region.
@@ -339,7 +342,9 @@ mod tests {
             sse[4..].join(" "),
             "--sse aws:kms --sse-kms-key-id alias/k --storage-class STANDARD_IA --requester-pays"
         );
-        for refused in ["use_sse=custom:/etc/sse-c.keys", "default_acl=public-read"] {
+        let ssec = run(&["pailfs", "b", "/m", "-o", "use_sse=custom:/etc/sse-c.keys"]).unwrap();
+        assert_eq!(ssec[4..].join(" "), "--sse-c-key-file /etc/sse-c.keys");
+        for refused in ["use_sse=custom", "default_acl=public-read"] {
             let e = run(&["pailfs", "b", "/m", "-o", refused]).unwrap_err();
             assert!(
                 e.contains("s3fs option") && e.contains(refused.split('=').next().unwrap()),

@@ -4,9 +4,10 @@
 //! key (PUT, multipart upload and its parts, GET, HEAD), and copies carry it twice: for the
 //! source and for the new object. S3 keeps only a salted HMAC of the key, so an object written
 //! with one key cannot be read with another or without one: such a read is refused by S3, and
-//! pailfs says which object and why (`StoreError::KeyMismatch`). The key file holds the 32-byte
-//! AES-256 key, raw (as `aws s3 cp --sse-c-key fileb://KEY` takes it) or base64, and must be
-//! private to its owner, like every file holding a secret here.
+//! pailfs says which object and why (`StoreError::EncryptionKey`). The key file holds the
+//! 32-byte AES-256 key, raw (as `aws s3 cp --sse-c-key fileb://KEY` takes it) or base64, and
+//! must be private to its owner, like every file holding a secret here. s3fs's key files
+//! (`-o use_sse=custom:FILE`) hold one key per line: the first is the one used.
 
 use std::path::Path;
 
@@ -50,15 +51,21 @@ impl CustomerKey {
         })
     }
 
-    /// Reads the key file: private to its owner, 32 raw bytes or their base64.
+    /// Reads the key file: private to its owner, 32 raw bytes, or lines of which the first is
+    /// the key, raw (32 characters) or base64.
     pub fn from_file(path: &Path) -> Result<CustomerKey, CliError> {
         crate::connections::file::check_private(path)?;
         let data = std::fs::read(path)
             .map_err(|e| CliError::failed(format!("cannot read {}", path.display()), e))?;
-        let text = std::str::from_utf8(&data).ok().map(str::trim);
-        let raw = match text.and_then(|t| STANDARD.decode(t).ok()) {
-            Some(decoded) if decoded.len() == 32 => decoded,
-            _ => data,
+        let first = std::str::from_utf8(&data)
+            .ok()
+            .and_then(|t| t.lines().next())
+            .map(str::trim);
+        let raw = match first {
+            _ if data.len() == 32 => data,
+            Some(line) if line.len() == 32 => line.as_bytes().to_vec(),
+            Some(line) => STANDARD.decode(line).unwrap_or(data),
+            None => data,
         };
         Self::from_bytes(&raw).map_err(|e| {
             CliError::Invalid(format!(
@@ -110,7 +117,8 @@ mod tests {
         let raw = dir.path().join("raw");
         let b64 = dir.path().join("b64");
         std::fs::write(&raw, [7u8; 32]).unwrap();
-        std::fs::write(&b64, format!("{}\n", STANDARD.encode([7u8; 32]))).unwrap();
+        // s3fs's form: one key per line, the first used.
+        std::fs::write(&b64, format!("{}\nsecond-key\n", STANDARD.encode([7u8; 32]))).unwrap();
         for p in [&raw, &b64] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
