@@ -238,6 +238,9 @@ pub struct S3Args {
     /// AWS profile from ~/.aws/config and ~/.aws/credentials (SSO included).
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// Send unsigned requests and look for no credentials: a public bucket, mounted read-only.
+    #[arg(long, conflicts_with_all = ["profile", "passwd_file"])]
+    pub no_sign_request: bool,
     /// Keys from an s3fs password file: `ACCESS_KEY_ID:SECRET` lines, or
     /// `BUCKET:ACCESS_KEY_ID:SECRET` for one bucket (mode 600, as s3fs wants it).
     #[arg(long, value_name = "FILE", conflicts_with = "profile")]

@@ -278,6 +278,10 @@ pub fn s3_settings(
     if let Some(file) = &a.passwd_file {
         s.static_keys = Some(connections::passwd::keys_for(file, bucket)?);
     }
+    if a.no_sign_request {
+        s.anonymous = true;
+        s.static_keys = None;
+    }
     s.requests = RequestOptions::new(
         a.sse.as_deref(),
         a.sse_kms_key_id.as_deref(),
@@ -384,6 +388,14 @@ impl MountConfig {
         let dir = MountDir::of(&cache_root, &identity(&s3, &source, &mountpoint));
         let mut fs = fs_config(a, conn, FsConfig::new(&source.prefix, dir))?;
         fs.disk_cache_size = disk_cache_size(a, &cache_root)?;
+        if s3.anonymous {
+            if a.read_write {
+                return Err(CliError::Invalid(
+                    "--no-sign-request mounts read-only (nobody may write without credentials); drop --read-write".into(),
+                ));
+            }
+            fs.read_only = true;
+        }
         Ok(MountConfig {
             source,
             label: resolved.connection.map(|(l, _)| l),

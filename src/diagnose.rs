@@ -60,7 +60,7 @@ pub fn explain(e: &StoreError, t: &Target<'_>) -> String {
         ),
         StoreError::Unreachable(d) | StoreError::Timeout(d) => {
             if d.contains("credentials") || d.contains("no credentials") {
-                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or save a connection".to_string()
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, save a connection, or pass --no-sign-request for a public bucket".to_string()
             } else {
                 format!(
                     "cannot reach the S3 endpoint {}: check --endpoint-url and the network ({})",

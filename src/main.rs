@@ -19,11 +19,13 @@ enum LogTo<'a> {
 fn init_logging(level: &str, to: LogTo) -> Result<(), CliError> {
     use std::io::Write;
     // At trace level the S3 client's own events (aws-smithy, forwarded from `tracing`) show
-    // too: requests, retries and why they failed.
+    // too: requests, retries and why they failed. Below it, aws-config's warnings are its
+    // search for credentials and a region (instance metadata that is not there, on every
+    // machine but EC2); what was missing is said once by pailfs itself.
     let sdk = if level == "trace" {
         "aws_smithy_runtime=debug,aws_sdk_s3=debug,aws_config=debug,"
     } else {
-        ""
+        "aws_config=error,"
     };
     let default = format!("pailfs={level},fuser=error,{sdk}warn");
     let mut b =

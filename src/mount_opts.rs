@@ -160,7 +160,7 @@ const S3FS_TUNING: &[&str] = &[
 ];
 
 /// s3fs options whose meaning pailfs cannot give yet: refused, never silently lost.
-const S3FS_REFUSED: &[&str] = &["default_acl", "public_bucket"];
+const S3FS_REFUSED: &[&str] = &["default_acl"];
 
 /// s3fs option `name` as pailfs flags; `None` when it is not one of s3fs's.
 fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> {
@@ -184,6 +184,9 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> 
     match name {
         "use_path_request_style" => Ok(Some(vec!["--force-path-style".into()])),
         "requester_pays" => Ok(Some(vec!["--requester-pays".into()])),
+        "public_bucket" if value.is_none_or(|v| v == "1") => {
+            Ok(Some(vec!["--no-sign-request".into()]))
+        }
         "storage_class" => plain("--storage-class"),
         // s3fs: use_sse (or =1) is SSE-S3; kmsid / kmsid:KEY is SSE-KMS; custom is SSE-C.
         "use_sse" => match value {
@@ -335,12 +338,12 @@ mod tests {
             "b",
             "/m",
             "-o",
-            "use_sse=kmsid:alias/k,storage_class=STANDARD_IA,requester_pays",
+            "use_sse=kmsid:alias/k,storage_class=STANDARD_IA,requester_pays,public_bucket=1",
         ])
         .unwrap();
         assert_eq!(
             sse[4..].join(" "),
-            "--sse aws:kms --sse-kms-key-id alias/k --storage-class STANDARD_IA --requester-pays"
+            "--sse aws:kms --sse-kms-key-id alias/k --storage-class STANDARD_IA --requester-pays --no-sign-request"
         );
         let ssec = run(&["pailfs", "b", "/m", "-o", "use_sse=custom:/etc/sse-c.keys"]).unwrap();
         assert_eq!(ssec[4..].join(" "), "--sse-c-key-file /etc/sse-c.keys");

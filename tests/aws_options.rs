@@ -179,3 +179,67 @@ fn sse_c_encrypts_every_object_and_a_mount_without_the_key_says_so() {
         );
     }
 }
+
+/// `--no-sign-request` mounts a public bucket with no credentials anywhere: every request goes
+/// out unsigned (a proxy counts `Authorization` headers), files read, and the mount is
+/// read-only; without the flag the same mount fails, saying credentials are missing.
+#[test]
+fn no_sign_request_mounts_a_public_bucket_read_only_without_credentials() {
+    let endpoint = std::env::var("PAILFS_MOTO_PUBLIC_ENDPOINT")
+        .expect("PAILFS_MOTO_PUBLIC_ENDPOINT is not set: run through scripts/test");
+    let bucket = "pailfs-public";
+    let prefix = unique_prefix("public");
+    let owner = S3Env {
+        endpoint: endpoint.clone(),
+        bucket: bucket.into(),
+        key: "owner".into(),
+        secret: "owner-secret".into(),
+        region: "us-east-1".into(),
+    };
+    rt().block_on(async {
+        let client = pailfs::store::client::build_client(&owner.settings()).await;
+        let _ = client.create_bucket().bucket(bucket).send().await;
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{prefix}data/open.txt"))
+            .acl(aws_sdk_s3::types::ObjectCannedAcl::PublicRead)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                b"open data",
+            ))
+            .send()
+            .await
+            .unwrap();
+    });
+    let proxy = crate::common::proxy::FaultProxy::start(&endpoint);
+    let anonymous = S3Env {
+        endpoint: proxy.url.clone(),
+        key: String::new(),
+        secret: String::new(),
+        ..owner
+    };
+    let source = format!("{bucket}:{prefix}");
+    let no_keys = [("HOME", "/nonexistent"), ("AWS_PROFILE", "")];
+    let m = Mount::on(
+        anonymous.clone(),
+        &source,
+        &prefix,
+        &["--no-sign-request"],
+        &no_keys,
+    );
+    assert_eq!(fs::read(m.p("data/open.txt")).unwrap(), b"open data");
+    let err = fs::write(m.p("data/new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert!(proxy.count(|c| &c.forwarded) > 0);
+    assert_eq!(proxy.count(|c| &c.signed), 0, "every request unsigned");
+    drop(m);
+    let mut check = std::process::Command::new(crate::common::pailfs_bin());
+    anonymous
+        .apply(&mut check)
+        .args(["check", &source])
+        .envs(no_keys);
+    let out = check.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.to_lowercase().contains("credentials"), "{err}");
+}

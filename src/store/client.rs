@@ -22,6 +22,8 @@ pub struct S3Settings {
     pub profile: Option<String>,
     /// Static credentials (from a saved connection); never logged.
     pub static_keys: Option<StaticKeys>,
+    /// Unsigned requests, no credentials looked for (`--no-sign-request`: public buckets).
+    pub anonymous: bool,
     pub force_path_style: bool,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
@@ -125,7 +127,9 @@ async fn shared_config(s: &S3Settings) -> aws_config::SdkConfig {
     if let Some(e) = &s.endpoint_url {
         loader = loader.endpoint_url(e);
     }
-    if let Some(k) = &s.static_keys {
+    if s.anonymous {
+        loader = loader.no_credentials();
+    } else if let Some(k) = &s.static_keys {
         loader = loader.credentials_provider(Credentials::new(
             k.access_key_id.clone(),
             k.secret_access_key.clone(),

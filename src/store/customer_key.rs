@@ -118,7 +118,11 @@ mod tests {
         let b64 = dir.path().join("b64");
         std::fs::write(&raw, [7u8; 32]).unwrap();
         // s3fs's form: one key per line, the first used.
-        std::fs::write(&b64, format!("{}\nsecond-key\n", STANDARD.encode([7u8; 32]))).unwrap();
+        std::fs::write(
+            &b64,
+            format!("{}\nsecond-key\n", STANDARD.encode([7u8; 32])),
+        )
+        .unwrap();
         for p in [&raw, &b64] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();

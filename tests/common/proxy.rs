@@ -49,6 +49,8 @@ pub type Rewrite = Arc<dyn Fn(String) -> String + Send + Sync>;
 #[derive(Default, Debug)]
 pub struct Counts {
     pub forwarded: AtomicU64,
+    /// Requests with an `Authorization` header (signed ones).
+    pub signed: AtomicU64,
     /// Requests that said the requester pays and named the expected bucket owner.
     pub paid: AtomicU64,
     /// DELETEs of objects (not of multipart uploads) and PUTs of objects (not of parts).
@@ -183,6 +185,9 @@ async fn handle(
         && h.contains_key("x-amz-expected-bucket-owner")
     {
         counts.paid.fetch_add(1, Ordering::SeqCst);
+    }
+    if h.contains_key("authorization") {
+        counts.signed.fetch_add(1, Ordering::SeqCst);
     }
     let upload = req.uri().query().is_some_and(|q| q.contains("uploadId"));
     if !upload && req.method() == hyper::Method::DELETE {
