@@ -4,8 +4,9 @@
 //!
 //! Blocks are keyed exactly like the memory cache, by (key, ETag, block number): a replaced
 //! object has a new ETag, so its old blocks are never served, only aged out. Each file starts
-//! with its own key, ETag, block number and length, checked on every read, so a file renamed,
-//! truncated or left half-written by a crash is ignored (and deleted), never served. Files are
+//! with its own key, ETag, block number, length and the CRC32C of its data, checked on every
+//! read, so a file renamed, truncated, left half-written by a crash or altered on disk (a bad
+//! sector, a stray write) is ignored (and deleted, and the block fetched again), never served. Files are
 //! written to a temporary name and renamed into place. The index is rebuilt from the files at
 //! mount, in their modification order, and bounded in bytes: adding a block evicts (deletes)
 //! the least recently used ones. Writes happen on the blocking pool, at most `WRITERS` at
@@ -21,7 +22,8 @@ use lru::LruCache;
 use super::BlockKey;
 use crate::buffers::POOL;
 
-const MAGIC: &[u8; 8] = b"PAILFSB1";
+/// Files of the first format (no CRC32C) do not match, and are deleted at the next mount.
+const MAGIC: &[u8; 8] = b"PAILFSB2";
 /// Block files being written at once.
 pub const WRITERS: usize = 4;
 
@@ -42,8 +44,12 @@ fn file_name(k: &BlockKey) -> String {
     format!("{h}-{}", k.index)
 }
 
-fn header(k: &BlockKey, len: u64) -> Vec<u8> {
-    let mut h = Vec::with_capacity(32 + k.key.len() + k.etag.len());
+fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
+fn header(k: &BlockKey, len: u64, crc: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(36 + k.key.len() + k.etag.len());
     h.extend_from_slice(MAGIC);
     h.extend_from_slice(&(k.key.len() as u32).to_le_bytes());
     h.extend_from_slice(k.key.as_bytes());
@@ -51,11 +57,12 @@ fn header(k: &BlockKey, len: u64) -> Vec<u8> {
     h.extend_from_slice(k.etag.as_bytes());
     h.extend_from_slice(&k.index.to_le_bytes());
     h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Reads a block file's header: its key and data length.
-fn read_header(r: &mut impl Read) -> Option<(BlockKey, u64)> {
+/// Reads a block file's header: its key, data length and data CRC32C.
+fn read_header(r: &mut impl Read) -> Option<(BlockKey, u64, u32)> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).ok()?;
     if &magic != MAGIC {
@@ -79,6 +86,8 @@ fn read_header(r: &mut impl Read) -> Option<(BlockKey, u64)> {
     let index = u64::from_le_bytes(n);
     r.read_exact(&mut n).ok()?;
     let len = u64::from_le_bytes(n);
+    let mut crc = [0u8; 4];
+    r.read_exact(&mut crc).ok()?;
     Some((
         BlockKey {
             key: Arc::from(key.as_str()),
@@ -86,6 +95,7 @@ fn read_header(r: &mut impl Read) -> Option<(BlockKey, u64)> {
             index,
         },
         len,
+        u32::from_le_bytes(crc),
     ))
 }
 
@@ -97,9 +107,9 @@ impl DiskCache {
         for e in std::fs::read_dir(dir)?.flatten() {
             let path = e.path();
             let valid = std::fs::File::open(&path).ok().and_then(|mut f| {
-                let (k, len) = read_header(&mut f)?;
+                let (k, len, crc) = read_header(&mut f)?;
                 let meta = f.metadata().ok()?;
-                let hdr = header(&k, len).len() as u64;
+                let hdr = header(&k, len, crc).len() as u64;
                 (meta.len() == hdr + len && path.file_name()?.to_str()? == file_name(&k))
                     .then(|| (meta.modified().ok(), k, len))
             });
@@ -166,12 +176,20 @@ impl DiskCache {
         let path = self.dir.join(file_name(k));
         let read = || -> Option<Bytes> {
             let mut f = std::io::BufReader::new(std::fs::File::open(&path).ok()?);
-            let (found, flen) = read_header(&mut f)?;
+            let (found, flen, crc) = read_header(&mut f)?;
             if found != *k || flen != len {
                 return None;
             }
             let mut buf = POOL.zeroed(len as usize);
             f.read_exact(&mut buf).ok()?;
+            if crc32c(&buf) != crc {
+                log::warn!(
+                    "disk cache block {} of {:?} failed its CRC32C check: deleted, read from S3 again",
+                    k.index,
+                    k.key
+                );
+                return None;
+            }
             Some(POOL.freeze(buf))
         };
         let data = read();
@@ -202,7 +220,7 @@ impl DiskCache {
             let write = || -> std::io::Result<()> {
                 use std::io::Write;
                 let mut f = crate::private::create_file(&tmp)?;
-                f.write_all(&header(&k, data.len() as u64))?;
+                f.write_all(&header(&k, data.len() as u64, crc32c(&data)))?;
                 f.write_all(&data)?;
                 std::fs::rename(&tmp, me.dir.join(&name))
             };
@@ -279,5 +297,23 @@ mod tests {
         );
         assert!(c.get(&k("x", "\"e\"", 0)).is_none());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A byte changed on disk, length and header intact: the CRC32C catches it, the block is
+    /// not served and its file goes.
+    #[tokio::test]
+    async fn a_block_altered_on_disk_fails_its_crc_and_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 100).unwrap());
+        let key = k("f", "\"e\"", 3);
+        c.put(key.clone(), Bytes::from_static(b"precious data"));
+        settle(&c, 13).await;
+        let path = dir.path().join(file_name(&key));
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(c.get(&key).is_none());
+        assert!(!path.exists());
+        assert_eq!(c.bytes(), 0);
     }
 }
