@@ -258,6 +258,11 @@ pub struct S3Args {
     /// key in FILE (raw or base64, mode 600); objects written with another key cannot be read.
     #[arg(long, value_name = "FILE", conflicts_with = "sse")]
     pub sse_c_key_file: Option<PathBuf>,
+    /// The checksum S3 checks on every upload (PUTs and parts): with one, over HTTPS or to a
+    /// loopback address, the payload goes unsigned (no SHA-256 pass over every byte). A server
+    /// that does not take it is found at mount, which falls back to the payload hash.
+    #[arg(long, value_enum, value_name = "ALGORITHM", default_value_t)]
+    pub upload_checksums: crate::store::checksums::UploadChecksums,
     /// Storage class of every object pailfs writes (STANDARD_IA, INTELLIGENT_TIERING, ...).
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,

@@ -289,6 +289,7 @@ pub fn s3_settings(
         a.storage_class.as_deref(),
     )?;
     s.requests.requester_pays = a.requester_pays;
+    s.requests.checksum = a.upload_checksums.algorithm();
     if let Some(file) = &a.sse_c_key_file {
         s.requests.sse_c = Some(crate::store::customer_key::CustomerKey::from_file(file)?);
     }

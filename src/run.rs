@@ -506,6 +506,15 @@ async fn prepare(
         }
     }
     let mut read_only = cfg.fs.read_only;
+    if !read_only && let Some(alg) = store.checksum().cloned() {
+        let prefix = &cfg.source.prefix;
+        if let Err(why) = crate::connections::check::checksums_taken(&store, prefix).await {
+            notices.push(format!(
+                "the server does not take {alg} upload checksums ({why}): uploads are checked by the SigV4 payload hash instead (--upload-checksums off skips this probe)"
+            ));
+            store.checksums_off();
+        }
+    }
     if !read_only {
         let url = format!("s3://{}", cfg.source.display());
         match crate::connections::check::can_write(&store, &cfg.source.prefix).await {

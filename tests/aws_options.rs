@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use pailfs::store::ObjectStore;
 
-use crate::common::{Mount, S3Env, rt, unique_prefix};
+use crate::common::{Mount, S3Env, rt, unique_prefix, write_synced};
 
 fn head(moto: &S3Env, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
     let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
@@ -149,8 +149,8 @@ fn sse_c_encrypts_every_object_and_a_mount_without_the_key_says_so() {
     let big = crate::common::pseudo_random(6 << 20, 3);
     let args = ["--sse-c-key-file", right.as_str(), "--part-size", "5M"];
     let mut m = Mount::with_args(&prefix, &args);
-    fs::write(m.p("small.txt"), b"sealed").unwrap();
-    fs::write(m.p("big.bin"), &big).unwrap();
+    write_synced(&m.p("small.txt"), b"sealed").unwrap();
+    write_synced(&m.p("big.bin"), &big).unwrap();
     fs::set_permissions(m.p("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::rename(m.p("big.bin"), m.p("moved.bin")).unwrap();
     fs::create_dir(m.p("dir")).unwrap();
@@ -239,7 +239,113 @@ fn no_sign_request_mounts_a_public_bucket_read_only_without_credentials() {
         .args(["check", &source])
         .envs(no_keys);
     let out = check.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.to_lowercase().contains("credentials"), "{err}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains("no AWS credentials found") && report.contains("--no-sign-request"),
+        "{report}"
+    );
+}
+
+/// Upload checksums on Garage, through a proxy that sees the headers: by default every PUT and
+/// part carries a CRC32C with an unsigned payload (a loopback address: nothing can change the
+/// bytes on the way), and S3 keeps it. A server that ignores checksums (the proxy strips them
+/// from answers) is found at mount, which says so and uploads with a signed payload and no
+/// checksum; the files arrive intact either way.
+#[test]
+fn uploads_carry_a_crc32c_and_a_server_that_ignores_it_is_found_at_mount() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let e = S3Env::get();
+    let small = b"checked on arrival".to_vec();
+    let big = crate::common::pseudo_random(6 << 20, 11);
+    for ignored in [false, true] {
+        let proxy = crate::common::proxy::FaultProxy::start(&e.endpoint);
+        proxy.faults.strip_checksums.store(ignored, SeqCst);
+        let via = S3Env {
+            endpoint: proxy.url.clone(),
+            ..e.clone()
+        };
+        let prefix = unique_prefix("checksums");
+        let source = format!("{}:{prefix}", e.bucket);
+        let mut m = Mount::on(via, &source, &prefix, &["--part-size", "5M"], &[]);
+        let sums = proxy.count(|c| &c.checksummed);
+        let unsigned = proxy.count(|c| &c.unsigned_payload);
+        write_synced(&m.p("small.txt"), &small).unwrap();
+        write_synced(&m.p("big.bin"), &big).unwrap();
+        m.unmount();
+        let sums = proxy.count(|c| &c.checksummed) - sums;
+        let unsigned = proxy.count(|c| &c.unsigned_payload) - unsigned;
+        let log = m.log_text();
+        let fell_back = log.contains("does not take CRC32C upload checksums");
+        assert_eq!(fell_back, ignored, "{log}");
+        // One PUT and two parts.
+        let want = if ignored { 0 } else { 3 };
+        assert_eq!((sums, unsigned), (want, want), "ignored: {ignored}");
+        let store = rt().block_on(e.store());
+        let got = |k: &str, len: usize| {
+            rt().block_on(store.get_range(&format!("{prefix}{k}"), 0..len as u64, None))
+                .unwrap()
+        };
+        assert_eq!(got("small.txt", small.len()), small);
+        assert_eq!(got("big.bin", big.len()), big);
+        if !ignored {
+            let client = rt().block_on(pailfs::store::client::build_client(&e.settings()));
+            let h = rt()
+                .block_on(
+                    client
+                        .head_object()
+                        .bucket(&e.bucket)
+                        .key(format!("{prefix}small.txt"))
+                        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                        .send(),
+                )
+                .unwrap();
+            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &small) as u32;
+            use base64::Engine;
+            let want = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());
+            assert_eq!(h.checksum_crc32_c(), Some(want.as_str()));
+        }
+    }
+}
+
+/// What moto (as AWS) stores with `--upload-checksums sha256` and `crc32c`: the object's
+/// checksum of that algorithm, for a PUT.
+#[test]
+fn the_chosen_checksum_is_what_s3_keeps() {
+    let moto = S3Env::moto_full();
+    for (alg, data) in [("sha256", b"sha".to_vec()), ("crc32c", b"crc".to_vec())] {
+        let prefix = unique_prefix("sums");
+        let source = format!("{}:{prefix}", moto.bucket);
+        let mut m = Mount::on(
+            moto.clone(),
+            &source,
+            &prefix,
+            &["--upload-checksums", alg],
+            &[],
+        );
+        fs::write(m.p("f"), &data).unwrap();
+        m.unmount();
+        assert!(!m.log_text().contains("does not take"), "{}", m.log_text());
+        let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
+        let h = rt()
+            .block_on(
+                client
+                    .head_object()
+                    .bucket(&moto.bucket)
+                    .key(format!("{prefix}f"))
+                    .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                    .send(),
+            )
+            .unwrap();
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        if alg == "sha256" {
+            use sha2::Digest;
+            let want = b64(&sha2::Sha256::digest(&data));
+            assert_eq!(h.checksum_sha256(), Some(want.as_str()));
+        } else {
+            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &data) as u32;
+            assert_eq!(h.checksum_crc32_c(), Some(b64(&crc.to_be_bytes()).as_str()));
+        }
+    }
 }

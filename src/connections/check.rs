@@ -197,6 +197,9 @@ pub async fn run(target: &CheckTarget) -> CheckReport {
     s3.max_attempts = s3.max_attempts.clamp(1, 2);
     s3.connect_timeout = Duration::from_secs(5);
     s3.attempt_timeout = Duration::from_secs(10);
+    // The check is about permissions; whether the server takes upload checksums is the
+    // mount's own probe (`checksums_taken`).
+    s3.requests.checksum = None;
     let mut p = Probe {
         store: AwsStore::connect(&s3, &target.bucket).await,
         steps: Vec::new(),
@@ -738,6 +741,33 @@ fn finish(
         principal,
         leftover,
         ok,
+    }
+}
+
+/// Whether the server checks and keeps the checksum uploads carry (`--upload-checksums`): a
+/// part of a multipart upload created and aborted for the purpose must come back with it.
+/// `Ok` when it does, when uploads carry none, and when S3 refused the probe for lack of
+/// permission (the write probe says what that means); `Err` says why not.
+pub async fn checksums_taken(store: &AwsStore, prefix: &str) -> Result<(), String> {
+    if store.checksum().is_none() {
+        return Ok(());
+    }
+    let probe = format!("{prefix}.pailfs-checksum-check-{}", unique_suffix());
+    let id = match bounded(store.create_multipart(&probe, &UserMeta::new())).await {
+        Ok(id) => id,
+        Err(StoreError::AccessDenied(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let body = bytes::Bytes::from_static(b"pailfs checksum probe");
+    let part = bounded(store.upload_part(&probe, &id, 1, body)).await;
+    if let Err(e) = bounded(store.abort_multipart(&probe, &id)).await {
+        log::warn!("could not abort the checksum probe's upload of {probe:?} ({e})");
+    }
+    match part {
+        Ok(r) if crate::store::checksums::parse_receipt(&r).1.is_some() => Ok(()),
+        Ok(_) => Err("the part came back without its checksum".into()),
+        Err(StoreError::AccessDenied(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

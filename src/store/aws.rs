@@ -18,21 +18,24 @@ use std::time::SystemTime;
 
 use crate::buffers::POOL;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective,
+};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use super::client::{S3Settings, build_client};
-use super::content_type;
 use super::requests::RequestOptions;
 use super::spacing::WriteSpacing;
 use super::{
     ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
     StoreResult, UserMeta,
 };
+use super::{checksums, content_type};
 
 /// Characters left alone in `x-amz-copy-source`: unreserved ones and the path separator.
 const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
@@ -49,8 +52,10 @@ pub struct AwsStore {
     bucket: String,
     /// Writes to one key are spaced (see `spacing`).
     spacing: std::sync::Arc<WriteSpacing>,
-    /// Encryption, storage class, payer, expected owner (see `requests`).
+    /// Encryption, storage class, payer, expected owner, checksum (see `requests`).
     opts: RequestOptions,
+    /// Nothing can change the bytes on the way to the endpoint (see `checksums`).
+    unsigned_ok: bool,
 }
 
 impl AwsStore {
@@ -60,6 +65,7 @@ impl AwsStore {
             bucket: bucket.into(),
             spacing: Default::default(),
             opts: RequestOptions::default(),
+            unsigned_ok: false,
         }
     }
 
@@ -67,7 +73,41 @@ impl AwsStore {
     pub async fn connect(s3: &S3Settings, bucket: &str) -> Self {
         let mut store = AwsStore::new(build_client(s3).await, bucket);
         store.opts = s3.requests.clone();
+        store.unsigned_ok = checksums::unsigned_payload_safe(s3.endpoint_url.as_deref());
         store
+    }
+
+    /// The checksum uploads carry, if any.
+    pub fn checksum(&self) -> Option<&ChecksumAlgorithm> {
+        self.opts.checksum.as_ref()
+    }
+
+    /// Uploads go without checksums from now on (the server does not take them).
+    pub fn checksums_off(&mut self) {
+        self.opts.checksum = None;
+    }
+
+    /// A part of CompleteMultipartUpload from its receipt: the ETag, and the checksum when
+    /// the upload carries them.
+    fn completed_part(&self, number: i32, receipt: &str) -> CompletedPart {
+        let (etag, sum) = checksums::parse_receipt(receipt);
+        let sum = |a: ChecksumAlgorithm| {
+            sum.filter(|_| self.opts.checksum.as_ref() == Some(&a))
+                .map(str::to_string)
+        };
+        CompletedPart::builder()
+            .part_number(number)
+            .e_tag(etag)
+            .set_checksum_crc32_c(sum(ChecksumAlgorithm::Crc32C))
+            .set_checksum_crc64_nvme(sum(ChecksumAlgorithm::Crc64Nvme))
+            .set_checksum_sha256(sum(ChecksumAlgorithm::Sha256))
+            .build()
+    }
+
+    /// Whether data goes with an unsigned payload: a checksum protects it, and nothing on the
+    /// way can change it.
+    fn unsigned(&self) -> bool {
+        self.opts.checksum.is_some() && self.unsigned_ok
     }
 
     /// Runs the write `w` to `key` spaced from the previous write to it.
@@ -210,6 +250,25 @@ impl AwsStore {
     fn copy_source(&self, key: &str) -> String {
         format!("{}/{}", self.bucket, utf8_percent_encode(key, COPY_SOURCE))
     }
+}
+
+/// Sends a request that carries object data (PutObject, UploadPart): with the checksum
+/// computed when uploads carry one (the client computes none unless an operation requires it),
+/// and with an unsigned payload where that is safe (see `checksums`).
+macro_rules! send_data {
+    ($req:expr, $store:expr) => {{
+        let mut op = $req.customize();
+        if $store.opts.checksum.is_some() {
+            op = op.config_override(
+                aws_sdk_s3::config::Builder::new()
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenSupported),
+            );
+        }
+        if $store.unsigned() {
+            op = op.disable_payload_signing();
+        }
+        op.send().await
+    }};
 }
 
 /// Decodes a key from a `encoding-type=url` listing.
@@ -538,10 +597,11 @@ impl ObjectStore for AwsStore {
             .key(key)
             .content_length(len)
             .body(ByteStream::from(body))
+            .set_checksum_algorithm(self.opts.checksum.clone())
             .set_content_type(content_type::for_key(key).map(str::to_string))
             .set_metadata(Some(meta.clone().into_iter().collect()));
         let out = self
-            .spaced(key, async { req.send().await.map_err(map_err) })
+            .spaced(key, async { send_data!(req, self).map_err(map_err) })
             .await?;
         Ok(PutResult {
             etag: out.e_tag().unwrap_or("").to_string(),
@@ -554,6 +614,7 @@ impl ObjectStore for AwsStore {
             self.opts
         )
         .key(key)
+        .set_checksum_algorithm(self.opts.checksum.clone())
         .set_content_type(content_type::for_key(key).map(str::to_string))
         .set_metadata(Some(meta.clone().into_iter().collect()))
         .send()
@@ -572,7 +633,7 @@ impl ObjectStore for AwsStore {
         body: Bytes,
     ) -> StoreResult<String> {
         let len = body.len() as i64;
-        let out = crate::customer_key!(
+        let req = crate::customer_key!(
             crate::paid!(self.client.upload_part().bucket(&self.bucket), self.opts),
             self.opts
         )
@@ -580,13 +641,21 @@ impl ObjectStore for AwsStore {
         .upload_id(upload_id)
         .part_number(part)
         .content_length(len)
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .map_err(map_err)?;
-        out.e_tag()
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::Other(format!("UploadPart {part} returned no ETag")))
+        .set_checksum_algorithm(self.opts.checksum.clone())
+        .body(ByteStream::from(body));
+        let out = send_data!(req, self).map_err(map_err)?;
+        let etag = out
+            .e_tag()
+            .ok_or_else(|| StoreError::Other(format!("UploadPart {part} returned no ETag")))?;
+        let checksum = self.opts.checksum.as_ref().and_then(|a| {
+            checksums::pick(
+                a,
+                out.checksum_crc32_c(),
+                out.checksum_crc64_nvme(),
+                out.checksum_sha256(),
+            )
+        });
+        Ok(checksums::receipt(etag, checksum))
     }
 
     async fn upload_part_copy(
@@ -617,10 +686,20 @@ impl ObjectStore for AwsStore {
         .send()
         .await
         .map_err(map_err)?;
-        out.copy_part_result()
+        let r = out.copy_part_result();
+        let etag = r
             .and_then(|r| r.e_tag())
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::Other(format!("UploadPartCopy {part} returned no ETag")))
+            .ok_or_else(|| StoreError::Other(format!("UploadPartCopy {part} returned no ETag")))?;
+        let checksum = self.opts.checksum.as_ref().and_then(|a| {
+            let r = r?;
+            checksums::pick(
+                a,
+                r.checksum_crc32_c(),
+                r.checksum_crc64_nvme(),
+                r.checksum_sha256(),
+            )
+        });
+        Ok(checksums::receipt(etag, checksum))
     }
 
     async fn complete_multipart(
@@ -631,10 +710,15 @@ impl ObjectStore for AwsStore {
     ) -> StoreResult<PutResult> {
         let parts = parts
             .iter()
-            .map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build())
+            .map(|(n, r)| self.completed_part(*n, r))
             .collect();
-        let req = crate::paid!(
-            self.client.complete_multipart_upload().bucket(&self.bucket),
+        // The SSE-C key goes with the completion too: S3 needs it there when the parts carry
+        // checksums.
+        let req = crate::customer_key!(
+            crate::paid!(
+                self.client.complete_multipart_upload().bucket(&self.bucket),
+                self.opts
+            ),
             self.opts
         )
         .key(key)

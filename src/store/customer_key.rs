@@ -1,8 +1,8 @@
 //! SSE-C: objects encrypted with a key the user keeps, which S3 never stores.
 //!
 //! With `--sse-c-key-file`, every request that writes or reads an object's data carries the
-//! key (PUT, multipart upload and its parts, GET, HEAD), and copies carry it twice: for the
-//! source and for the new object. S3 keeps only a salted HMAC of the key, so an object written
+//! key (PUT, multipart upload, its parts and its completion, GET, HEAD), and copies carry it
+//! twice: for the source and for the new object. S3 keeps only a salted HMAC of the key, so an object written
 //! with one key cannot be read with another or without one: such a read is refused by S3, and
 //! pailfs says which object and why (`StoreError::EncryptionKey`). The key file holds the
 //! 32-byte AES-256 key, raw (as `aws s3 cp --sse-c-key fileb://KEY` takes it) or base64, and

@@ -14,6 +14,7 @@
 //! * Zero-byte objects are ordinary objects.
 
 pub mod aws;
+pub mod checksums;
 pub mod client;
 pub mod content_type;
 pub mod customer_key;
@@ -319,7 +320,8 @@ pub trait ObjectStore: Send + Sync + 'static {
         meta: &UserMeta,
     ) -> impl Future<Output = StoreResult<String>> + Send;
 
-    /// Uploads part `part` (1-based); returns its ETag.
+    /// Uploads part `part` (1-based); returns its receipt for `complete_multipart`: its ETag,
+    /// with its checksum when uploads carry them (opaque to the caller).
     fn upload_part(
         &self,
         key: &str,
@@ -328,7 +330,8 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
     ) -> impl Future<Output = StoreResult<String>> + Send;
 
-    /// Fills part `part` server-side from `range` of `src_key`, which must still have `src_etag`.
+    /// Fills part `part` server-side from `range` of `src_key`, which must still have `src_etag`;
+    /// returns its receipt, as `upload_part` does.
     fn upload_part_copy(
         &self,
         key: &str,
@@ -339,7 +342,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         src_etag: &str,
     ) -> impl Future<Output = StoreResult<String>> + Send;
 
-    /// Completes the upload from `(part number, etag)` pairs in ascending order.
+    /// Completes the upload from `(part number, receipt)` pairs in ascending order.
     fn complete_multipart(
         &self,
         key: &str,

@@ -26,6 +26,8 @@ pub struct RequestOptions {
     pub expected_bucket_owner: Option<String>,
     /// SSE-C: the key every object's data is encrypted with (see `customer_key`).
     pub sse_c: Option<super::customer_key::CustomerKey>,
+    /// The checksum of every PUT and part (see `checksums`); `None`: the payload hash alone.
+    pub checksum: Option<aws_sdk_s3::types::ChecksumAlgorithm>,
 }
 
 impl RequestOptions {
@@ -75,6 +77,7 @@ impl RequestOptions {
             requester_pays: false,
             expected_bucket_owner: None,
             sse_c: None,
+            checksum: None,
         })
     }
 
@@ -99,7 +102,8 @@ macro_rules! paid {
 }
 
 /// Adds encryption (SSE-C included), storage class, payer and expected owner to a request
-/// that stores an object (PUT, CreateMultipartUpload, CopyObject).
+/// that stores an object (PUT, CreateMultipartUpload, CopyObject). The checksum is added where
+/// the data goes (PUT, CreateMultipartUpload, UploadPart), not to copies.
 #[macro_export]
 macro_rules! stored {
     ($req:expr, $o:expr) => {

@@ -496,3 +496,12 @@ pub fn stat_value(page: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
 }
+
+/// Writes `data` to `p` and returns what `fsync` says: `fs::write` drops the file without
+/// looking at `close()`, so an upload that failed there would go unnoticed.
+pub fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(p)?;
+    f.write_all(data)?;
+    f.sync_all()
+}

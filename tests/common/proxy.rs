@@ -40,6 +40,9 @@ pub struct Faults {
     pub error_on_get: Mutex<Option<(String, u32)>>,
     /// Rewrites the body of every LIST answer (a hostile or broken server).
     pub list_rewrite: Mutex<Option<Rewrite>>,
+    /// Removes `x-amz-checksum-*` headers from answers, as a server that ignores upload
+    /// checksums answers (it neither checks nor keeps them).
+    pub strip_checksums: std::sync::atomic::AtomicBool,
 }
 
 /// A rewrite of a LIST answer's XML body.
@@ -51,6 +54,10 @@ pub struct Counts {
     pub forwarded: AtomicU64,
     /// Requests with an `Authorization` header (signed ones).
     pub signed: AtomicU64,
+    /// Requests carrying a checksum of their body (`x-amz-checksum-crc32c` and the like).
+    pub checksummed: AtomicU64,
+    /// Requests whose payload is not signed (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
+    pub unsigned_payload: AtomicU64,
     /// Requests that said the requester pays and named the expected bucket owner.
     pub paid: AtomicU64,
     /// DELETEs of objects (not of multipart uploads) and PUTs of objects (not of parts).
@@ -189,6 +196,18 @@ async fn handle(
     if h.contains_key("authorization") {
         counts.signed.fetch_add(1, Ordering::SeqCst);
     }
+    let sums = ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"];
+    if sums
+        .iter()
+        .any(|a| h.contains_key(format!("x-amz-checksum-{a}").as_str()))
+    {
+        counts.checksummed.fetch_add(1, Ordering::SeqCst);
+    }
+    if h.get("x-amz-content-sha256")
+        .is_some_and(|v| v == "UNSIGNED-PAYLOAD")
+    {
+        counts.unsigned_payload.fetch_add(1, Ordering::SeqCst);
+    }
     let upload = req.uri().query().is_some_and(|q| q.contains("uploadId"));
     if !upload && req.method() == hyper::Method::DELETE {
         counts.object_deletes.fetch_add(1, Ordering::SeqCst);
@@ -247,6 +266,17 @@ async fn handle(
     let resp = client.request(req).await?;
     counts.forwarded.fetch_add(1, Ordering::SeqCst);
     let (mut parts, body) = resp.into_parts();
+    if faults.strip_checksums.load(Ordering::SeqCst) {
+        let names: Vec<_> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-amz-checksum-"))
+            .cloned()
+            .collect();
+        for n in names {
+            parts.headers.remove(n);
+        }
+    }
     if let Some(rw) = rewrite {
         let text = String::from_utf8_lossy(&body.collect().await?.to_bytes()).into_owned();
         let new = rw(text);
