@@ -225,7 +225,8 @@ pub struct CheckArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct S3Args {
     /// S3-compatible endpoint, e.g. http://127.0.0.1:3900 (default: the connection's, then
-    /// AWS_ENDPOINT_URL, then AWS).
+    /// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's endpoint_url, unless
+    /// AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true; then AWS).
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Region of the bucket (default: AWS_REGION or the profile's region).

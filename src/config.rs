@@ -251,17 +251,14 @@ pub fn scan_spinner(show: bool) -> Option<indicatif::ProgressBar> {
     })
 }
 
-/// S3 settings for `bucket`: the defaults, `AWS_ENDPOINT_URL`, then the connection, then
-/// explicit flags.
+/// S3 settings for `bucket`: the defaults, then the connection, then explicit flags; an
+/// endpoint none of them gives is what aws-config finds (`client::configured_endpoint`).
 pub fn s3_settings(
     conn: Option<&Connection>,
     a: &S3Args,
     bucket: &str,
 ) -> Result<S3Settings, CliError> {
     let mut s = S3Settings::with_defaults();
-    s.endpoint_url = std::env::var("AWS_ENDPOINT_URL")
-        .ok()
-        .filter(|e| !e.is_empty());
     if let Some(c) = conn {
         c.apply_to(&mut s);
     }
@@ -303,11 +300,14 @@ pub fn s3_settings(
     }
     s.force_path_style |= a.force_path_style;
     s.max_attempts = a.max_attempts.max(1);
+    if s.endpoint_url.is_none() {
+        s.endpoint_url = crate::store::client::configured_endpoint(&s);
+    }
     if let Some(e) = &s.endpoint_url
         && !(e.starts_with("http://") || e.starts_with("https://"))
     {
         return Err(CliError::Invalid(format!(
-            "--endpoint-url {e:?} must start with http:// or https://"
+            "the endpoint {e:?} (--endpoint-url, a connection, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile) must start with http:// or https://"
         )));
     }
     Ok(s)

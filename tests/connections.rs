@@ -702,3 +702,51 @@ fn the_bucket_policy_form_names_these_credentials_identity() {
     assert!(r["policy"]["Statement"][0].get("Principal").is_none());
     assert!(human.contains("IAM user"), "{human}");
 }
+
+/// AWS's own endpoint settings choose the endpoint through aws-config, as for any AWS tool:
+/// `AWS_ENDPOINT_URL_S3` (the S3-only variable), a profile's `endpoint_url`, and
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` turning both off (the check then goes to AWS).
+#[test]
+fn aws_endpoint_variables_and_profiles_choose_the_endpoint() {
+    let e = S3Env::get();
+    let config = tempfile::tempdir().unwrap();
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", e.key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", e.secret.as_str()),
+        ("AWS_REGION", e.region.as_str()),
+        ("AWS_ENDPOINT_URL_S3", e.endpoint.as_str()),
+    ];
+    let at = format!("at {} ", e.endpoint);
+    let out = pailfs(config.path(), &["check", &e.bucket], &keys, None);
+    assert!(
+        out.status.success() && text(&out).contains(&at),
+        "{}",
+        text(&out)
+    );
+    let mut ignored = keys.to_vec();
+    ignored.push(("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"));
+    let out = pailfs(config.path(), &["check", &e.bucket], &ignored, None);
+    assert!(text(&out).contains("at AWS S3"), "{}", text(&out));
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir(home.path().join(".aws")).unwrap();
+    fs::write(
+        home.path().join(".aws/config"),
+        format!(
+            "[profile garage]\nendpoint_url = {}\nregion = {}\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            e.endpoint, e.region, e.key, e.secret
+        ),
+    )
+    .unwrap();
+    let home_env = [("HOME", home.path().to_str().unwrap())];
+    let out = pailfs(
+        config.path(),
+        &["check", &e.bucket, "--profile", "garage"],
+        &home_env,
+        None,
+    );
+    assert!(
+        out.status.success() && text(&out).contains(&at),
+        "{}",
+        text(&out)
+    );
+}

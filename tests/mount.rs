@@ -363,7 +363,7 @@ fn missing_dev_fuse_is_reported() {
 }
 
 /// An fstab line written for s3fs (its password file, `url`, `endpoint` as the region,
-/// `use_path_request_style`, `umask`, `nonempty`) mounts with pailfs and means the same: no AWS
+/// `use_path_request_style`, `umask`, `nonempty`, `nofail`) mounts with pailfs and means the same: no AWS
 /// variables, the keys from the password file, the umask on the modes of objects without
 /// stored attributes. (`use_cache` becomes `--cache-dir`, which the test mount sets itself.)
 #[test]
@@ -389,7 +389,7 @@ fn an_s3fs_fstab_line_mounts_with_the_s3fs_password_file() {
     .unwrap();
     fs::set_permissions(&passwd, fs::Permissions::from_mode(0o600)).unwrap();
     let opts = format!(
-        "_netdev,nonempty,use_path_request_style,url={},endpoint={},passwd_file={},umask=027,dbglevel=info",
+        "_netdev,nofail,nonempty,use_path_request_style,url={},endpoint={},passwd_file={},umask=027,dbglevel=info",
         env.endpoint,
         env.region,
         passwd.display()

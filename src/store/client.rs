@@ -80,6 +80,79 @@ pub fn needs_path_style(endpoint: &str) -> bool {
     host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
+/// The S3 endpoint aws-config finds when none is given explicitly, as the S3 client itself
+/// would: `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`, then the profile's `endpoint_url`
+/// (its `services` section included); none of them when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`
+/// is true. `None`: AWS itself. Found once, at start, so the cache directory, the messages and
+/// the addressing style all know where the bucket is.
+pub fn configured_endpoint(s: &S3Settings) -> Option<String> {
+    let profile = s.profile.clone();
+    // Profile files are read asynchronously; a thread of its own keeps this callable from
+    // anywhere, inside a runtime or not.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            // A region and no credentials: nothing but the endpoint is looked up.
+            let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .no_credentials();
+            if let Some(p) = &profile {
+                loader = loader.profile_name(p);
+            }
+            let shared = without_ignored_endpoints(loader.load().await).await;
+            let key = aws_types::service_config::ServiceConfigKey::builder()
+                .service_id("S3")
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .ok()?;
+            shared
+                .service_config()
+                .and_then(|c| c.load_config(key))
+                .or_else(|| shared.endpoint_url().map(str::to_string))
+                .filter(|e| !e.is_empty())
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// The S3 client looks up its endpoint in the environment itself (`AWS_ENDPOINT_URL_S3`, then
+/// `AWS_ENDPOINT_URL`, then the profile), and aws-config 1.8 applies
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` only to the shared endpoint: this wrapper answers
+/// no endpoint to that lookup when the setting is on, and passes every other setting through.
+#[derive(Debug)]
+struct WithoutEndpoints(aws_config::SdkConfig);
+
+impl aws_types::service_config::LoadServiceConfig for WithoutEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        if key.profile() == "endpoint_url" {
+            return None;
+        }
+        self.0.service_config()?.load_config(key)
+    }
+}
+
+/// `shared`, with configured endpoints dropped when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`
+/// (or the default profile's `ignore_configured_endpoint_urls`) is true.
+async fn without_ignored_endpoints(shared: aws_config::SdkConfig) -> aws_config::SdkConfig {
+    use aws_config::default_provider::ignore_configured_endpoint_urls as ignore;
+    let conf = aws_config::provider_config::ProviderConfig::without_region();
+    if !ignore::ignore_configured_endpoint_urls_provider(&conf)
+        .await
+        .unwrap_or(false)
+    {
+        return shared;
+    }
+    let mut b = shared.clone().into_builder();
+    b.set_service_config(Some(WithoutEndpoints(shared)));
+    b.build()
+}
+
 /// Builds a client. Loading may read profile files and query instance metadata.
 pub async fn build_client(s: &S3Settings) -> aws_sdk_s3::Client {
     s3_client(s, &shared_config(s).await)
@@ -138,7 +211,11 @@ async fn shared_config(s: &S3Settings) -> aws_config::SdkConfig {
             "pailfs-connection",
         ));
     }
-    loader.load().await
+    let shared = loader.load().await;
+    if s.endpoint_url.is_some() {
+        return shared;
+    }
+    without_ignored_endpoints(shared).await
 }
 
 fn s3_client(s: &S3Settings, shared: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
