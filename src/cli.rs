@@ -124,7 +124,7 @@ pub enum ConnectionCommand {
     /// Save a connection under LABEL. The secret key is read from a prompt (without echo),
     /// from standard input (--secret-stdin) or from an environment variable (--secret-env),
     /// never from the command line.
-    Add(ConnectionAddArgs),
+    Add(Box<ConnectionAddArgs>),
     /// List saved connections.
     List(SystemArg),
     /// Show one connection, with its secret masked.
@@ -192,6 +192,16 @@ pub struct ConnectionAddArgs {
     /// Read the secret key from this environment variable.
     #[arg(long, value_name = "VAR", requires = "access_key_id")]
     pub secret_env: Option<String>,
+    /// Temporary keys: read their session token from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "access_key_id")]
+    pub session_token_env: Option<String>,
+    /// Take credentials from this command's output (AWS's `credential_process` JSON).
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["access_key_id", "profile"])]
+    pub credential_process: Option<String>,
+    /// Encryption, storage class, checksums, payer, owner or anonymous access, saved with the
+    /// connection (flags given at mount win).
+    #[command(flatten)]
+    pub requests: RequestArgs,
     /// Replace an existing connection with the same label.
     #[arg(long)]
     pub force: bool,
@@ -239,43 +249,90 @@ pub struct S3Args {
     /// AWS profile from ~/.aws/config and ~/.aws/credentials (SSO included).
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
-    /// Send unsigned requests and look for no credentials: a public bucket, mounted read-only.
-    #[arg(long, conflicts_with_all = ["profile", "passwd_file"])]
-    pub no_sign_request: bool,
     /// Keys from an s3fs password file: `ACCESS_KEY_ID:SECRET` lines, or
     /// `BUCKET:ACCESS_KEY_ID:SECRET` for one bucket (mode 600, as s3fs wants it).
     #[arg(long, value_name = "FILE", conflicts_with = "profile")]
     pub passwd_file: Option<PathBuf>,
+    /// How objects are written and requests made (these can be saved in a connection).
+    #[command(flatten)]
+    pub requests: RequestArgs,
+    /// Attempts per S3 request, retries included, with exponential backoff and jitter.
+    #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+}
+
+/// How objects are written and requests made: flags of every command that talks to S3, and
+/// what a saved connection can store (`[connections.LABEL.requests]`); flags win over it.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestArgs {
+    /// Send unsigned requests and look for no credentials: a public bucket, mounted read-only.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_sign_request: bool,
     /// Server-side encryption of every object pailfs writes: AES256, aws:kms or aws:kms:dsse.
     #[arg(long, value_name = "KIND")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<String>,
     /// The KMS key for --sse aws:kms or aws:kms:dsse (id, ARN or alias; default: S3's key).
     #[arg(long, value_name = "KEY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse_kms_key_id: Option<String>,
     /// S3 Bucket Keys with --sse aws:kms (fewer KMS requests).
     #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bucket_key: bool,
     /// SSE-C: encrypt every object written, and read every object, with the 32-byte AES-256
     /// key in FILE (raw or base64, mode 600); objects written with another key cannot be read.
     #[arg(long, value_name = "FILE", conflicts_with = "sse")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse_c_key_file: Option<PathBuf>,
     /// The checksum S3 checks on every upload (PUTs and parts): with one, over HTTPS or to a
     /// loopback address, the payload goes unsigned (no SHA-256 pass over every byte). A server
     /// that does not take it is found at mount, which falls back to the payload hash.
-    #[arg(long, value_enum, value_name = "ALGORITHM", default_value_t)]
-    pub upload_checksums: crate::store::checksums::UploadChecksums,
+    /// [default: crc32c]
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_checksums: Option<crate::store::checksums::UploadChecksums>,
     /// Storage class of every object pailfs writes (STANDARD_IA, INTELLIGENT_TIERING, ...).
     #[arg(long, value_name = "CLASS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
     /// The requester pays for requests and transfer (requester-pays buckets).
     #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requester_pays: bool,
     /// Work on the bucket only if this AWS account (12 digits) owns it.
     #[arg(long, value_name = "ACCOUNT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_bucket_owner: Option<String>,
-    /// Attempts per S3 request, retries included, with exponential backoff and jitter.
-    #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
-    pub max_attempts: u32,
+}
+
+impl RequestArgs {
+    /// These flags over what a connection saved: a flag given wins, a switch given turns on.
+    pub fn over(&self, saved: Option<&RequestArgs>) -> RequestArgs {
+        let Some(b) = saved else {
+            return self.clone();
+        };
+        RequestArgs {
+            no_sign_request: self.no_sign_request || b.no_sign_request,
+            sse: self.sse.clone().or(b.sse.clone()),
+            sse_kms_key_id: self.sse_kms_key_id.clone().or(b.sse_kms_key_id.clone()),
+            bucket_key: self.bucket_key || b.bucket_key,
+            sse_c_key_file: self.sse_c_key_file.clone().or(b.sse_c_key_file.clone()),
+            upload_checksums: self.upload_checksums.or(b.upload_checksums),
+            storage_class: self.storage_class.clone().or(b.storage_class.clone()),
+            requester_pays: self.requester_pays || b.requester_pays,
+            expected_bucket_owner: self
+                .expected_bucket_owner
+                .clone()
+                .or(b.expected_bucket_owner.clone()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == RequestArgs::default()
+    }
 }
 
 #[derive(Args, Debug)]

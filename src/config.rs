@@ -271,33 +271,23 @@ pub fn s3_settings(
     if a.profile.is_some() {
         s.profile = a.profile.clone();
         s.static_keys = None;
+        s.credential_process = None;
     }
     if let Some(file) = &a.passwd_file {
         s.static_keys = Some(connections::passwd::keys_for(file, bucket)?);
+        s.credential_process = None;
     }
-    if a.no_sign_request {
+    let r = a.requests.over(conn.map(|c| &c.requests));
+    if r.no_sign_request {
+        if a.profile.is_some() || a.passwd_file.is_some() {
+            return Err(CliError::Invalid(
+                "--no-sign-request uses no credentials: drop --profile and --passwd-file".into(),
+            ));
+        }
         s.anonymous = true;
         s.static_keys = None;
     }
-    s.requests = RequestOptions::new(
-        a.sse.as_deref(),
-        a.sse_kms_key_id.as_deref(),
-        a.bucket_key,
-        a.storage_class.as_deref(),
-    )?;
-    s.requests.requester_pays = a.requester_pays;
-    s.requests.checksum = a.upload_checksums.algorithm();
-    if let Some(file) = &a.sse_c_key_file {
-        s.requests.sse_c = Some(crate::store::customer_key::CustomerKey::from_file(file)?);
-    }
-    if let Some(owner) = &a.expected_bucket_owner {
-        if owner.len() != 12 || !owner.chars().all(|c| c.is_ascii_digit()) {
-            return Err(CliError::Invalid(format!(
-                "--expected-bucket-owner {owner:?} is not a 12-digit AWS account id"
-            )));
-        }
-        s.requests.expected_bucket_owner = Some(owner.clone());
-    }
+    s.requests = request_options(&r)?;
     s.force_path_style |= a.force_path_style;
     s.max_attempts = a.max_attempts.max(1);
     if s.endpoint_url.is_none() {
@@ -311,6 +301,30 @@ pub fn s3_settings(
         )));
     }
     Ok(s)
+}
+
+/// The request options of `r` (flags over a connection's), checked.
+fn request_options(r: &crate::cli::RequestArgs) -> Result<RequestOptions, CliError> {
+    let mut o = RequestOptions::new(
+        r.sse.as_deref(),
+        r.sse_kms_key_id.as_deref(),
+        r.bucket_key,
+        r.storage_class.as_deref(),
+    )?;
+    o.requester_pays = r.requester_pays;
+    o.checksum = r.upload_checksums.unwrap_or_default().algorithm();
+    if let Some(file) = &r.sse_c_key_file {
+        o.sse_c = Some(crate::store::customer_key::CustomerKey::from_file(file)?);
+    }
+    if let Some(owner) = &r.expected_bucket_owner {
+        if owner.len() != 12 || !owner.chars().all(|c| c.is_ascii_digit()) {
+            return Err(CliError::Invalid(format!(
+                "--expected-bucket-owner {owner:?} is not a 12-digit AWS account id"
+            )));
+        }
+        o.expected_bucket_owner = Some(owner.clone());
+    }
+    Ok(o)
 }
 
 /// The default `--max-threads`.

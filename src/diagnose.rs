@@ -58,17 +58,27 @@ pub fn explain(e: &StoreError, t: &Target<'_>) -> String {
             t.bucket,
             t.region.unwrap_or("(none configured)")
         ),
-        StoreError::Unreachable(d) | StoreError::Timeout(d) => {
-            if d.contains("credentials") || d.contains("no credentials") {
-                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, save a connection, or pass --no-sign-request for a public bucket".to_string()
-            } else {
-                format!(
-                    "cannot reach the S3 endpoint {}: check --endpoint-url and the network ({})",
-                    t.endpoint(),
-                    first_line(d)
-                )
-            }
+        StoreError::Credentials(d) if d.contains(".aws/login/") => format!(
+            "the profile's `aws login` session has no credentials cached here, or they expired: run `aws login` for that profile, then try again ({})",
+            first_line(d)
+        ),
+        // The default chain ends with instance metadata: its failure means nothing was found.
+        StoreError::Credentials(d)
+            if ["no credentials", "not loaded", "IMDS"]
+                .iter()
+                .any(|w| d.contains(w)) =>
+        {
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, save a connection, or pass --no-sign-request for a public bucket".to_string()
         }
+        StoreError::Credentials(d) => format!(
+            "cannot load the AWS credentials: {}; check the profile, connection or credential process",
+            first_line(d)
+        ),
+        StoreError::Unreachable(d) | StoreError::Timeout(d) => format!(
+            "cannot reach the S3 endpoint {}: check --endpoint-url and the network ({})",
+            t.endpoint(),
+            first_line(d)
+        ),
         StoreError::Throttled(m) => format!("{} is throttling requests ({m}); try again later", t.endpoint()),
         StoreError::Other(m) if m.contains("credentials") => {
             "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or save a connection"

@@ -750,3 +750,213 @@ fn aws_endpoint_variables_and_profiles_choose_the_endpoint() {
         text(&out)
     );
 }
+
+/// Request options saved with a connection reach what S3 stores for a mount by its label, and
+/// a flag given at mount wins over the saved value.
+#[test]
+fn a_connection_saves_request_options_and_flags_given_at_mount_win() {
+    let moto = S3Env::moto_full();
+    let config = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("saved-opts");
+    let args = [
+        "--bucket",
+        &moto.bucket,
+        "--endpoint-url",
+        &moto.endpoint,
+        "--region",
+        "us-east-1",
+        "--subfolder",
+        &prefix,
+        "--access-key-id",
+        &moto.key,
+        "--storage-class",
+        "STANDARD_IA",
+        "--upload-checksums",
+        "sha256",
+    ];
+    save(config.path(), "moto-opts", &args, &moto.secret);
+    let saved = fs::read_to_string(config.path().join("connections.toml")).unwrap();
+    assert!(
+        saved.contains("[connections.moto-opts.requests]"),
+        "{saved}"
+    );
+    let cfg = config.path().to_str().unwrap();
+    let envs = [
+        ("PAILFS_CONFIG_DIR", cfg),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+    ];
+    for (file, flags) in [
+        ("saved.txt", vec![]),
+        ("flagged.txt", vec!["--storage-class", "STANDARD"]),
+    ] {
+        let mut m = Mount::on(moto.clone(), "moto-opts", &prefix, &flags, &envs);
+        fs::write(m.p(file), b"options").unwrap();
+        m.unmount();
+    }
+    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
+    let head = |k: &str| {
+        rt().block_on(
+            client
+                .head_object()
+                .bucket(&moto.bucket)
+                .key(format!("{prefix}{k}"))
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send(),
+        )
+        .unwrap()
+    };
+    let saved = head("saved.txt");
+    assert_eq!(
+        saved.storage_class().map(|c| c.as_str()),
+        Some("STANDARD_IA")
+    );
+    assert!(saved.checksum_sha256().is_some(), "{saved:?}");
+    let flagged = head("flagged.txt");
+    assert_ne!(
+        flagged.storage_class().map(|c| c.as_str()),
+        Some("STANDARD_IA")
+    );
+}
+
+/// Credentials a connection can hold besides a key pair: a `credential_process` command (its
+/// JSON gives Garage's keys; nothing in the environment) and temporary keys with a session
+/// token, which then goes with every request (a proxy in front of the public moto counts it).
+#[test]
+fn credential_processes_and_session_tokens_in_connections() {
+    let e = S3Env::get();
+    let config = tempfile::tempdir().unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let script = config.path().join("creds.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho '{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"{}\"}}'\n",
+            e.key, e.secret
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o700)).unwrap();
+    let prefix = unique_prefix("credproc");
+    let add = [
+        "connection",
+        "add",
+        "garage-proc",
+        "--bucket",
+        &e.bucket,
+        "--endpoint-url",
+        &e.endpoint,
+        "--region",
+        &e.region,
+        "--subfolder",
+        &prefix,
+        "--credential-process",
+        script.to_str().unwrap(),
+    ];
+    let out = pailfs(config.path(), &add, &[], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let no_keys = [
+        ("PAILFS_CONFIG_DIR", cfg),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+    ];
+    let m = Mount::custom("garage-proc", &prefix, &[], &no_keys);
+    fs::write(m.p("via-process.txt"), b"keys from a command").unwrap();
+    assert_eq!(
+        fs::read(m.p("via-process.txt")).unwrap(),
+        b"keys from a command"
+    );
+    drop(m);
+
+    let endpoint = std::env::var("PAILFS_MOTO_PUBLIC_ENDPOINT").expect("run through scripts/test");
+    let proxy = common::proxy::FaultProxy::start(&endpoint);
+    let add = [
+        "connection",
+        "add",
+        "temporary",
+        "--bucket",
+        "pailfs-public",
+        "--endpoint-url",
+        &proxy.url,
+        "--region",
+        "us-east-1",
+        "--access-key-id",
+        "ASIATEMPORARY123",
+        "--secret-env",
+        "SECRET",
+        "--session-token-env",
+        "TOKEN",
+    ];
+    let envs = [
+        ("SECRET", "temporary-secret"),
+        ("TOKEN", "FwoGZXIvYXdzEXAMPLETOKEN"),
+    ];
+    let out = pailfs(config.path(), &add, &envs, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = pailfs(
+        config.path(),
+        &["connection", "show", "temporary"],
+        &[],
+        None,
+    );
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("session_token") && !text(&shown).contains("EXAMPLETOKEN"),
+        "{}",
+        text(&shown)
+    );
+    let out = pailfs(
+        config.path(),
+        &["check", "temporary", "--read-only"],
+        &[],
+        None,
+    );
+    assert!(
+        text(&out).contains("temporary access key"),
+        "{}",
+        text(&out)
+    );
+    let signed = proxy.count(|c| &c.signed);
+    assert!(signed > 0);
+    assert_eq!(
+        proxy.count(|c| &c.with_token),
+        signed,
+        "the token on every request"
+    );
+}
+
+/// A profile made by `aws login` (a `login_session`) is read by aws-config's login provider:
+/// with no session cached on this machine, the check says to run `aws login`, in one line.
+#[test]
+fn an_aws_login_profile_without_a_cached_session_says_to_run_aws_login() {
+    let e = S3Env::get();
+    let config = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir(home.path().join(".aws")).unwrap();
+    fs::write(
+        home.path().join(".aws/config"),
+        "[profile console]\nlogin_session = arn:aws:iam::123456789012:user/someone\nregion = us-east-1\n",
+    )
+    .unwrap();
+    let envs = [
+        ("HOME", home.path().to_str().unwrap()),
+        ("AWS_ENDPOINT_URL", e.endpoint.as_str()),
+    ];
+    let out = pailfs(
+        config.path(),
+        &["check", &e.bucket, "--profile", "console"],
+        &envs,
+        None,
+    );
+    assert!(!out.status.success());
+    let line = text(&out)
+        .lines()
+        .find(|l| l.contains("[FAIL]"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains("credentials") && line.contains("run `aws login`"),
+        "{}",
+        text(&out)
+    );
+}

@@ -340,14 +340,21 @@ fn read_location(
             );
             return Err(Stopped);
         }
-        Err(e @ (StoreError::Unreachable(_) | StoreError::Timeout(_))) => {
+        Err(
+            e @ (StoreError::Unreachable(_) | StoreError::Timeout(_) | StoreError::Credentials(_)),
+        ) => {
             let t = crate::diagnose::Target {
                 bucket: &target.bucket,
                 prefix: &target.subfolder,
                 endpoint: target.s3.endpoint_url.as_deref(),
                 region: target.s3.region.as_deref(),
             };
-            p.step("endpoint", Outcome::Failed, crate::diagnose::explain(e, &t));
+            let step = if matches!(e, StoreError::Credentials(_)) {
+                "credentials"
+            } else {
+                "endpoint"
+            };
+            p.step(step, Outcome::Failed, crate::diagnose::explain(e, &t));
             return Err(Stopped);
         }
         Err(_) => {}

@@ -14,7 +14,7 @@ use crate::fs::names::normalize_prefix;
 /// Runs a `connection` subcommand; returns the exit status.
 pub fn connection(cmd: ConnectionCommand) -> Result<i32, CliError> {
     match cmd {
-        ConnectionCommand::Add(a) => add(a).map(|_| 0),
+        ConnectionCommand::Add(a) => add(*a).map(|_| 0),
         ConnectionCommand::List(s) => {
             let f = ConnectionFile::load(&ConnectionFile::path_for(s.system))?;
             if f.connections.is_empty() {
@@ -95,6 +95,18 @@ fn read_secret(a: &ConnectionAddArgs, id: &str) -> Result<String, CliError> {
     Ok(secret)
 }
 
+fn read_token(a: &ConnectionAddArgs) -> Result<Option<String>, CliError> {
+    let Some(var) = &a.session_token_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+        _ => Err(CliError::Invalid(format!(
+            "--session-token-env {var}: the variable is not set or empty"
+        ))),
+    }
+}
+
 fn add(a: ConnectionAddArgs) -> Result<(), CliError> {
     validate_label(&a.label)?;
     let secret = match &a.access_key_id {
@@ -112,6 +124,9 @@ fn add(a: ConnectionAddArgs) -> Result<(), CliError> {
         profile: a.profile.clone(),
         access_key_id: a.access_key_id.clone(),
         secret_access_key: secret,
+        session_token: read_token(&a)?,
+        credential_process: a.credential_process.clone(),
+        requests: a.requests.clone(),
     }
     .validated()?;
     let path = ConnectionFile::path_for(a.system.system);

@@ -287,7 +287,7 @@ mod tests {
         );
         std::fs::write(
             &path,
-            "[connections.x]\nbucket = 'b'\nsession_token = 'tok3n'\n",
+            "[connections.x]\nbucket = 'b'\nsesion_token = 'tok3n'\n",
         )
         .unwrap();
         let e = ConnectionFile::load(&path).err().unwrap();

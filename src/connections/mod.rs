@@ -45,6 +45,17 @@ pub struct Connection {
     pub access_key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key: Option<String>,
+    /// The session token of temporary keys (STS), a secret like the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// A command printing credentials as JSON, as in AWS's `credential_process` (a password
+    /// manager, a vault, an SSO helper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_process: Option<String>,
+    /// Encryption, storage class, checksums, payer, owner, anonymous access
+    /// (`[connections.LABEL.requests]`); command-line flags win.
+    #[serde(default, skip_serializing_if = "crate::cli::RequestArgs::is_empty")]
+    pub requests: crate::cli::RequestArgs,
 }
 
 impl std::fmt::Debug for Connection {
@@ -64,6 +75,12 @@ impl std::fmt::Debug for Connection {
                 &m.access_key_id.as_deref().map(mask_key_id),
             )
             .field("secret_access_key", &m.secret_access_key)
+            .field("session_token", &m.session_token)
+            .field(
+                "credential_process",
+                &m.credential_process.as_deref().map(program_of),
+            )
+            .field("requests", &m.requests)
             .finish()
     }
 }
@@ -99,9 +116,20 @@ impl Connection {
                 "endpoint {e:?} must start with http:// or https://"
             )));
         }
-        if self.profile.is_some() && self.access_key_id.is_some() {
+        let sources = [
+            self.profile.is_some(),
+            self.access_key_id.is_some(),
+            self.credential_process.is_some(),
+            self.requests.no_sign_request,
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
             return Err(CliError::Invalid(
-                "use either a profile or an access key, not both".into(),
+                "use one source of credentials: a profile, an access key, a credential process, or none (no_sign_request)".into(),
+            ));
+        }
+        if self.session_token.is_some() && self.access_key_id.is_none() {
+            return Err(CliError::Invalid(
+                "a session token goes with an access key id and its secret".into(),
             ));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
@@ -132,8 +160,11 @@ impl Connection {
             s.static_keys = Some(StaticKeys {
                 access_key_id: id.clone(),
                 secret_access_key: secret.clone(),
-                session_token: None,
+                session_token: self.session_token.clone(),
             });
+        }
+        if self.credential_process.is_some() {
+            s.credential_process = self.credential_process.clone();
         }
     }
 
@@ -143,17 +174,30 @@ impl Connection {
         if c.secret_access_key.is_some() {
             c.secret_access_key = Some("********".into());
         }
+        if c.session_token.is_some() {
+            c.session_token = Some("********".into());
+        }
         c
     }
 
     /// How the credentials are found, for messages.
     pub fn credentials_source(&self) -> String {
-        match (&self.profile, &self.access_key_id) {
-            (Some(p), _) => format!("profile {p:?}"),
-            (None, Some(id)) => format!("access key {}", mask_key_id(id)),
-            (None, None) => "the default AWS credential chain".into(),
+        match (&self.profile, &self.access_key_id, &self.credential_process) {
+            (Some(p), _, _) => format!("profile {p:?}"),
+            (None, Some(id), _) if self.session_token.is_some() => {
+                format!("temporary access key {}", mask_key_id(id))
+            }
+            (None, Some(id), _) => format!("access key {}", mask_key_id(id)),
+            (None, None, Some(c)) => format!("credential process {:?}", program_of(c)),
+            _ if self.requests.no_sign_request => "no credentials (unsigned requests)".into(),
+            (None, None, None) => "the default AWS credential chain".into(),
         }
     }
+}
+
+/// The program of a command line, without its arguments (which may hold secrets).
+pub fn program_of(command: &str) -> &str {
+    command.split_whitespace().next().unwrap_or("")
 }
 
 /// Shows the first and last 4 characters of an access key id.

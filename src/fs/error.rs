@@ -31,6 +31,7 @@ impl ToErrno for StoreError {
             // As mountpoint-s3 answers it: the object exists, reading it is not allowed now.
             StoreError::Archived
             | StoreError::EncryptionKey(_)
+            | StoreError::Credentials(_)
             | StoreError::AccessDenied(_)
             | StoreError::InvalidAccessKey
             | StoreError::SignatureMismatch

@@ -410,7 +410,10 @@ where
     match &err {
         SdkError::TimeoutError(_) => StoreError::Timeout(causes(&err)),
         SdkError::DispatchFailure(d) => {
-            if d.is_timeout() {
+            let line = causes(&err);
+            if line.contains("loading credentials") || line.contains("no credentials") {
+                StoreError::Credentials(line)
+            } else if d.is_timeout() {
                 StoreError::Timeout(causes(&err))
             } else {
                 StoreError::Unreachable(causes(&err))

@@ -17,7 +17,18 @@
 use aws_sdk_s3::types::ChecksumAlgorithm;
 
 /// `--upload-checksums`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum UploadChecksums {
     #[default]
     Crc32c,

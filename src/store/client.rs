@@ -24,6 +24,8 @@ pub struct S3Settings {
     pub static_keys: Option<StaticKeys>,
     /// Unsigned requests, no credentials looked for (`--no-sign-request`: public buckets).
     pub anonymous: bool,
+    /// A command printing credentials as JSON (AWS's `credential_process` format).
+    pub credential_process: Option<String>,
     pub force_path_style: bool,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
@@ -202,6 +204,10 @@ async fn shared_config(s: &S3Settings) -> aws_config::SdkConfig {
     }
     if s.anonymous {
         loader = loader.no_credentials();
+    } else if let Some(c) = &s.credential_process {
+        loader = loader.credentials_provider(
+            aws_config::credential_process::CredentialProcessProvider::new(c.clone()),
+        );
     } else if let Some(k) = &s.static_keys {
         loader = loader.credentials_provider(Credentials::new(
             k.access_key_id.clone(),

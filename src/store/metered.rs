@@ -28,7 +28,7 @@ pub const OPS: [&str; 12] = {
 };
 
 /// Error kinds, as named in the metrics.
-pub const ERROR_KINDS: [&str; 16] = [
+pub const ERROR_KINDS: [&str; 17] = [
     "not_found",
     "precondition_failed",
     "access_denied",
@@ -45,6 +45,7 @@ pub const ERROR_KINDS: [&str; 16] = [
     "other",
     "archived",
     "encryption_key",
+    "credentials",
 ];
 
 fn kind(e: &StoreError) -> usize {
@@ -65,6 +66,7 @@ fn kind(e: &StoreError) -> usize {
         StoreError::NotImplemented(_) | StoreError::Other(_) => 13,
         StoreError::Archived => 14,
         StoreError::EncryptionKey(_) => 15,
+        StoreError::Credentials(_) => 16,
     }
 }
 

@@ -242,6 +242,10 @@ pub enum StoreError {
     SignatureMismatch,
     #[error("the session token has expired")]
     ExpiredToken,
+    /// No credentials could be loaded (none configured, a credential process that failed, an
+    /// `aws login` session with nothing cached); the request was never sent.
+    #[error("cannot load AWS credentials: {0}")]
+    Credentials(String),
     #[error("the bucket is in region {0:?}, not the configured one")]
     WrongRegion(Option<String>),
     #[error("cannot reach the endpoint: {0}")]

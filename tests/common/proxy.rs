@@ -54,6 +54,8 @@ pub struct Counts {
     pub forwarded: AtomicU64,
     /// Requests with an `Authorization` header (signed ones).
     pub signed: AtomicU64,
+    /// Requests carrying a session token (`x-amz-security-token`).
+    pub with_token: AtomicU64,
     /// Requests carrying a checksum of their body (`x-amz-checksum-crc32c` and the like).
     pub checksummed: AtomicU64,
     /// Requests whose payload is not signed (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
@@ -195,6 +197,9 @@ async fn handle(
     }
     if h.contains_key("authorization") {
         counts.signed.fetch_add(1, Ordering::SeqCst);
+    }
+    if h.contains_key("x-amz-security-token") {
+        counts.with_token.fetch_add(1, Ordering::SeqCst);
     }
     let sums = ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"];
     if sums
