@@ -256,6 +256,10 @@ pub struct S3Args {
     /// How objects are written and requests made (these can be saved in a connection).
     #[command(flatten)]
     pub requests: RequestArgs,
+    /// Trust the certificate authorities in this PEM file (beside the system's) for an HTTPS
+    /// endpoint (default: AWS_CA_BUNDLE, as the AWS CLI reads it).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
     /// Attempts per S3 request, retries included, with exponential backoff and jitter.
     #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,

@@ -290,6 +290,7 @@ pub fn s3_settings(
     s.requests = request_options(&r)?;
     s.force_path_style |= a.force_path_style;
     s.max_attempts = a.max_attempts.max(1);
+    s.ca_bundle = ca_bundle(a)?;
     if s.endpoint_url.is_none() {
         s.endpoint_url = crate::store::client::configured_endpoint(&s);
     }
@@ -301,6 +302,28 @@ pub fn s3_settings(
         )));
     }
     Ok(s)
+}
+
+/// The PEM certificates of `--ca-bundle`, or of `AWS_CA_BUNDLE` (which the AWS CLI and the
+/// other SDKs read, and aws-config does not).
+fn ca_bundle(a: &S3Args) -> Result<Option<Vec<u8>>, CliError> {
+    let path = match &a.ca_bundle {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
+            Some(v) => std::path::PathBuf::from(v),
+            None => return Ok(None),
+        },
+    };
+    let pem = std::fs::read(&path).map_err(|e| {
+        CliError::failed(format!("cannot read the CA bundle {}", path.display()), e)
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(CliError::Invalid(format!(
+            "the CA bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(Some(pem))
 }
 
 /// The request options of `r` (flags over a connection's), checked.

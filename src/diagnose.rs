@@ -74,6 +74,11 @@ pub fn explain(e: &StoreError, t: &Target<'_>) -> String {
             "cannot load the AWS credentials: {}; check the profile, connection or credential process",
             first_line(d)
         ),
+        StoreError::Unreachable(d) if d.contains("certificate") => format!(
+            "the TLS certificate of {} is not trusted ({}): pass --ca-bundle FILE with the certificate authority that signed it (or set AWS_CA_BUNDLE)",
+            t.endpoint(),
+            first_line(d)
+        ),
         StoreError::Unreachable(d) | StoreError::Timeout(d) => format!(
             "cannot reach the S3 endpoint {}: check --endpoint-url and the network ({})",
             t.endpoint(),

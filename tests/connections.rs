@@ -960,3 +960,71 @@ fn an_aws_login_profile_without_a_cached_session_says_to_run_aws_login() {
         text(&out)
     );
 }
+
+/// A private certificate authority for an HTTPS endpoint (a TLS front for Garage, its
+/// certificate signed by a CA made for the test): refused without it, in one line that says
+/// which flag helps; trusted with `--ca-bundle` or `AWS_CA_BUNDLE`.
+#[test]
+fn a_private_ca_is_trusted_with_ca_bundle_or_aws_ca_bundle() {
+    let e = S3Env::get();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    common::sh(&format!(
+        "cd '{d}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
+           -subj /CN=pailfs-test-ca 2>/dev/null \
+         && openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null \
+         && printf 'subjectAltName=IP:127.0.0.1\\n' > ext \
+         && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem \
+           -days 2 -extfile ext 2>/dev/null"
+    ));
+    let upstream = e.endpoint.trim_start_matches("http://");
+    let (host, port) = upstream.split_once(':').unwrap();
+    let mut front = Killed(
+        std::process::Command::new("python3")
+            .arg("tests/support/tls_forward.py")
+            .arg(dir.path().join("srv.pem"))
+            .arg(dir.path().join("srv.key"))
+            .args([host, port])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    let out = front.0.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    let https = format!("https://127.0.0.1:{}", line.trim());
+    let ca = dir.path().join("ca.pem");
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", e.key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", e.secret.as_str()),
+        ("AWS_REGION", e.region.as_str()),
+        ("AWS_ENDPOINT_URL", https.as_str()),
+        ("AWS_CA_BUNDLE", ""),
+    ];
+    let config = tempfile::tempdir().unwrap();
+    let check = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["check", e.bucket.as_str()];
+        args.extend_from_slice(extra);
+        pailfs(config.path(), &args, env, None)
+    };
+    let refused = check(&[], &keys);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("--ca-bundle"), "{}", text(&refused));
+    let flag = check(&["--ca-bundle", ca.to_str().unwrap()], &keys);
+    assert!(flag.status.success(), "{}", text(&flag));
+    let mut env = keys.to_vec();
+    env[4].1 = ca.to_str().unwrap();
+    let var = check(&[], &env);
+    assert!(var.status.success(), "{}", text(&var));
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

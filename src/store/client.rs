@@ -26,6 +26,9 @@ pub struct S3Settings {
     pub anonymous: bool,
     /// A command printing credentials as JSON (AWS's `credential_process` format).
     pub credential_process: Option<String>,
+    /// PEM certificates trusted beside the system's roots (`--ca-bundle`, `AWS_CA_BUNDLE`): a
+    /// private endpoint's certificate authority.
+    pub ca_bundle: Option<Vec<u8>>,
     pub force_path_style: bool,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
@@ -178,6 +181,24 @@ pub async fn caller_arn(s: &S3Settings) -> Result<String, String> {
         .ok_or_else(|| "STS answered without an ARN".to_string())
 }
 
+/// The SDK's own HTTPS client (rustls), trusting `pem`'s certificates beside the system's
+/// roots. aws-config reads no `AWS_CA_BUNDLE`, so this is how a private endpoint's authority is
+/// trusted.
+fn https_client_trusting(pem: &[u8]) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    let store = tls::TrustStore::default().with_pem_certificate(pem.to_vec());
+    let context = tls::TlsContext::builder()
+        .with_trust_store(store)
+        .build()
+        .expect("a TLS context of a trust store always builds");
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
+}
+
 /// What aws-config finds, with pailfs's explicit settings on top.
 async fn shared_config(s: &S3Settings) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -195,6 +216,9 @@ async fn shared_config(s: &S3Settings) -> aws_config::SdkConfig {
         );
     if let Some(p) = &s.profile {
         loader = loader.profile_name(p);
+    }
+    if let Some(pem) = &s.ca_bundle {
+        loader = loader.http_client(https_client_trusting(pem));
     }
     if let Some(r) = &s.region {
         loader = loader.region(Region::new(r.clone()));
