@@ -53,12 +53,21 @@ pub struct Report {
     pub unreachable_total: u64,
     pub unreachable: Vec<Skipped>,
     pub open_uploads: Vec<OpenUpload>,
+    /// Why unfinished uploads could not be listed, if they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_unknown: Option<String>,
     pub local: Vec<LocalItem>,
+    /// Objects in GLACIER or DEEP_ARCHIVE: reads answer `EACCES` until they are restored.
+    pub archived_total: u64,
+    pub archived: Vec<String>,
 }
 
 impl Report {
     pub fn has_findings(&self) -> bool {
-        self.unreachable_total > 0 || !self.open_uploads.is_empty() || !self.local.is_empty()
+        self.unreachable_total > 0
+            || self.archived_total > 0
+            || !self.open_uploads.is_empty()
+            || !self.local.is_empty()
     }
 }
 
@@ -118,9 +127,10 @@ pub async fn scan_keys<S: ObjectStore>(
     store: &S,
     prefix: &str,
     mut progress: impl FnMut(u64),
-) -> Result<(u64, u64, Vec<Skipped>), CliError> {
+) -> Result<Scan, CliError> {
     let mut pages = Pages::new(ListRequest::flat(prefix));
     let (mut scanned, mut total, mut listed) = (0u64, 0u64, Vec::new());
+    let mut archived = (0u64, Vec::new());
     let mut shadows = Shadows::default();
     let mut add = |key: String, reason: String, listed: &mut Vec<Skipped>| {
         total += 1;
@@ -133,6 +143,12 @@ pub async fn scan_keys<S: ObjectStore>(
         .await
         .map_err(|e| CliError::failed(format!("cannot list s3 prefix {prefix:?}"), e))?
     {
+        for key in page.archived {
+            archived.0 += 1;
+            if archived.1.len() < LISTED {
+                archived.1.push(key);
+            }
+        }
         for raw in &page.unreadable {
             scanned += 1;
             add(
@@ -164,7 +180,22 @@ pub async fn scan_keys<S: ObjectStore>(
         }
         progress(scanned);
     }
-    Ok((scanned, total, listed))
+    Ok(Scan {
+        scanned,
+        unreachable_total: total,
+        unreachable: listed,
+        archived_total: archived.0,
+        archived: archived.1,
+    })
+}
+
+/// What a scan of the keys found.
+pub struct Scan {
+    pub scanned: u64,
+    pub unreachable_total: u64,
+    pub unreachable: Vec<Skipped>,
+    pub archived_total: u64,
+    pub archived: Vec<String>,
 }
 
 /// What the cache directories of mounts of `bucket` under `cache_root` hold.
@@ -228,7 +259,24 @@ pub fn text(r: &Report) -> String {
             ));
         }
     }
-    if r.open_uploads.is_empty() {
+    if r.archived_total > 0 {
+        s.push_str(&format!(
+            "{} object(s) in GLACIER or DEEP_ARCHIVE: reads answer EACCES until they are restored (aws s3api restore-object):\n",
+            r.archived_total
+        ));
+        for k in &r.archived {
+            s.push_str(&format!("  {k:?}\n"));
+        }
+        if r.archived_total > r.archived.len() as u64 {
+            s.push_str(&format!(
+                "  ... and {} more\n",
+                r.archived_total - r.archived.len() as u64
+            ));
+        }
+    }
+    if let Some(why) = &r.uploads_unknown {
+        s.push_str(&format!("unfinished multipart uploads {why}\n"));
+    } else if r.open_uploads.is_empty() {
         s.push_str("no unfinished multipart uploads\n");
     } else {
         s.push_str(&format!(
@@ -266,21 +314,31 @@ pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, CliError> {
     let (bucket, prefix) = (&resolved.source.bucket, &resolved.source.prefix);
     let result = rt.block_on(async {
         let store = crate::store::aws::AwsStore::connect(&s3, bucket).await;
-        let (scanned, total, listed) = scan_keys(&store, prefix, |n| {
+        let scan = scan_keys(&store, prefix, |n| {
             if let Some(b) = &bar {
                 b.set_position(n);
             }
         })
         .await?;
-        let uploads = store.list_multipart_uploads(prefix).await.map_err(|e| {
-            CliError::failed(format!("cannot list multipart uploads under {prefix:?}"), e)
-        })?;
-        Ok::<_, CliError>((scanned, total, listed, uploads))
+        // The minimal policies leave s3:ListBucketMultipartUploads out: say so, go on.
+        let uploads = match store.list_multipart_uploads(prefix).await {
+            Ok(u) => Ok(u),
+            Err(crate::store::StoreError::AccessDenied(_)) => Err(
+                "not listed: the credentials may not list multipart uploads (s3:ListBucketMultipartUploads)".to_string(),
+            ),
+            Err(e) => {
+                return Err(CliError::failed(
+                    format!("cannot list multipart uploads under {prefix:?}"),
+                    e,
+                ));
+            }
+        };
+        Ok::<_, CliError>((scan, uploads))
     });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let (scanned, total, listed, uploads) = result?;
+    let (scan, uploads) = result?;
     let cache_root = a
         .cache_dir
         .clone()
@@ -288,10 +346,14 @@ pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, CliError> {
     let report = Report {
         bucket: bucket.clone(),
         prefix: prefix.clone(),
-        keys_scanned: scanned,
-        unreachable_total: total,
-        unreachable: listed,
+        keys_scanned: scan.scanned,
+        unreachable_total: scan.unreachable_total,
+        unreachable: scan.unreachable,
+        archived_total: scan.archived_total,
+        archived: scan.archived,
+        uploads_unknown: uploads.as_ref().err().cloned(),
         open_uploads: uploads
+            .unwrap_or_default()
             .into_iter()
             .map(|u| OpenUpload {
                 key: u.key,
@@ -350,7 +412,12 @@ mod tests {
         for k in bad {
             s.insert(k, if k == "p/marker/" { "data" } else { "" });
         }
-        let (scanned, total, listed) = scan_keys(&s, "p/", |_| {}).await.unwrap();
+        let Scan {
+            scanned,
+            unreachable_total: total,
+            unreachable: listed,
+            ..
+        } = scan_keys(&s, "p/", |_| {}).await.unwrap();
         assert_eq!(scanned as usize, ok.len() + bad.len());
         let mut keys: Vec<&str> = listed.iter().map(|k| k.key.as_str()).collect();
         keys.sort();

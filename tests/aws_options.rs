@@ -65,7 +65,8 @@ fn encryption_and_storage_class_reach_every_object_written() {
 }
 
 /// An object in a Glacier class cannot be read until restored: a read answers at once with
-/// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO.
+/// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO;
+/// `pailfs doctor` lists it.
 #[test]
 fn an_archived_object_is_refused_at_once_with_what_to_do() {
     let moto = S3Env::moto_full();
@@ -81,6 +82,15 @@ fn an_archived_object_is_refused_at_once_with_what_to_do() {
             .send(),
     )
     .unwrap();
+    rt().block_on(
+        client
+            .put_object()
+            .bucket(&moto.bucket)
+            .key(format!("{prefix}warm.txt"))
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"readable"))
+            .send(),
+    )
+    .unwrap();
     let source = format!("{}:{prefix}", moto.bucket);
     let m = Mount::on(moto.clone(), &source, &prefix, &[], &[]);
     let started = std::time::Instant::now();
@@ -89,6 +99,23 @@ fn an_archived_object_is_refused_at_once_with_what_to_do() {
     assert!(started.elapsed().as_secs() < 10);
     let log = m.log_text();
     assert!(log.contains("archived") && log.contains("restore"), "{log}");
+    drop(m);
+    // `pailfs doctor` lists it, and only it, as waiting for a restore.
+    let mut doctor = std::process::Command::new(crate::common::pailfs_bin());
+    moto.apply(&mut doctor)
+        .args(["doctor", &source, "--json"])
+        .arg("--cache-dir")
+        .arg(std::env::temp_dir().join(format!("pailfs-doctor-{}", std::process::id())));
+    let out = doctor.output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["archived_total"], 1, "{report}");
+    assert_eq!(
+        report["archived"][0],
+        format!("{prefix}cold.bin"),
+        "{report}"
+    );
+    assert_eq!(out.status.code(), Some(1), "a finding: exit 1");
 }
 
 /// Objects get the Content-Type their name implies (a website or CDN serves them with it): on

@@ -23,6 +23,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective,
+    ObjectStorageClass,
 };
 use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
@@ -552,6 +553,12 @@ impl ObjectStore for AwsStore {
                 page.unreadable.push(raw.to_string());
                 continue;
             };
+            if matches!(
+                o.storage_class(),
+                Some(ObjectStorageClass::Glacier | ObjectStorageClass::DeepArchive)
+            ) {
+                page.archived.push(key.clone());
+            }
             page.objects.push(ObjectMeta {
                 key,
                 size: o.size().unwrap_or(0).max(0) as u64,

@@ -58,6 +58,9 @@ pub struct ListPage {
     /// Keys the server listed that are not UTF-8, percent-encoded; not in `objects` (no file
     /// name or key this program can use names them).
     pub unreadable: Vec<String>,
+    /// Keys of `objects` in a storage class that must be restored before a read (GLACIER,
+    /// DEEP_ARCHIVE), as the listing says.
+    pub archived: Vec<String>,
 }
 
 /// Parameters of a LIST request.
