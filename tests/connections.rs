@@ -1028,3 +1028,26 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Credentials that may write but not delete (no s3:DeleteObject) still get a read-write mount:
+/// files are written; `rm` answers `EACCES` and the log says once what that means.
+#[test]
+fn credentials_that_cannot_delete_still_mount_and_say_so_at_the_first_refusal() {
+    let moto = S3Env {
+        key: var("PAILFS_MOTO_NODEL_KEY"),
+        secret: var("PAILFS_MOTO_NODEL_SECRET"),
+        ..S3Env::moto_full()
+    };
+    let prefix = unique_prefix("nodel");
+    let source = format!("{}:{prefix}", moto.bucket);
+    let mut m = Mount::on(moto, &source, &prefix, &[], &[]);
+    fs::write(m.p("kept.txt"), b"written").unwrap();
+    for _ in 0..2 {
+        let err = fs::remove_file(m.p("kept.txt")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    }
+    assert_eq!(fs::read(m.p("kept.txt")).unwrap(), b"written");
+    m.unmount();
+    let log = m.log_text();
+    assert_eq!(log.matches("may not delete objects").count(), 1, "{log}");
+}

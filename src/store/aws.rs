@@ -57,6 +57,8 @@ pub struct AwsStore {
     opts: RequestOptions,
     /// Nothing can change the bytes on the way to the endpoint (see `checksums`).
     unsigned_ok: bool,
+    /// A DELETE was refused (said once).
+    delete_refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AwsStore {
@@ -67,6 +69,7 @@ impl AwsStore {
             spacing: Default::default(),
             opts: RequestOptions::default(),
             unsigned_ok: false,
+            delete_refused: Default::default(),
         }
     }
 
@@ -829,9 +832,22 @@ impl ObjectStore for AwsStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let req =
             crate::paid!(self.client.delete_object().bucket(&self.bucket), self.opts).key(key);
-        self.spaced(key, async { req.send().await.map_err(map_err) })
-            .await?;
-        Ok(())
+        let r = self
+            .spaced(key, async { req.send().await.map_err(map_err) })
+            .await;
+        if matches!(r, Err(StoreError::AccessDenied(_)))
+            && !self
+                .delete_refused
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Deleting is not probed at mount (on a versioned bucket even a delete of nothing
+            // leaves a marker); the first refusal says what it means for the whole mount.
+            log::warn!(
+                "notice: these credentials may not delete objects in {} (s3:DeleteObject): rm, rmdir and renames answer EACCES on this mount; `pailfs check` lists what is missing",
+                self.bucket
+            );
+        }
+        r.map(|_| ())
     }
 }
 

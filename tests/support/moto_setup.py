@@ -48,6 +48,10 @@ policies = {
         stmt(["s3:GetObject"], f"{B}/path/to/subfolder/*"),
     ],
     "WO": [stmt(["s3:PutObject"], f"{B}/*")],
+    "NODEL": [
+        stmt(["s3:ListBucket", "s3:GetBucketLocation"], B),
+        stmt(["s3:PutObject", "s3:GetObject"], f"{B}/*"),
+    ],
     "PARTIAL": [
         stmt(["s3:ListBucket", "s3:GetBucketLocation"], B),
         stmt(["s3:GetObject", "s3:DeleteObject"], f"{B}/*"),
