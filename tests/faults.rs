@@ -235,7 +235,8 @@ fn sizes_at_every_boundary_round_trip() {
 
 /// Keys S3 accepts but file systems may not, put straight into the bucket.
 fn hostile_corpus(prefix: &str) -> (Vec<(String, String)>, Vec<String>) {
-    let long_name = "n".repeat(255);
+    // Longer than Linux's usual NAME_MAX (255): FUSE passes names up to 1,024 bytes.
+    let long_name = "n".repeat(600);
     let long_key_rel = format!(
         "long/{}/{}/{}/{}",
         "a".repeat(250),
@@ -274,7 +275,6 @@ fn hostile_corpus(prefix: &str) -> (Vec<(String, String)>, Vec<String>) {
         "x//y",
         "./dot",
         "dots/../up",
-        &"t".repeat(256),
         "marker-with-data/",
         "nul-\u{0}-byte",
     ]

@@ -209,6 +209,37 @@ fn fifos_sockets_and_device_nodes_are_stored_with_their_type() {
     assert!(listed.iter().any(|t| t.is_fifo()) && listed.iter().any(|t| t.is_char_device()));
 }
 
+/// Names longer than 255 bytes work as far as their key fits in S3's 1,024 bytes (as in s3fs);
+/// one whose key would not answers `ENAMETOOLONG` and stores nothing, and `statfs` reports
+/// FUSE's 1,024-byte name limit.
+#[test]
+fn names_up_to_1024_bytes_work_where_the_key_fits() {
+    let m = MemMount::new(&[]);
+    let long = "n".repeat(600);
+    std::fs::write(m.p(&long), b"long name").unwrap();
+    assert_eq!(m.store.peek(&long).as_deref(), Some(&b"long name"[..]));
+    std::fs::create_dir(m.p("d")).unwrap();
+    let too_long = format!("d/{}", "x".repeat(1023));
+    let e = std::fs::write(m.p(&too_long), b"x").unwrap_err();
+    assert_eq!(errno(&e), libc::ENAMETOOLONG, "{e}");
+    let e = std::fs::create_dir(m.p(&"y".repeat(1024))).unwrap_err();
+    assert_eq!(
+        errno(&e),
+        libc::ENAMETOOLONG,
+        "a marker needs one byte more: {e}"
+    );
+    assert!(
+        m.store
+            .keys()
+            .iter()
+            .all(|k| !k.contains("xxxx") && !k.contains("yyyy"))
+    );
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let path = c_path(m.p(""));
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    assert_eq!(st.f_namemax, 1024);
+}
+
 /// A directory's link count is 2 plus its subdirectories, as find and pjdfstest expect.
 #[test]
 fn a_directory_counts_its_subdirectories_in_its_link_count() {

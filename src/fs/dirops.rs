@@ -39,6 +39,7 @@ impl<S: ObjectStore> Fs<S> {
         let _fence = self.ns.shared().await;
         self.ensure_absent(parent, name, "mkdir").await?;
         let prefix = child_prefix(&self.ns.dir_key(parent)?, name);
+        names::fits(&prefix)?;
         let mut stat = Stat::new(Kind::Dir, &self.config.defaults, SystemTime::now());
         stat.perm = (mode & !umask & 0o7777) as u16;
         stat.uid = uid;

@@ -77,8 +77,10 @@ pub enum NsError {
     NotEmpty,
     #[error("{0} must be UTF-8 to be stored in S3")]
     NotUtf8(&'static str),
-    #[error("name longer than 255 bytes")]
+    #[error("name longer than 1,024 bytes")]
     NameTooLong,
+    #[error("the key would be {0} bytes; S3 keys hold at most 1,024")]
+    KeyTooLong(usize),
     #[error("invalid file name {0:?}")]
     InvalidName(String),
     #[error(
@@ -112,7 +114,7 @@ impl ToErrno for NsError {
             NsError::BadFileType => libc::EINVAL,
             NsError::Exists(_) | NsError::CaseCollision { .. } => libc::EEXIST,
             NsError::NotEmpty => libc::ENOTEMPTY,
-            NsError::NameTooLong => libc::ENAMETOOLONG,
+            NsError::NameTooLong | NsError::KeyTooLong(_) => libc::ENAMETOOLONG,
             NsError::NotASymlink
             | NsError::NotARegularFile
             | NsError::NotUtf8(_)

@@ -40,6 +40,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Counts one kernel lookup (for entries returned by readdirplus).
     /// Finds `name` in `parent` (ignoring case in case-insensitive mode).
     pub(crate) async fn resolve(&self, parent: Ino, name: &str, count: bool) -> FsResult<Attr> {
+        names::fits(&child_key(&self.ns.dir_key(parent)?, name))?;
         if self.config.case_insensitive {
             self.ci_resolve(parent, name, count).await
         } else {

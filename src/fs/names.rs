@@ -5,12 +5,16 @@
 //! directory). Not every key maps to a name a POSIX system can show:
 //!
 //! * an empty segment (`a//b`, a leading `/`) or a `.`/`..` segment has no name;
-//! * a segment longer than 255 bytes is over `NAME_MAX`;
+//! * a segment longer than 1,024 bytes is over FUSE's name limit;
 //! * a key ending in `/` that holds bytes is shown as the directory it implies, and its
 //!   content is not reachable.
 //!
 //! Such keys are skipped and reported once each through [`SkipLog`]; they never crash a listing.
 //! Names written through the mount must be UTF-8 because S3 keys are.
+//!
+//! A name may be as long as FUSE passes (1,024 bytes, as s3fs allows), where its key fits in
+//! S3's 1,024 bytes: a name whose key would not (with the mount's prefix and the directories
+//! above it) answers `ENAMETOOLONG`, as a path over `PATH_MAX` does, before anything is made.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -18,8 +22,24 @@ use std::sync::Mutex;
 
 use super::error::{FsResult, NsError};
 
-/// Linux `NAME_MAX`.
-pub const NAME_MAX: usize = 255;
+/// The longest name: FUSE's limit (`FUSE_NAME_MAX`), also what `statfs` reports.
+pub const NAME_MAX: usize = 1024;
+
+/// S3's longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+
+/// `ENAMETOOLONG` unless `key` fits in an S3 key.
+pub fn fits(key: &str) -> FsResult<()> {
+    fits_len(key.len())
+}
+
+/// `ENAMETOOLONG` unless a key of `len` bytes fits in an S3 key.
+pub fn fits_len(len: usize) -> FsResult<()> {
+    if len > MAX_KEY {
+        return Err(NsError::KeyTooLong(len).into());
+    }
+    Ok(())
+}
 
 /// Why a listed key cannot appear as a file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +63,7 @@ impl std::fmt::Display for Unrepresentable {
                 "it has an empty path segment (\"//\" or a leading \"/\")"
             }
             Unrepresentable::DotSegment => "it has a \".\" or \"..\" segment",
-            Unrepresentable::TooLong => "a segment is longer than 255 bytes",
+            Unrepresentable::TooLong => "a segment is longer than 1,024 bytes",
             Unrepresentable::ContentInDirectoryMarker => {
                 "it ends in \"/\" but holds data; shown as a directory, its bytes are not reachable"
             }
@@ -169,22 +189,29 @@ mod tests {
         assert_eq!(check_segment(""), Err(Unrepresentable::EmptySegment));
         assert_eq!(check_segment(".."), Err(Unrepresentable::DotSegment));
         assert_eq!(
-            check_segment(&"x".repeat(256)),
+            check_segment(&"x".repeat(1025)),
             Err(Unrepresentable::TooLong)
         );
-        assert!(check_segment(&"x".repeat(255)).is_ok());
+        assert!(check_segment(&"x".repeat(1024)).is_ok());
+        assert!(fits(&"k".repeat(1024)).is_ok());
+        assert_eq!(
+            fits(&"k".repeat(1025)).unwrap_err().errno(),
+            libc::ENAMETOOLONG
+        );
         assert!(check_segment("a b%+#?").is_ok());
     }
 
     #[test]
     fn kernel_names() {
         assert!(name_from_os(OsStr::new("ok.txt")).is_ok());
+        // 2 bytes each: 1,026 bytes is over FUSE's limit, 256 bytes is a name.
         assert_eq!(
-            name_from_os(OsStr::new(&"é".repeat(128)))
+            name_from_os(OsStr::new(&"é".repeat(513)))
                 .unwrap_err()
                 .errno(),
             libc::ENAMETOOLONG
         );
+        assert!(name_from_os(OsStr::new(&"é".repeat(128))).is_ok());
         use std::os::unix::ffi::OsStrExt;
         assert_eq!(
             name_from_os(OsStr::from_bytes(b"\xff"))

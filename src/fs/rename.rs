@@ -104,6 +104,11 @@ impl<S: ObjectStore> Fs<S> {
             from: (parent, name),
             to: (newparent, newname),
         };
+        names::fits(&if src.is_dir() {
+            child_prefix(&new_dir_key, newname)
+        } else {
+            child_key(&new_dir_key, newname)
+        })?;
         let result = if src.is_dir() {
             let new_prefix = child_prefix(&new_dir_key, newname);
             if new_prefix.starts_with(&src.key) {
@@ -380,6 +385,10 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         let keys = self.list_all(&old_prefix).await?;
+        // Every key below must still fit under the new name, or nothing moves.
+        if let Some(longest) = keys.iter().map(|o| o.key.len()).max() {
+            names::fits_len(longest - old_prefix.len() + new_prefix.len())?;
+        }
         let limit = self.config.max_rename_objects;
         if keys.len() as u64 > limit {
             log::warn!(
