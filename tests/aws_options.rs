@@ -8,13 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 
 use pailfs::store::ObjectStore;
 
-use crate::common::{Mount, S3Env, rt, unique_prefix, write_synced};
-
-fn head(moto: &S3Env, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
-    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
-    rt().block_on(client.head_object().bucket(&moto.bucket).key(key).send())
-        .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"))
-}
+use crate::common::{
+    Mount, S3Env, crc32c_b64, head_object as head, rt, unique_prefix, write_synced,
+};
 
 /// `--sse aws:kms --sse-kms-key-id K --bucket-key --storage-class STANDARD_IA` reach every
 /// object pailfs writes, as S3 (moto) stored them: a PUT, a multipart upload, a chmod (a
@@ -316,20 +312,8 @@ fn uploads_carry_a_crc32c_and_a_server_that_ignores_it_is_found_at_mount() {
         assert_eq!(got("small.txt", small.len()), small);
         assert_eq!(got("big.bin", big.len()), big);
         if !ignored {
-            let client = rt().block_on(pailfs::store::client::build_client(&e.settings()));
-            let h = rt()
-                .block_on(
-                    client
-                        .head_object()
-                        .bucket(&e.bucket)
-                        .key(format!("{prefix}small.txt"))
-                        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                        .send(),
-                )
-                .unwrap();
-            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &small) as u32;
-            use base64::Engine;
-            let want = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());
+            let h = head(&e, &format!("{prefix}small.txt"));
+            let want = crc32c_b64(&small);
             assert_eq!(h.checksum_crc32_c(), Some(want.as_str()));
         }
     }
@@ -353,17 +337,7 @@ fn the_chosen_checksum_is_what_s3_keeps() {
         fs::write(m.p("f"), &data).unwrap();
         m.unmount();
         assert!(!m.log_text().contains("does not take"), "{}", m.log_text());
-        let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
-        let h = rt()
-            .block_on(
-                client
-                    .head_object()
-                    .bucket(&moto.bucket)
-                    .key(format!("{prefix}f"))
-                    .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                    .send(),
-            )
-            .unwrap();
+        let h = head(&moto, &format!("{prefix}f"));
         use base64::Engine;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         if alg == "sha256" {
@@ -371,8 +345,7 @@ fn the_chosen_checksum_is_what_s3_keeps() {
             let want = b64(&sha2::Sha256::digest(&data));
             assert_eq!(h.checksum_sha256(), Some(want.as_str()));
         } else {
-            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &data) as u32;
-            assert_eq!(h.checksum_crc32_c(), Some(b64(&crc.to_be_bytes()).as_str()));
+            assert_eq!(h.checksum_crc32_c(), Some(crc32c_b64(&data).as_str()));
         }
     }
 }

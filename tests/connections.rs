@@ -703,6 +703,14 @@ fn the_bucket_policy_form_names_these_credentials_identity() {
     assert!(human.contains("IAM user"), "{human}");
 }
 
+/// A home directory whose `~/.aws/config` is `config`.
+fn aws_home(config: &str) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir(home.path().join(".aws")).unwrap();
+    fs::write(home.path().join(".aws/config"), config).unwrap();
+    home
+}
+
 /// AWS's own endpoint settings choose the endpoint through aws-config, as for any AWS tool:
 /// `AWS_ENDPOINT_URL_S3` (the S3-only variable), a profile's `endpoint_url`, and
 /// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` turning both off (the check then goes to AWS).
@@ -727,16 +735,10 @@ fn aws_endpoint_variables_and_profiles_choose_the_endpoint() {
     ignored.push(("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"));
     let out = pailfs(config.path(), &["check", &e.bucket], &ignored, None);
     assert!(text(&out).contains("at AWS S3"), "{}", text(&out));
-    let home = tempfile::tempdir().unwrap();
-    fs::create_dir(home.path().join(".aws")).unwrap();
-    fs::write(
-        home.path().join(".aws/config"),
-        format!(
-            "[profile garage]\nendpoint_url = {}\nregion = {}\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            e.endpoint, e.region, e.key, e.secret
-        ),
-    )
-    .unwrap();
+    let home = aws_home(&format!(
+        "[profile garage]\nendpoint_url = {}\nregion = {}\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        e.endpoint, e.region, e.key, e.secret
+    ));
     let home_env = [("HOME", home.path().to_str().unwrap())];
     let out = pailfs(
         config.path(),
@@ -794,18 +796,7 @@ fn a_connection_saves_request_options_and_flags_given_at_mount_win() {
         fs::write(m.p(file), b"options").unwrap();
         m.unmount();
     }
-    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
-    let head = |k: &str| {
-        rt().block_on(
-            client
-                .head_object()
-                .bucket(&moto.bucket)
-                .key(format!("{prefix}{k}"))
-                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                .send(),
-        )
-        .unwrap()
-    };
+    let head = |k: &str| common::head_object(&moto, &format!("{prefix}{k}"));
     let saved = head("saved.txt");
     assert_eq!(
         saved.storage_class().map(|c| c.as_str()),
@@ -931,13 +922,9 @@ fn credential_processes_and_session_tokens_in_connections() {
 fn an_aws_login_profile_without_a_cached_session_says_to_run_aws_login() {
     let e = S3Env::get();
     let config = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    fs::create_dir(home.path().join(".aws")).unwrap();
-    fs::write(
-        home.path().join(".aws/config"),
+    let home = aws_home(
         "[profile console]\nlogin_session = arn:aws:iam::123456789012:user/someone\nregion = us-east-1\n",
-    )
-    .unwrap();
+    );
     let envs = [
         ("HOME", home.path().to_str().unwrap()),
         ("AWS_ENDPOINT_URL", e.endpoint.as_str()),

@@ -505,3 +505,23 @@ pub fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)?;
     f.sync_all()
 }
+
+/// What S3 stored for `key` (a HEAD with the SDK, checksums asked for), for tests that assert
+/// the headers of stored objects.
+pub fn head_object(env: &S3Env, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+    let client = rt().block_on(build_client(&env.settings()));
+    let req = client
+        .head_object()
+        .bucket(&env.bucket)
+        .key(key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+    rt().block_on(req.send())
+        .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"))
+}
+
+/// The CRC32C of `data` as S3 writes it in `x-amz-checksum-crc32c` (base64, big-endian).
+pub fn crc32c_b64(data: &[u8]) -> String {
+    use base64::Engine;
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
