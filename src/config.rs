@@ -294,6 +294,13 @@ pub fn s3_settings(
     if s.endpoint_url.is_none() {
         s.endpoint_url = crate::store::client::configured_endpoint(&s);
     }
+    if s.requests.sse_c.is_some()
+        && !crate::store::checksums::unsigned_payload_safe(s.endpoint_url.as_deref())
+    {
+        return Err(CliError::Invalid(
+            "SSE-C sends the key with every request: it needs an https:// endpoint (or a loopback address), not plain HTTP".into(),
+        ));
+    }
     if let Some(e) = &s.endpoint_url
         && !(e.starts_with("http://") || e.starts_with("https://"))
     {
@@ -336,6 +343,11 @@ fn request_options(r: &crate::cli::RequestArgs) -> Result<RequestOptions, CliErr
     )?;
     o.requester_pays = r.requester_pays;
     o.checksum = r.upload_checksums.unwrap_or_default().algorithm();
+    if r.sse.is_some() && r.sse_c_key_file.is_some() {
+        return Err(CliError::Invalid(
+            "--sse and --sse-c-key-file (given or saved in the connection) exclude each other: keep one".into(),
+        ));
+    }
     if let Some(file) = &r.sse_c_key_file {
         o.sse_c = Some(crate::store::customer_key::CustomerKey::from_file(file)?);
     }
@@ -623,6 +635,26 @@ fn unescape_mountinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_and_sse_c_exclude_each_other_even_when_one_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        std::fs::write(&key, [1u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let flags = crate::cli::RequestArgs {
+            sse_c_key_file: Some(key),
+            ..Default::default()
+        };
+        let saved = crate::cli::RequestArgs {
+            sse: Some("AES256".into()),
+            ..Default::default()
+        };
+        let e = request_options(&flags.over(Some(&saved))).unwrap_err();
+        assert!(e.to_string().contains("exclude each other"), "{e}");
+        assert!(request_options(&flags).is_ok());
+    }
 
     #[test]
     fn sources() {

@@ -394,7 +394,7 @@ mod tests {
         for k in ok {
             s.insert(k, "");
         }
-        let long = format!("p/{}", "x".repeat(256));
+        let long = format!("p/{}", "x".repeat(1025));
         let bad = [
             "p//lead",
             "p/x//y",

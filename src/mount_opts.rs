@@ -187,6 +187,8 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> 
         "public_bucket" if value.is_none_or(|v| v == "1") => {
             Ok(Some(vec!["--no-sign-request".into()]))
         }
+        // s3fs's default.
+        "public_bucket" if value == Some("0") => Ok(Some(vec![])),
         "storage_class" => plain("--storage-class"),
         // s3fs: use_sse (or =1) is SSE-S3; kmsid / kmsid:KEY is SSE-KMS; custom is SSE-C.
         "use_sse" => match value {
@@ -345,6 +347,8 @@ mod tests {
             sse[4..].join(" "),
             "--sse aws:kms --sse-kms-key-id alias/k --storage-class STANDARD_IA --requester-pays --no-sign-request"
         );
+        let default = run(&["pailfs", "b", "/m", "-o", "public_bucket=0"]).unwrap();
+        assert_eq!(default[4..].len(), 0, "{default:?}");
         let ssec = run(&["pailfs", "b", "/m", "-o", "use_sse=custom:/etc/sse-c.keys"]).unwrap();
         assert_eq!(ssec[4..].join(" "), "--sse-c-key-file /etc/sse-c.keys");
         for refused in ["use_sse=custom", "default_acl=public-read"] {

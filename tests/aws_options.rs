@@ -170,8 +170,20 @@ fn sse_c_encrypts_every_object_and_a_mount_without_the_key_says_so() {
     let right = key_file(keys.path(), "right", 7);
     let wrong = key_file(keys.path(), "wrong", 9);
     let big = crate::common::pseudo_random(6 << 20, 3);
+    // A "folder" another tool made, without a key: shown as a directory all the same.
+    rt().block_on(async {
+        let s = e.store().await;
+        s.put(
+            &format!("{prefix}console-folder/"),
+            bytes::Bytes::new(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    });
     let args = ["--sse-c-key-file", right.as_str(), "--part-size", "5M"];
     let mut m = Mount::with_args(&prefix, &args);
+    assert!(m.p("console-folder").is_dir());
     write_synced(&m.p("small.txt"), b"sealed").unwrap();
     write_synced(&m.p("big.bin"), &big).unwrap();
     fs::set_permissions(m.p("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
@@ -186,6 +198,18 @@ fn sse_c_encrypts_every_object_and_a_mount_without_the_key_says_so() {
     assert!(
         matches!(plain, Err(pailfs::store::StoreError::EncryptionKey(_))),
         "{plain:?}"
+    );
+    // The key goes with every request: never over plain HTTP to another host.
+    let mut plain = std::process::Command::new(crate::common::pailfs_bin());
+    e.apply(&mut plain)
+        .args(["check", &e.bucket, "--sse-c-key-file", &right]);
+    plain.env("AWS_ENDPOINT_URL", "http://192.0.2.1:9000");
+    let out = plain.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("https://") && err.lines().count() == 1,
+        "{err}"
     );
     for (what, flags) in [
         ("another key", vec!["--sse-c-key-file", wrong.as_str()]),

@@ -177,6 +177,12 @@ impl Connection {
         if c.session_token.is_some() {
             c.session_token = Some("********".into());
         }
+        if let Some(cmd) = &c.credential_process
+            && program_of(cmd) != cmd.trim()
+        {
+            // Its arguments may hold a token.
+            c.credential_process = Some(format!("{} ********", program_of(cmd)));
+        }
         c
     }
 
@@ -214,6 +220,21 @@ pub fn mask_key_id(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_process_is_shown_without_its_arguments() {
+        let c = Connection {
+            bucket: "b".into(),
+            credential_process: Some("/usr/bin/vault-creds --token s3cr3t".into()),
+            ..Default::default()
+        };
+        let shown = toml::to_string(&c.masked()).unwrap();
+        assert!(
+            shown.contains("vault-creds") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
 
     #[test]
     fn debug_masks_the_secret_and_key_ids_of_any_text_are_masked() {

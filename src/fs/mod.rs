@@ -143,7 +143,8 @@ impl FsConfig {
 pub struct Attr {
     pub ino: Ino,
     pub stat: Stat,
-    /// 0 once the name was removed while the file is still open; else 1 (2 for directories).
+    /// 0 once the name was removed while the file is still open; else 1, or for a directory 2
+    /// plus its known subdirectories.
     pub nlink: u32,
     /// Another spelling of an existing name (case-insensitive mode): never cached by the kernel.
     pub alias: bool,

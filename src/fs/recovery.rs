@@ -362,12 +362,30 @@ fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
 }
 
 /// The key's path below the mount root, with nothing that could leave the directory.
+/// A key segment as a local file name: one over the local 255-byte limit (names through the
+/// mount go up to 1,024) is cut and given a hash of the whole; RECOVERY.txt has the full key.
+fn local_segment(seg: &str) -> String {
+    const LOCAL_NAME_MAX: usize = 255;
+    if seg.len() <= LOCAL_NAME_MAX {
+        return seg.to_string();
+    }
+    let mut cut = 200;
+    while !seg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}~{}",
+        &seg[..cut],
+        crate::private::stable_hash(&[seg.as_bytes()])
+    )
+}
+
 fn relative_path(key: &str, prefix: &str) -> PathBuf {
     let rel = key.strip_prefix(prefix).unwrap_or(key);
     let mut p = PathBuf::new();
     for seg in rel.split('/') {
         if !seg.is_empty() && seg != "." && seg != ".." {
-            p.push(seg);
+            p.push(local_segment(seg));
         }
     }
     if p.as_os_str().is_empty() {
@@ -424,6 +442,20 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::{ObjectStore, UserMeta};
     use bytes::Bytes;
+
+    #[test]
+    fn long_key_segments_become_local_names_that_fit() {
+        let long = "é".repeat(300);
+        let p = relative_path(&format!("pre/{long}/f"), "pre/");
+        let first = p.iter().next().unwrap().to_str().unwrap();
+        assert!(first.len() <= 255, "{} bytes", first.len());
+        assert_ne!(
+            local_segment(&long),
+            local_segment(&format!("{long}x")),
+            "two long names stay apart"
+        );
+        assert_eq!(local_segment("short"), "short");
+    }
 
     fn lines(recs: &[Record]) -> String {
         recs.iter()

@@ -385,8 +385,12 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         let keys = self.list_all(&old_prefix).await?;
-        // Every key below must still fit under the new name, or nothing moves.
-        if let Some(longest) = keys.iter().map(|o| o.key.len()).max() {
+        // Every key below must still fit under the new name, or nothing moves: those in S3,
+        // and those of files created below and not uploaded yet.
+        let unsaved = open
+            .iter()
+            .filter_map(|(ino, _)| self.ns.get(*ino).map(|i| i.key.len()));
+        if let Some(longest) = keys.iter().map(|o| o.key.len()).chain(unsaved).max() {
             names::fits_len(longest - old_prefix.len() + new_prefix.len())?;
         }
         let limit = self.config.max_rename_objects;

@@ -513,14 +513,25 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
 
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let out = crate::customer_key!(
+        let req = crate::customer_key!(
             crate::paid!(self.client.head_object().bucket(&self.bucket), self.opts),
             self.opts
         )
-        .key(key)
-        .send()
-        .await
-        .map_err(map_err)?;
+        .key(key);
+        let out = match req.send().await.map_err(map_err) {
+            // A directory marker another tool made (a console "folder") carries no customer
+            // key and holds no data: its attributes are read without the key.
+            Err(StoreError::EncryptionKey(_))
+                if key.ends_with('/') && self.opts.sse_c.is_some() =>
+            {
+                crate::paid!(self.client.head_object().bucket(&self.bucket), self.opts)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(map_err)?
+            }
+            r => r?,
+        };
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,

@@ -383,10 +383,12 @@ impl Namespace {
             Listed::Dir(_) => Kind::Dir,
             _ => Kind::File,
         };
+        // A known child keeps its kind (a symlink, FIFO or device a lookup showed), as long as
+        // it is still a file where the listing shows a file.
+        let same =
+            |c: &super::table::Inode| c.stat.kind == kind || (kind == Kind::File && !c.is_dir());
         match t.child(dir, l.name()) {
-            Some(c) if c.stat.kind == kind || matches!(l, Listed::Local(..)) => {
-                Attr::new(c.ino, c.stat)
-            }
+            Some(c) if same(c) || matches!(l, Listed::Local(..)) => Attr::new(c.ino, c.stat),
             _ => Attr::new(
                 synthetic_ino(dir, l.name()),
                 Stat::new(kind, &self.cfg.defaults, self.cfg.started),

@@ -167,7 +167,6 @@ impl InodeTable {
             .insert(name.to_string(), ino);
     }
 
-    /// Children of `parent` currently linked in the table.
     /// How many of `parent`'s children known here are directories.
     pub fn subdirs(&self, parent: Ino) -> u32 {
         self.children.get(&parent).map_or(0, |m| {
@@ -177,6 +176,7 @@ impl InodeTable {
         })
     }
 
+    /// Children of `parent` currently linked in the table.
     pub fn children_of(&self, parent: Ino) -> Vec<&Inode> {
         self.children
             .get(&parent)
