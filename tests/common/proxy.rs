@@ -56,6 +56,8 @@ pub struct Counts {
     pub signed: AtomicU64,
     /// Requests carrying a session token (`x-amz-security-token`).
     pub with_token: AtomicU64,
+    /// PUTs carrying data (objects and parts, not server-side copies).
+    pub data_puts: AtomicU64,
     /// Requests carrying a checksum of their body (`x-amz-checksum-crc32c` and the like).
     pub checksummed: AtomicU64,
     /// Requests whose payload is not signed (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
@@ -219,6 +221,9 @@ async fn handle(
     }
     if !upload && req.method() == hyper::Method::PUT && !h.contains_key("x-amz-copy-source") {
         counts.object_puts.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.method() == hyper::Method::PUT && !h.contains_key("x-amz-copy-source") {
+        counts.data_puts.fetch_add(1, Ordering::SeqCst);
     }
     let p = faults.fail_percent.load(Ordering::SeqCst);
     if p > 0 && roll(&counts) < p {
