@@ -370,16 +370,7 @@ fn missing_dev_fuse_is_reported() {
 fn an_s3fs_fstab_line_mounts_with_the_s3fs_password_file() {
     let env = S3Env::get();
     let prefix = unique_prefix("s3fs-line");
-    rt().block_on(async {
-        let s = env.store().await;
-        s.put(
-            &format!("{prefix}plain.txt"),
-            Bytes::from_static(b"from s3"),
-            &UserMeta::new(),
-        )
-        .await
-        .unwrap();
-    });
+    env.put(&format!("{prefix}plain.txt"), b"from s3");
     let secrets = tempfile::tempdir().unwrap();
     let passwd = secrets.path().join("passwd-s3fs");
     fs::write(
@@ -410,14 +401,10 @@ fn an_s3fs_fstab_line_mounts_with_the_s3fs_password_file() {
     let mode = fs::metadata(m.p("plain.txt")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "umask=027 on a file without stored attributes");
     fs::write(m.p("written.txt"), b"through an s3fs line").unwrap();
-    let stored = rt().block_on(async {
-        env.store()
-            .await
-            .get_range(&format!("{prefix}written.txt"), 0..100, None)
-            .await
-            .unwrap()
-    });
-    assert_eq!(&stored[..], b"through an s3fs line");
+    assert_eq!(
+        env.stored(&format!("{prefix}written.txt")),
+        b"through an s3fs line"
+    );
 }
 
 /// A mount-s3 command line (`--prefix`, `--max-cache-size` in MiB, `--metadata-ttl
@@ -429,17 +416,7 @@ fn an_s3fs_fstab_line_mounts_with_the_s3fs_password_file() {
 fn a_mount_s3_command_line_works_and_auto_unmount_cleans_up_a_killed_mount() {
     let env = S3Env::get();
     let prefix = unique_prefix("mounts3");
-    rt().block_on(async {
-        let s = env.store().await;
-        let data = pseudo_random(2 * MIB, 7);
-        s.put(
-            &format!("{prefix}sub/data.bin"),
-            Bytes::from(data),
-            &UserMeta::new(),
-        )
-        .await
-        .unwrap();
-    });
+    env.put(&format!("{prefix}sub/data.bin"), &pseudo_random(2 * MIB, 7));
     let root = prefix.trim_end_matches('/').to_string();
     let mut m = Mount::custom(
         &env.bucket,

@@ -39,12 +39,20 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Counts one kernel lookup (for entries returned by readdirplus).
     /// Finds `name` in `parent` (ignoring case in case-insensitive mode).
+    /// A name whose key would not fit in S3 is `ENAMETOOLONG`, not `ENOENT`, so a create of it
+    /// fails before anything is made; found names need no check (their key exists).
     pub(crate) async fn resolve(&self, parent: Ino, name: &str, count: bool) -> FsResult<Attr> {
-        names::fits(&child_key(&self.ns.dir_key(parent)?, name))?;
-        if self.config.case_insensitive {
+        let found = if self.config.case_insensitive {
             self.ci_resolve(parent, name, count).await
         } else {
             self.resolve_exact(parent, name, count).await
+        };
+        match found {
+            Err(e) if e.errno() == libc::ENOENT => {
+                names::fits(&child_key(&self.ns.dir_key(parent)?, name))?;
+                Err(e)
+            }
+            other => other,
         }
     }
 

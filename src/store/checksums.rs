@@ -56,15 +56,7 @@ pub fn unsigned_payload_safe(endpoint: Option<&str>) -> bool {
     if e.starts_with("https://") {
         return true;
     }
-    let host = e
-        .strip_prefix("http://")
-        .and_then(|r| r.split(['/', '?']).next())
-        .unwrap_or("");
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = super::client::endpoint_host(e);
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()

@@ -75,14 +75,18 @@ impl S3Settings {
 /// True when the endpoint is an address that cannot take virtual-hosted bucket names
 /// (an IP address or `localhost`), so path-style addressing is the only one that works.
 pub fn needs_path_style(endpoint: &str) -> bool {
+    let host = endpoint_host(endpoint);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The host of an endpoint URL, without scheme, port, path or IPv6 brackets.
+pub fn endpoint_host(endpoint: &str) -> &str {
     let rest = endpoint.split("://").nth(1).unwrap_or(endpoint);
-    let host_port = rest.split('/').next().unwrap_or("");
-    let host = if host_port.starts_with('[') {
-        return true; // IPv6 literal
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
+    let host_port = rest.split(['/', '?']).next().unwrap_or("");
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    host_port.split(':').next().unwrap_or("")
 }
 
 /// The S3 endpoint aws-config finds when none is given explicitly, as the S3 client itself

@@ -72,6 +72,35 @@ impl S3Env {
             .env("AWS_REGION", &self.region)
     }
 
+    /// The whole object at `key`, as S3 stores it (blocking: for the tests' own checks).
+    pub fn stored(&self, key: &str) -> Vec<u8> {
+        use pailfs::store::ObjectStore;
+        rt().block_on(async {
+            let s = self.store().await;
+            let len = s
+                .head(key)
+                .await
+                .unwrap_or_else(|e| panic!("HEAD {key}: {e}"))
+                .size;
+            s.get_range(key, 0..len, None).await.unwrap().to_vec()
+        })
+    }
+
+    /// PUTs `data` at `key` directly, without metadata (blocking).
+    pub fn put(&self, key: &str, data: &[u8]) {
+        use pailfs::store::ObjectStore;
+        rt().block_on(async {
+            let s = self.store().await;
+            s.put(
+                key,
+                bytes::Bytes::copy_from_slice(data),
+                &Default::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+        })
+    }
+
     pub async fn store(&self) -> AwsStore {
         AwsStore::new(build_client(&self.settings()).await, self.bucket.clone())
     }
