@@ -983,3 +983,30 @@ async fn a_listing_that_repeats_a_token_fails_instead_of_going_round() {
     assert!(pages.next(t.s()).await.unwrap().is_some());
     assert!(pages.next(t.s()).await.is_err());
 }
+
+/// A directory rename whose new name would push a file created below it, and not uploaded
+/// yet, past S3's 1,024-byte key is refused with `ENAMETOOLONG` before anything moves.
+#[tokio::test]
+async fn a_directory_rename_checks_the_keys_of_files_not_uploaded_yet() {
+    let t = T::new();
+    t.fs.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0, 0)
+        .await
+        .unwrap();
+    let d = t.ino("d").await;
+    let long = "f".repeat(1000);
+    let (_, fh) =
+        t.fs.create(d, OsStr::new(&long), 0o644, 0, libc::O_WRONLY, 0, 0)
+            .await
+            .unwrap();
+    t.fs.write(fh, 0, b"unsaved").await.unwrap();
+    let new = "n".repeat(30);
+    let e =
+        t.fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new(&new), 0)
+            .await
+            .unwrap_err();
+    assert_eq!(e.errno(), libc::ENAMETOOLONG, "{e}");
+    assert!(t.s().keys().iter().all(|k| !k.starts_with("nnn")));
+    t.fs.flush(fh).await.unwrap();
+    t.fs.release(fh).await.unwrap();
+    assert_eq!(t.read_all(&format!("d/{long}")).await, b"unsaved");
+}
