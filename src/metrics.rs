@@ -135,6 +135,21 @@ fn block_cache<S: ObjectStore>(s: &mut String, fs: &Fs<S>) {
         "Block cache capacity.",
         &one(cache.cap()),
     );
+    let (fetched, returned) = fs.read_amplification();
+    metric(
+        s,
+        "file_fetched_bytes_total",
+        "counter",
+        "Object bytes fetched from S3 to serve reads of files (read-ahead included).",
+        &one(fetched),
+    );
+    metric(
+        s,
+        "file_returned_bytes_total",
+        "counter",
+        "Bytes returned to read calls (the kernel's page cache is not seen).",
+        &one(returned),
+    );
 }
 
 /// The filesystem core: uploads, spool use and case collisions.
@@ -330,6 +345,15 @@ pub fn report(text: &str) -> String {
     } else {
         "-".into()
     };
+    let (fetched, returned) = (
+        val("file_fetched_bytes_total"),
+        val("file_returned_bytes_total"),
+    );
+    let amp = if returned > 0 {
+        format!("{:.2}x", fetched as f64 / returned as f64)
+    } else {
+        "-".into()
+    };
     format!(
         "requests          {} ({})\n\
          retries           {}\n\
@@ -337,6 +361,7 @@ pub fn report(text: &str) -> String {
          read from S3      {}\n\
          written to S3     {}\n\
          block cache       {} of {}, hit rate {rate} ({hits} hits, {misses} misses)\n\
+         file reads        {} returned, {} fetched (amplification {amp})\n\
          uploads           {} pending, {} failed\n\
          spool             {}\n\
          case collisions   {}\n",
@@ -349,6 +374,8 @@ pub fn report(text: &str) -> String {
         human(val("written_bytes_total")),
         human(val("cache_bytes")),
         human(val("cache_limit_bytes")),
+        human(val("file_returned_bytes_total")),
+        human(val("file_fetched_bytes_total")),
         val("uploads_pending"),
         val("uploads_failed_total"),
         human(val("spool_bytes")),
@@ -375,9 +402,14 @@ mod tests {
     fn the_report_reads_the_page() {
         let page = "# HELP x\npailfs_requests_total{op=\"get\"} 7\npailfs_requests_total{op=\"put\"} 3\n\
                     pailfs_requests_total{op=\"head\"} 0\npailfs_cache_hits_total 3\npailfs_cache_misses_total 1\n\
-                    pailfs_read_bytes_total 2097152\n";
+                    pailfs_read_bytes_total 2097152\npailfs_file_fetched_bytes_total 6144\n\
+                    pailfs_file_returned_bytes_total 4096\n";
         let r = report(page);
         assert!(r.contains("requests          10 (get 7, put 3)"), "{r}");
+        assert!(
+            r.contains("file reads        4.0 KiB returned, 6.0 KiB fetched (amplification 1.50x)"),
+            "{r}"
+        );
         assert!(r.contains("hit rate 75.0%"), "{r}");
         assert!(r.contains("read from S3      2.0 MiB"), "{r}");
     }

@@ -619,20 +619,155 @@ async fn sequential_reads_prefetch_and_cached_blocks_make_no_request() {
     let _ = before;
 }
 
+/// A small congruential generator: the same offsets on every run.
+fn offsets(seed: u64, n: usize, span: u64) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 16) % span
+        })
+        .collect()
+}
+
+/// An object far larger than the caches: scattered 4 KiB reads shrink the unit fetched to
+/// the read (amplification 1 after a few reads), reads clustered in one region grow it to a
+/// block (the region costs a few GETs), and every byte returned is right.
 #[tokio::test]
-async fn random_reads_fetch_only_what_is_asked() {
-    let t = T::new();
-    let data = common::pseudo_random(16 * MIB, 5);
+async fn random_reads_learn_the_unit_from_the_pattern() {
+    // 64 MiB of memory leaves a 4 MiB block cache: a 32 MiB object does not fit.
+    let t = T::with(|c| c.memory_limit = 64 << 20);
+    let data = common::pseudo_random(32 * MIB, 5);
     t.s().insert("db", data.clone());
     let ino = t.ino("db").await;
     let fh = t.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
-    for off in [9 * MIB + 123, 3 * MIB + 7, 14 * MIB] {
-        let got = t.fs.read(fh, off as u64, 4096).await.unwrap();
-        assert_eq!(&got[..], &data[off..off + 4096]);
+    let read = |off: u64| {
+        let fs = t.fs.clone();
+        async move { fs.read(fh, off, 4096).await.unwrap() }
+    };
+    let pages = offsets(7, 60, (32 * MIB / 4096) as u64);
+    for (i, page) in pages.iter().enumerate() {
+        let off = page * 4096;
+        if i == 40 {
+            let (f0, r0) = t.fs.read_amplification();
+            for page in &pages[40..] {
+                let got = read(page * 4096).await;
+                assert_eq!(&got[..], &data[(page * 4096) as usize..][..4096]);
+            }
+            let (f1, r1) = t.fs.read_amplification();
+            assert_eq!(r1 - r0, 20 * 4096);
+            assert!(
+                f1 - f0 <= 4 * 20 * 4096,
+                "scattered reads fetch at most 4x what they read: {} bytes",
+                f1 - f0
+            );
+            break;
+        }
+        let got = read(off).await;
+        assert_eq!(&got[..], &data[off as usize..][..4096]);
     }
-    assert_eq!(t.s().count(Op::Get), 3, "one small GET per random read");
-    assert_eq!(t.fs.block_cache().bytes(), 0, "random reads are not cached");
+    let gets = t.s().count(Op::Get);
+    // 32 reads 8 KiB apart in one region: the unit grows to a block.
+    for i in 0..32u64 {
+        let off = 20 * MIB as u64 + i * 8192;
+        assert_eq!(&read(off).await[..], &data[off as usize..][..4096]);
+    }
+    let region = t.s().count(Op::Get) - gets;
+    assert!(region <= 6, "{region} GETs for 32 reads within 256 KiB");
     t.fs.release(fh).await.unwrap();
+}
+
+/// The caches can hold the object: random reads fetch whole blocks in groups, so every
+/// byte is fetched once and later reads are hits; a small object comes whole at once.
+#[tokio::test]
+async fn random_reads_of_an_object_the_caches_hold_turn_into_hits() {
+    let t = T::new();
+    let data = common::pseudo_random(16 * MIB, 6);
+    t.s().insert("f", data.clone());
+    let small = common::pseudo_random(3 * MIB + 5, 7);
+    t.s().insert("small", small.clone());
+    let fh =
+        t.fs.open(t.ino("f").await, libc::O_RDONLY)
+            .await
+            .unwrap()
+            .fh;
+    for off in offsets(3, 300, (16 * MIB - 4096) as u64) {
+        let got = t.fs.read(fh, off, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[off as usize..][..4096]);
+    }
+    // Groups of four blocks, and a block for a read that happened to look sequential.
+    assert!(t.s().count(Op::Get) <= 8, "{} GETs", t.s().count(Op::Get));
+    let (fetched, _) = t.fs.read_amplification();
+    assert!(
+        fetched <= 16 * MIB as u64,
+        "each byte at most once: {fetched}"
+    );
+    let before = t.s().count(Op::Get);
+    for off in offsets(4, 100, (16 * MIB - 4096) as u64) {
+        let got = t.fs.read(fh, off, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[off as usize..][..4096]);
+    }
+    assert_eq!(t.s().count(Op::Get), before, "all hits now");
+    t.fs.release(fh).await.unwrap();
+    let fh =
+        t.fs.open(t.ino("small").await, libc::O_RDONLY)
+            .await
+            .unwrap()
+            .fh;
+    let mut after_first = 0;
+    for off in [2 * MIB as u64 + 9, 17, MIB as u64, 3 * MIB as u64] {
+        let got = t.fs.read(fh, off, 4096).await.unwrap();
+        let end = (off as usize + 4096).min(small.len());
+        assert_eq!(&got[..], &small[off as usize..end]);
+        if after_first == 0 {
+            after_first = t.s().count(Op::Get);
+        }
+    }
+    // (Opening it after another file of its directory may prefetch its first block too.)
+    assert_eq!(
+        t.s().count(Op::Get),
+        after_first,
+        "a small object whole at once"
+    );
+    t.fs.release(fh).await.unwrap();
+}
+
+/// Readers of one file on handles of their own are served at once, and a unit two of
+/// them want at the same time is fetched once.
+#[tokio::test]
+async fn concurrent_random_readers_share_fetches_and_run_in_parallel() {
+    let t = T::with(|c| c.memory_limit = 64 << 20);
+    let data = common::pseudo_random(32 * MIB, 8);
+    t.s().insert("f", data.clone());
+    let ino = t.ino("f").await;
+    let fhs = [
+        t.fs.open(ino, libc::O_RDONLY).await.unwrap().fh,
+        t.fs.open(ino, libc::O_RDONLY).await.unwrap().fh,
+    ];
+    t.s().delay(Op::Get, std::time::Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        t.fs.read(fhs[0], 5 * MIB as u64, 4096),
+        t.fs.read(fhs[1], 5 * MIB as u64 + 100, 4096),
+        t.fs.read(fhs[1], 29 * MIB as u64, 4096),
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(390),
+        "in parallel"
+    );
+    assert_eq!(&a.unwrap()[..], &data[5 * MIB..][..4096]);
+    assert_eq!(&b.unwrap()[..], &data[5 * MIB + 100..][..4096]);
+    assert_eq!(&c.unwrap()[..], &data[29 * MIB..][..4096]);
+    assert_eq!(
+        t.s().count(Op::Get),
+        2,
+        "the shared unit once, the other once"
+    );
+    for fh in fhs {
+        t.fs.release(fh).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -336,6 +336,106 @@ fn the_disk_cache_serves_a_remount_without_a_get() {
     );
 }
 
+/// Random reads of a file read before run from the disk cache, page by page, without a
+/// GET, and `pailfs stats` reports the bytes returned and fetched; a page altered on disk
+/// is caught by its CRC32C and read from S3 again, right.
+#[test]
+fn random_reads_after_a_remount_come_from_the_disk_cache() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let env = S3Env::get();
+    let prefix = unique_prefix("diskrandom");
+    let data = pseudo_random(3 << 20, 11);
+    env.put(&format!("{prefix}f.bin"), &data);
+    let source = format!("{}:{prefix}", env.bucket);
+    let mut m = Mount::custom(&source, &prefix, &["--disk-cache-size", "64M"], &[]);
+    assert_eq!(sha256_file(&m.p("f.bin")), sha256(&data));
+    let cache_dir = m.cache.path().to_path_buf();
+    let blocks = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|d| std::fs::read_dir(d.path().join("blocks")).ok())
+            .flat_map(|rd| rd.flatten().map(|e| e.path()))
+            .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocks().len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.remount();
+    drop_kernel_caches();
+    // Page 5 of block 1 altered on disk.
+    let block1 = blocks()
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with("-1"))
+        .unwrap();
+    let mut bytes = std::fs::read(&block1).unwrap();
+    let at = bytes.len() - (1 << 20) + 5 * 16384 + 7;
+    bytes[at] ^= 0x20;
+    std::fs::write(&block1, bytes).unwrap();
+    let get = "pailfs_requests_total{op=\"get\"}";
+    let before = stats(&m, true);
+    // O_DIRECT: every read reaches pailfs, as a database's would.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.p("f.bin"))
+        .unwrap();
+    // Outside block 1, and each far from the last: none looks sequential (read-ahead could
+    // touch block 1).
+    let (mut x, mut last) = (99u64, u64::MAX / 2);
+    let mut offsets: Vec<u64> = (0..400)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 20) % 768) << 12
+        })
+        .filter(|&o| {
+            let keep = (o >> 20) != 1 && o.abs_diff(last) > 512 << 10;
+            if keep {
+                last = o;
+            }
+            keep
+        })
+        .collect();
+    assert!(offsets.len() > 50);
+    let bad_page = (1 << 20) + 5 * 16384;
+    let mut buf = vec![0u8; 4096];
+    for &off in &offsets {
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert_eq!(&buf[..], &data[off as usize..][..4096], "at {off}");
+    }
+    let middle = stats(&m, true);
+    assert_eq!(
+        stat_value(&middle, get),
+        stat_value(&before, get),
+        "random reads of blocks on disk make no GET"
+    );
+    let returned = "pailfs_file_returned_bytes_total";
+    assert!(
+        stat_value(&middle, returned)
+            >= stat_value(&before, returned) + 4096 * offsets.len() as u64
+    );
+    offsets = vec![bad_page, bad_page - 4096, bad_page + 16384];
+    for &off in &offsets {
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert_eq!(&buf[..], &data[off as usize..][..4096], "at {off}");
+    }
+    let after = stats(&m, true);
+    assert_eq!(
+        stat_value(&after, get),
+        stat_value(&middle, get) + 1,
+        "the block with the bad page is fetched again, once"
+    );
+    let report = stats(&m, false);
+    assert!(
+        report.contains("file reads") && report.contains("amplification"),
+        "{report}"
+    );
+}
+
 /// Under systemd (standard error is the journal's stream, `JOURNAL_STREAM`), each log line
 /// starts with its priority, `<4>` for a warning, so `journalctl -p warning` finds it; and at
 /// `--log-level trace` the S3 client's own events are in the log too.

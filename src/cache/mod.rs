@@ -1,8 +1,11 @@
 //! Caches bounded in bytes: blocks of object data, keyed so an overwrite can never serve old
 //! bytes, and the memory budget that bounds everything held in RAM.
 //!
-//! Blocks are keyed by (key, ETag, block number): a new version of an object has a new ETag,
-//! so its blocks are new entries and the old ones simply age out. The cache never holds more
+//! Blocks are keyed by (key, ETag, unit size, unit number): a new version of an object has a
+//! new ETag, so its blocks are new entries and the old ones simply age out. Sequential reads
+//! cache whole 1 MiB blocks; random reads cache smaller aligned units (4 KiB to 256 KiB, see
+//! `fs::random`), so the cache holds what was read, not the megabyte around it. A lookup asks
+//! for the unit holding one byte, largest unit size first (`cover`). The cache never holds more
 //! than its byte bound; inserting evicts the least recently used blocks first.
 
 pub mod disk;
@@ -14,14 +17,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use lru::LruCache;
 
-/// The size of a cached block. Reads are served and fetched in whole blocks.
-pub const BLOCK: u64 = 1024 * 1024;
+/// The size of a cached block: sequential reads are fetched and cached in whole blocks.
+pub const BLOCK: u64 = 1 << BLOCK_SHIFT;
+/// log2 of [`BLOCK`].
+pub const BLOCK_SHIFT: u8 = 20;
+/// The unit sizes (log2) the cache holds, largest first: blocks, and the aligned units random
+/// reads fetch. Few sizes keep a lookup to a few probes.
+pub const UNIT_SHIFTS: [u8; 5] = [20, 18, 16, 14, 12];
 
+/// One cached unit: `1 << shift` bytes (fewer at the object's end) starting at byte
+/// `index << shift` of the version `etag` of `key`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     pub key: Arc<str>,
     pub etag: Arc<str>,
     pub index: u64,
+    pub shift: u8,
+}
+
+impl BlockKey {
+    /// The 1 MiB block `index` of `key` at `etag`.
+    pub fn block(key: Arc<str>, etag: Arc<str>, index: u64) -> Self {
+        BlockKey {
+            key,
+            etag,
+            index,
+            shift: BLOCK_SHIFT,
+        }
+    }
+
+    /// The unit of `1 << shift` bytes holding byte `at`.
+    pub fn unit_at(key: &Arc<str>, etag: &Arc<str>, shift: u8, at: u64) -> Self {
+        BlockKey {
+            key: key.clone(),
+            etag: etag.clone(),
+            index: at >> shift,
+            shift,
+        }
+    }
+
+    /// The unit's first byte in the object.
+    pub fn start(&self) -> u64 {
+        self.index << self.shift
+    }
 }
 
 struct Inner {
@@ -61,6 +99,27 @@ impl BlockCache {
             None => self.misses.fetch_add(1, Ordering::Relaxed),
         };
         r
+    }
+
+    /// The cached unit of any size holding byte `at` of `key` at `etag`, largest first:
+    /// (its first byte, its bytes). Counts one hit or one miss.
+    pub fn cover(&self, key: &Arc<str>, etag: &Arc<str>, at: u64) -> Option<(u64, Bytes)> {
+        let found = {
+            let mut g = self.lock();
+            UNIT_SHIFTS.iter().find_map(|&s| {
+                let k = BlockKey::unit_at(key, etag, s, at);
+                let data = g.lru.get(&k)?.clone();
+                // A unit at the object's end may be short: it must reach `at`.
+                (k.start() + data.len() as u64 > at).then_some((k.start(), data))
+            })
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// True when the block is cached (without counting a hit or a miss).
@@ -153,11 +212,7 @@ mod tests {
     use super::*;
 
     fn k(i: u64) -> BlockKey {
-        BlockKey {
-            key: Arc::from("k"),
-            etag: Arc::from("e"),
-            index: i,
-        }
+        BlockKey::block(Arc::from("k"), Arc::from("e"), i)
     }
 
     #[test]
@@ -188,6 +243,41 @@ mod tests {
             ..k(0)
         };
         assert!(c.get(&newer).is_none());
+    }
+
+    #[test]
+    fn cover_finds_the_unit_of_any_size_holding_a_byte() {
+        let c = BlockCache::new(10 << 20);
+        let (key, etag): (Arc<str>, Arc<str>) = (Arc::from("k"), Arc::from("e"));
+        // A 16 KiB unit at 48 KiB, and the whole block 2.
+        c.put(
+            BlockKey::unit_at(&key, &etag, 14, 48 << 10),
+            Bytes::from(vec![1; 16 << 10]),
+        );
+        c.put(k(2), Bytes::from(vec![2; 1 << 20]));
+        assert_eq!(
+            c.cover(&key, &etag, (48 << 10) + 5).map(|(s, d)| (s, d[0])),
+            Some((48 << 10, 1))
+        );
+        assert_eq!(
+            c.cover(&key, &etag, (2 << 20) + 7).map(|(s, d)| (s, d[0])),
+            Some((2 << 20, 2))
+        );
+        assert!(
+            c.cover(&key, &etag, 64 << 10).is_none(),
+            "the next 16 KiB is not cached"
+        );
+        assert!(
+            c.cover(&key, &Arc::from("e2"), (48 << 10) + 5).is_none(),
+            "another version"
+        );
+        // A short last unit does not cover bytes past its end.
+        c.put(
+            BlockKey::unit_at(&key, &etag, 16, 5 << 20),
+            Bytes::from(vec![3; 100]),
+        );
+        assert!(c.cover(&key, &etag, (5 << 20) + 99).is_some());
+        assert!(c.cover(&key, &etag, (5 << 20) + 100).is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! Operations, by concern: `lookup` (lookup, getattr, probes), `dirops` (mkdir, rmdir,
 //! unlink, symlink, readlink), `readdir` and `listing` (LIST pages), `dirscan` and
 //! `siblings` (listing and reading ahead for many names), `case` (case-insensitive names),
-//! `handles` (open, create, release), `read` and `readahead`, `write` and `upload`, `rename`,
+//! `handles` (open, create, release), `read`, `readahead` and `random`, `write` and `upload`, `rename`,
 //! `setattr` and `xattr`; `openfile` (per-file shared state), `spool`, `ranges`, `parts` and
 //! `recovery` (what an open file keeps on disk), `attr`, `names` and `error`.
 //!
@@ -37,6 +37,7 @@ pub mod names;
 pub mod namespace;
 pub mod openfile;
 pub mod parts;
+pub mod random;
 pub mod ranges;
 pub mod read;
 pub mod readahead;
@@ -362,6 +363,11 @@ impl<S: ObjectStore> Fs<S> {
     /// The block cache (for stats and tests).
     pub fn block_cache(&self) -> &crate::cache::BlockCache {
         self.reader.block_cache()
+    }
+
+    /// (object bytes fetched from S3 for reads, bytes returned to readers) since the mount.
+    pub fn read_amplification(&self) -> (u64, u64) {
+        self.reader.amplification()
     }
 
     /// The namespace (names, inodes, listings), for stats and tests.

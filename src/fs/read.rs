@@ -14,6 +14,7 @@
 //! ETag rather than failing.
 
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,6 +22,7 @@ use super::Fs;
 use super::error::{FsError, FsResult, HandleError};
 use super::inode::Ino;
 use super::openfile::{Base, OpenFile, Piece};
+use super::readahead::Pattern;
 use crate::store::ObjectStore;
 
 impl<S: ObjectStore> Fs<S> {
@@ -40,13 +42,19 @@ impl<S: ObjectStore> Fs<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .observe(offset, size as u64);
+        let how = Pattern {
+            seq,
+            window,
+            state: &h.reads,
+        };
         let (mut retried, mut repinned) = (false, false);
         loop {
-            let old = match self
-                .read_attempt(&h.of, offset, size as u64, seq, window)
-                .await?
-            {
-                Attempt::Read(data) => return Ok(data),
+            let old = match self.read_attempt(&h.of, offset, size as u64, &how).await? {
+                Attempt::Read(data) => {
+                    let n = data.len() as u64;
+                    self.reader.returned.fetch_add(n, Ordering::Relaxed);
+                    return Ok(data);
+                }
                 Attempt::Stale(old) => old,
             };
             // An upload of this very file (a flush, or attributes stored at release) may have
@@ -72,8 +80,7 @@ impl<S: ObjectStore> Fs<S> {
         of: &OpenFile,
         offset: u64,
         len: u64,
-        seq: bool,
-        window: u64,
+        how: &Pattern<'_>,
     ) -> FsResult<Attempt> {
         let (pieces, base, spool) = {
             let s = of.lock();
@@ -96,8 +103,7 @@ impl<S: ObjectStore> Fs<S> {
                     let b = base
                         .as_ref()
                         .ok_or(HandleError::Internal("no base object"))?;
-                    let Some(data) = self.read_base_piece(of, b, r.clone(), seq, window).await?
-                    else {
+                    let Some(data) = self.read_base_piece(of, b, r.clone(), how).await? else {
                         return Ok(Attempt::Stale(b.clone()));
                     };
                     if pieces.len() == 1 {
@@ -117,10 +123,9 @@ impl<S: ObjectStore> Fs<S> {
         of: &OpenFile,
         b: &Base,
         r: Range<u64>,
-        seq: bool,
-        window: u64,
+        how: &Pattern<'_>,
     ) -> FsResult<Option<Bytes>> {
-        match self.read_base(b, r.clone(), seq, window).await {
+        match self.read_base(b, r.clone(), how).await {
             Ok(data) if data.len() as u64 == r.end - r.start => {
                 of.lock().served = true;
                 Ok(Some(data))

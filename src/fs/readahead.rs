@@ -1,5 +1,6 @@
 //! Reading object data fast: blocks from the cache, sequential read-ahead with a growing
-//! window, concurrent ranged GETs, and direct GETs for random reads.
+//! window, and concurrent ranged GETs; random reads go through `random`, on the same cache
+//! and the same fetches in flight.
 //!
 //! * Sequential detection tolerates the kernel's reordering: with async reads and read-ahead
 //!   the kernel has several reads in flight and they can arrive out of order, so a read counts
@@ -7,14 +8,13 @@
 //! * The window starts at one block (the first byte comes back after one small GET) and
 //!   doubles with every sequential read up to a maximum; it is fetched in chunks of up to
 //!   `CHUNK_BLOCKS` blocks, several at once, like the fastest raw S3 clients.
-//! * A random read of a block not cached is one GET of exactly the bytes asked for, never a
-//!   whole block: 4 KiB random reads must not turn into 1 MiB downloads.
 //! * Every fetch is pinned to the ETag the file was opened at, and in-flight fetches are shared:
 //!   two readers of one block wait for one GET. Bytes in flight are bounded by the read-ahead
 //!   share of the memory budget (a semaphore counted in blocks).
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -26,7 +26,7 @@ use super::error::{FsError, FsResult, HandleError};
 use super::inode::Ino;
 use super::openfile::Base;
 use crate::cache::disk::DiskCache;
-use crate::cache::{BLOCK, BlockCache, BlockKey};
+use crate::cache::{BLOCK, BLOCK_SHIFT, BlockCache, BlockKey};
 use crate::store::ObjectStore;
 
 /// Largest single GET of read-ahead, in blocks.
@@ -38,21 +38,41 @@ pub const MAX_WINDOW_BLOCKS: u64 = 64;
 const REORDER_BEHIND: u64 = 4 * BLOCK;
 /// ...and how far after it (the kernel's own read-ahead runs ahead of the reader).
 const REORDER_AHEAD: u64 = 8 * BLOCK;
+/// How far from where the last random read ended a read still starts a sequential run.
+const START_SLACK: u64 = 256 << 10;
 
 /// What one open file handle has been reading.
 #[derive(Debug, Default)]
 pub struct ReadState {
     next: Option<u64>,
     window: u64,
+    /// How its random reads have been going.
+    pub random: super::random::RandomReads,
+}
+
+/// How one read call goes: sequential with a read-ahead window (in blocks), or random, as
+/// the handle's state learns it.
+pub struct Pattern<'a> {
+    pub seq: bool,
+    pub window: u64,
+    pub state: &'a Mutex<ReadState>,
 }
 
 impl ReadState {
+    /// Whether a read at `off` would continue this handle's sequential reads. Reordering is
+    /// tolerated widely within a sequential run, narrowly to start one: a random read that
+    /// lands a few blocks from the previous one is still random.
+    pub fn sequential(&self, off: u64) -> bool {
+        match self.next {
+            None => off == 0,
+            Some(n) if self.window > 0 => off + REORDER_BEHIND >= n && off <= n + REORDER_AHEAD,
+            Some(n) => off + START_SLACK >= n && off <= n + START_SLACK,
+        }
+    }
+
     /// Records a read and returns (sequential, window in blocks).
     pub fn observe(&mut self, off: u64, len: u64) -> (bool, u64) {
-        let seq = match self.next {
-            None => off == 0,
-            Some(n) => off + REORDER_BEHIND >= n && off <= n + REORDER_AHEAD,
-        };
+        let seq = self.sequential(off);
         self.window = if seq {
             (self.window * 2).clamp(1, MAX_WINDOW_BLOCKS)
         } else {
@@ -71,27 +91,53 @@ impl ReadState {
 /// its chunk in memory (the cache counts blocks, so it must own exactly what it counts).
 type ChunkFuture = Shared<BoxFuture<'static, Result<Arc<[Bytes]>, FsError>>>;
 
-/// Fetches in flight, by block: the chunk's future and the chunk's first byte.
+/// A fetch in flight: the chunk's future and the chunk's first byte.
+pub(super) type Pending = (ChunkFuture, u64);
+
+/// Fetches in flight, by unit.
 #[derive(Default)]
 pub struct InFlight {
-    map: Mutex<HashMap<BlockKey, (ChunkFuture, u64)>>,
+    map: Mutex<HashMap<BlockKey, Pending>>,
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, (ChunkFuture, u64)>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, Pending>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The pieces of one read as one buffer (the piece itself when there is one).
+pub(super) fn joined(mut pieces: Vec<Bytes>) -> Bytes {
+    if pieces.len() == 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for p in &pieces {
+        out.extend_from_slice(p);
+    }
+    out.freeze()
+}
+
+/// The unit `key` out of the units its chunk's fetch returned.
+pub(super) async fn unit_of(key: &BlockKey, (fut, chunk_start): Pending) -> FsResult<Bytes> {
+    let units = fut.await?;
+    let idx = ((key.start() - chunk_start) >> key.shift) as usize;
+    Ok(units.get(idx).cloned().unwrap_or_default())
 }
 
 /// The reader's state: blocks cached in memory (and on disk), fetches in flight, the
 /// read-ahead budget, and per directory the last file opened for reading (see `siblings`).
 pub struct Reader {
-    block_cache: BlockCache,
-    disk_cache: Option<Arc<DiskCache>>,
-    inflight: InFlight,
+    pub(super) block_cache: BlockCache,
+    pub(super) disk_cache: Option<Arc<DiskCache>>,
+    pub(super) inflight: InFlight,
     /// Read-ahead in flight, in blocks.
     read_slots: Arc<tokio::sync::Semaphore>,
     read_cursors: Mutex<lru::LruCache<Ino, String>>,
+    /// Object bytes fetched from S3 for reads, and bytes returned to readers: their ratio is
+    /// the read amplification `pailfs stats` reports.
+    pub(super) fetched: AtomicU64,
+    pub(super) returned: AtomicU64,
 }
 
 impl Reader {
@@ -114,11 +160,28 @@ impl Reader {
             read_cursors: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(super::siblings::CURSORS).expect("non-zero"),
             )),
+            fetched: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
         })
     }
 
     pub fn block_cache(&self) -> &BlockCache {
         &self.block_cache
+    }
+
+    /// (object bytes fetched for reads, bytes returned to readers) since the mount.
+    pub fn amplification(&self) -> (u64, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.returned.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The most of one object the caches can keep: random reads of an object within it
+    /// fetch whole blocks, which then stay (see `random`).
+    pub(super) fn room(&self) -> u64 {
+        let disk = self.disk_cache.as_ref().map_or(0, |d| d.cap());
+        self.block_cache.cap().max(disk) / 2
     }
 
     /// `name` in `dir` is opened for reading: the name opened before it there, if any.
@@ -129,10 +192,15 @@ impl Reader {
 }
 
 fn block_key(b: &Base, index: u64) -> BlockKey {
+    unit_key(b, BLOCK_SHIFT, index)
+}
+
+pub(super) fn unit_key(b: &Base, shift: u8, index: u64) -> BlockKey {
     BlockKey {
         key: Arc::from(b.key.as_str()),
         etag: Arc::from(b.etag.as_str()),
         index,
+        shift,
     }
 }
 
@@ -142,48 +210,24 @@ impl<S: ObjectStore> Fs<S> {
         self: &Arc<Self>,
         b: &Base,
         r: Range<u64>,
-        seq: bool,
-        window: u64,
+        how: &Pattern<'_>,
     ) -> FsResult<Bytes> {
         let end = r.end.min(b.len);
         if r.start >= end {
             return Ok(Bytes::new());
         }
-        let (first, last) = (r.start / BLOCK, (end - 1) / BLOCK);
-        let available = |i: u64| {
-            let k = block_key(b, i);
-            self.reader.block_cache.contains(&k)
-                || self.reader.inflight.lock().contains_key(&k)
-                || self
-                    .reader
-                    .disk_cache
-                    .as_ref()
-                    .is_some_and(|d| d.contains(&k))
-        };
-        if !seq && !(first..=last).all(available) {
-            // Random read: exactly the bytes asked for, not cached.
-            log::trace!("random read {:?} {}..{}", b.key, r.start, end);
-            let _permits = self
-                .reader
-                .read_slots
-                .acquire_many((end - r.start).div_ceil(BLOCK) as u32)
-                .await
-                .map_err(|_| HandleError::Internal("shutting down"))?;
-            return self.get_exact(b, r.start..end).await;
+        if !how.seq {
+            return self.read_random(b, r.start..end, how.state).await;
         }
+        let (first, last) = (r.start / BLOCK, (end - 1) / BLOCK);
         let blocks = b.len.div_ceil(BLOCK);
         // Read-ahead waits in the cache until it is read: never fetch more than half of it.
-        let window = window.min((self.reader.block_cache.cap() / BLOCK / 2).max(1));
-        let chunk = if seq {
-            window.clamp(1, CHUNK_BLOCKS)
-        } else {
-            1
-        };
+        let window = how
+            .window
+            .min((self.reader.block_cache.cap() / BLOCK / 2).max(1));
+        let chunk = window.clamp(1, CHUNK_BLOCKS);
         self.start_fetches(b, first, last + 1, chunk);
-        if seq {
-            let ahead_end = (last + 1 + window).min(blocks);
-            self.start_fetches(b, last + 1, ahead_end, chunk);
-        }
+        self.start_fetches(b, last + 1, (last + 1 + window).min(blocks), chunk);
         // Gather first, copy after: a request waiting for its blocks holds no buffer of its own.
         let mut pieces = Vec::with_capacity((last - first + 1) as usize);
         for i in first..=last {
@@ -202,45 +246,20 @@ impl<S: ObjectStore> Fs<S> {
             }
             pieces.push(data.slice(from as usize..to as usize));
         }
-        if pieces.len() == 1 {
-            return Ok(pieces.pop().unwrap_or_default());
-        }
-        let mut out = BytesMut::with_capacity((end - r.start) as usize);
-        for p in &pieces {
-            out.extend_from_slice(p);
-        }
-        Ok(out.freeze())
+        Ok(joined(pieces))
     }
 
-    async fn get_exact(&self, b: &Base, r: Range<u64>) -> FsResult<Bytes> {
-        let want = r.end - r.start;
-        let data = self
-            .store
-            .get_range(&b.key, r.clone(), Some(&b.etag))
-            .await
-            .map_err(|e| FsError::from_store(e, &b.key))?;
-        if data.len() as u64 != want {
-            return Err(HandleError::Short {
-                key: b.key.clone(),
-                got: data.len() as u64,
-                want,
-                at: r.start,
-            }
-            .into());
-        }
-        Ok(data)
-    }
-
-    /// Bytes `r` of the object in block-sized buffers of their own (see `ChunkFuture`).
-    async fn get_blocks(&self, b: &Base, r: Range<u64>) -> FsResult<Arc<[Bytes]>> {
+    /// Bytes `r` of the object in unit-sized buffers of their own (see `ChunkFuture`).
+    async fn get_units(&self, b: &Base, r: Range<u64>, unit: u64) -> FsResult<Arc<[Bytes]>> {
         let want = r.end - r.start;
         let blocks = self
             .store
-            .get_range_split(&b.key, r.clone(), Some(&b.etag), BLOCK)
+            .get_range_split(&b.key, r.clone(), Some(&b.etag), unit)
             .await
             .map_err(|e| FsError::from_store(e, &b.key))?;
         let got: u64 = blocks.iter().map(|p| p.len() as u64).sum();
-        if got != want || blocks.iter().rev().skip(1).any(|p| p.len() as u64 != BLOCK) {
+        self.reader.fetched.fetch_add(got, Ordering::Relaxed);
+        if got != want || blocks.iter().rev().skip(1).any(|p| p.len() as u64 != unit) {
             return Err(HandleError::Short {
                 key: b.key.clone(),
                 got,
@@ -276,33 +295,42 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         };
-        let blocks = fut.await?;
-        let idx = ((i * BLOCK - chunk_start) / BLOCK) as usize;
-        Ok(blocks.get(idx).cloned().unwrap_or_default())
+        unit_of(&k, (fut, chunk_start)).await
     }
 
     /// Starts GETs for the blocks of `[from, to)` that are neither cached nor in flight, in
     /// chunks of at most `chunk` blocks. Checking and registering happen under one lock, so
     /// two readers never fetch the same block twice.
     pub(super) fn start_fetches(self: &Arc<Self>, b: &Base, from: u64, to: u64, chunk: u64) {
+        self.start_unit_fetches(b, BLOCK_SHIFT, from..to, chunk);
+    }
+
+    /// `start_fetches` for units of `1 << shift` bytes.
+    pub(super) fn start_unit_fetches(
+        self: &Arc<Self>,
+        b: &Base,
+        shift: u8,
+        units: Range<u64>,
+        chunk: u64,
+    ) {
         let mut m = self.reader.inflight.lock();
-        let free = |m: &HashMap<BlockKey, (ChunkFuture, u64)>, i: u64| {
-            let k = block_key(b, i);
+        let free = |m: &HashMap<BlockKey, Pending>, i: u64| {
+            let k = unit_key(b, shift, i);
             !m.contains_key(&k) && !self.reader.block_cache.contains(&k)
         };
-        let mut i = from;
-        while i < to {
+        let mut i = units.start;
+        while i < units.end {
             if !free(&m, i) {
                 i += 1;
                 continue;
             }
             let mut n = 1;
-            while n < chunk && i + n < to && free(&m, i + n) {
+            while n < chunk && i + n < units.end && free(&m, i + n) {
                 n += 1;
             }
-            let fut = self.spawn_fetch(b, i, n);
+            let fut = self.spawn_fetch(b, shift, i, n);
             for j in 0..n {
-                m.insert(block_key(b, i + j), (fut.clone(), i * BLOCK));
+                m.insert(unit_key(b, shift, i + j), (fut.clone(), i << shift));
             }
             i += n;
         }
@@ -325,11 +353,12 @@ impl<S: ObjectStore> Fs<S> {
         Some(Arc::from(blocks))
     }
 
-    /// Spawns the GET of blocks `first..first + n`; the caller registers it as in flight.
-    fn spawn_fetch(self: &Arc<Self>, b: &Base, first: u64, n: u64) -> ChunkFuture {
-        let start = first * BLOCK;
-        let end = ((first + n) * BLOCK).min(b.len);
-        log::trace!("fetch {:?} blocks {first}..{}", b.key, first + n);
+    /// Spawns the GET of units `first..first + n` of `1 << shift` bytes (blocks from the
+    /// disk cache when it has them all); the caller registers it as in flight.
+    fn spawn_fetch(self: &Arc<Self>, b: &Base, shift: u8, first: u64, n: u64) -> ChunkFuture {
+        let start = first << shift;
+        let end = ((first + n) << shift).min(b.len);
+        log::trace!("fetch {:?} {start}..{end} in units of 2^{shift}", b.key);
         let fs = self.clone();
         let base = b.clone();
         let task = tokio::spawn(async move {
@@ -337,16 +366,20 @@ impl<S: ObjectStore> Fs<S> {
                 .reader
                 .read_slots
                 .clone()
-                .acquire_many_owned(n as u32)
+                .acquire_many_owned((end - start).div_ceil(BLOCK) as u32)
                 .await
                 .map_err(|_| HandleError::Internal("shutting down"))?;
-            let r = match fs.read_disk_blocks(&base, first, n).await {
+            let on_disk = match shift {
+                BLOCK_SHIFT => fs.read_disk_blocks(&base, first, n).await,
+                _ => None,
+            };
+            let r = match on_disk {
                 Some(blocks) => Ok(blocks),
                 None => {
-                    let r = fs.get_blocks(&base, start..end).await;
+                    let r = fs.get_units(&base, start..end, 1 << shift).await;
                     if let (Ok(blocks), Some(disk)) = (&r, &fs.reader.disk_cache) {
                         for (j, block) in blocks.iter().enumerate() {
-                            disk.put(block_key(&base, first + j as u64), block.clone());
+                            disk.put(unit_key(&base, shift, first + j as u64), block.clone());
                         }
                     }
                     r
@@ -356,12 +389,12 @@ impl<S: ObjectStore> Fs<S> {
                 for (j, block) in blocks.iter().enumerate() {
                     fs.reader
                         .block_cache
-                        .put(block_key(&base, first + j as u64), block.clone());
+                        .put(unit_key(&base, shift, first + j as u64), block.clone());
                 }
             }
             let mut m = fs.reader.inflight.lock();
             for j in 0..n {
-                m.remove(&block_key(&base, first + j));
+                m.remove(&unit_key(&base, shift, first + j));
             }
             drop(m);
             drop(permits);

@@ -392,6 +392,10 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // A random read the caches hold is answered here, without the hop to the runtime.
+        if let Some(data) = self.fs.read_cached(fh.0, offset, size) {
+            return reply.data(&data);
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.read(fh.0, offset, size).await {
