@@ -231,6 +231,11 @@ async fn recover_spool<S: ObjectStore>(
     let log_path = PathBuf::from(format!("{}.log", spool.display()));
     let journal = std::fs::read_to_string(&log_path).unwrap_or_default();
     let Some(mut st) = replay(&journal) else {
+        // A spool made ahead of need and never written to (see `SpoolPool`): nothing to keep.
+        if journal.is_empty() && std::fs::metadata(spool).is_ok_and(|m| m.len() == 0) {
+            discard(spool, &log_path);
+            return None;
+        }
         return keep_unidentified(spool, &log_path, dir);
     };
     // The spool is always exactly as long as the file (writes extend it, truncates
@@ -587,6 +592,14 @@ mod tests {
                     },
                 ],
             );
+            // Two spools made ahead of need and never written (`SpoolPool`), left by a kill:
+            // discarded, not reported.
+            for sp in [
+                super::super::spool::Spool::create(spool_dir.path()).unwrap(),
+                super::super::spool::Spool::create(spool_dir.path()).unwrap(),
+            ] {
+                sp.keep();
+            }
             let got = recover_spools(&store, spool_dir.path(), out.path(), "p/").await;
             assert_eq!(got.len(), 2, "{got:?}");
             assert!(got.iter().all(|r| r.complete));

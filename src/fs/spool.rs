@@ -165,6 +165,64 @@ impl Spool {
     }
 }
 
+/// Spool files made ahead of need: creating a file and its journal costs a new small file more
+/// than its write (an `open(O_CREAT)` here takes 100 µs), so a first write takes one
+/// ready-made and the next is made in the background. A ready spool is empty and its journal
+/// has no record: after a crash, recovery discards such a pair (nothing was written to it).
+pub struct SpoolPool {
+    dir: PathBuf,
+    ready: Mutex<Vec<Spool>>,
+    filling: std::sync::atomic::AtomicBool,
+}
+
+/// Spool files kept ready.
+const READY: usize = 4;
+
+impl SpoolPool {
+    pub fn new(dir: PathBuf) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SpoolPool {
+            dir,
+            ready: Mutex::new(Vec::new()),
+            filling: Default::default(),
+        })
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<Spool>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new, empty spool: a ready one, or one made now.
+    pub fn take(self: &std::sync::Arc<Self>) -> FsResult<Spool> {
+        let ready = self.ready().pop();
+        self.refill();
+        match ready {
+            Some(sp) => Ok(sp),
+            None => Spool::create(&self.dir),
+        }
+    }
+
+    /// Makes spools until `READY` wait, on the blocking pool (if there is a runtime).
+    fn refill(self: &std::sync::Arc<Self>) {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.filling.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.clone();
+        rt.spawn_blocking(move || {
+            while me.ready().len() < READY {
+                match Spool::create(&me.dir) {
+                    Ok(sp) => me.ready().push(sp),
+                    Err(_) => break,
+                }
+            }
+            me.filling.store(false, Ordering::Release);
+        });
+    }
+}
+
 /// Runs `io`, a local disk operation that may block (a spool write, a journal append), without
 /// holding up the async worker it is called on: on a multi-thread runtime the worker's other
 /// tasks move to another thread meanwhile (`block_in_place`); on a current-thread runtime
@@ -237,6 +295,22 @@ pub struct SpoolBudget {
 }
 
 impl SpoolBudget {
+    /// `grow` without waiting: false when the budget has no room now.
+    pub fn try_grow(&self, spool: &Spool, new_len: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let have = spool.charged.load(Ordering::SeqCst);
+        if new_len <= have {
+            return true;
+        }
+        let extra = new_len - have;
+        if *used + extra > self.limit {
+            return false;
+        }
+        *used += extra;
+        spool.charged.store(new_len, Ordering::SeqCst);
+        true
+    }
+
     pub fn new(limit: u64, wait: Duration) -> Self {
         SpoolBudget {
             limit,
@@ -255,18 +329,8 @@ impl SpoolBudget {
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let notified = self.freed.notified();
-            {
-                let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-                let have = spool.charged.load(Ordering::SeqCst);
-                if new_len <= have {
-                    return Ok(());
-                }
-                let extra = new_len - have;
-                if *used + extra <= self.limit {
-                    *used += extra;
-                    spool.charged.store(new_len, Ordering::SeqCst);
-                    return Ok(());
-                }
+            if self.try_grow(spool, new_len) {
+                return Ok(());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(UploadError::SpoolFull {

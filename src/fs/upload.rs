@@ -38,6 +38,8 @@ pub struct Uploader {
     /// Bounds parts in memory at once (early and flush uploads alike).
     part_slots: Arc<tokio::sync::Semaphore>,
     spool_budget: SpoolBudget,
+    /// Spool files made ahead of need.
+    spools: std::sync::Arc<super::spool::SpoolPool>,
     /// Files whose upload failed for good (see `give_up`).
     failed: AtomicU64,
     /// Uploads running now (flushes and fsyncs), for a clean shutdown.
@@ -45,6 +47,11 @@ pub struct Uploader {
 }
 
 impl Uploader {
+    /// A new, empty spool file (see `SpoolPool`).
+    pub fn new_spool(&self) -> FsResult<super::spool::Spool> {
+        self.spools.take()
+    }
+
     pub fn new(config: &super::FsConfig, shares: &crate::cache::MemoryShares) -> Self {
         let slots = config
             .upload_concurrency
@@ -54,6 +61,7 @@ impl Uploader {
             layout: PartLayout::new(config.part_size),
             part_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             spool_budget: SpoolBudget::new(config.max_spool_bytes, config.spool_wait),
+            spools: super::spool::SpoolPool::new(config.dir.spool()),
             failed: AtomicU64::new(0),
             running: AtomicU64::new(0),
         }
@@ -82,6 +90,11 @@ impl Uploader {
     /// Waits for spool space for `spool` to reach `end` bytes (ENOSPC after the wait).
     pub async fn grow_spool(&self, spool: &Spool, end: u64) -> FsResult<()> {
         self.spool_budget.grow(spool, end).await
+    }
+
+    /// `grow_spool` without waiting: false when the budget has no room now.
+    pub fn try_grow_spool(&self, spool: &Spool, end: u64) -> bool {
+        self.spool_budget.try_grow(spool, end)
     }
 
     pub fn release_spool(&self, spool: &Spool) {

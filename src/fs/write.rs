@@ -42,14 +42,49 @@ impl<S: ObjectStore> Fs<S> {
         let _data = h.of.data.lock().await;
         let spool = self.spool_of(&h.of)?;
         self.uploader.grow_spool(&spool, end).await?;
-        let journal = h.of.lock().base.is_some();
-        spool::off_worker(|| spool.write_and_note(offset, data, journal))?;
-        let ready =
-            h.of.lock()
-                .wrote(self.layout(), offset, data.len() as u64, SystemTime::now());
+        spool::off_worker(|| self.write_spooled(&h.of, &spool, offset, data))
+    }
+
+    /// A write served at once on the calling thread (a FUSE thread, inside the runtime's
+    /// context), or `None` when it must wait (the file busy, the spool budget full) or fail:
+    /// the async path then does it. Most of a small file's write is the hops to the runtime
+    /// and back, and the copy of the data the async path needs.
+    pub fn write_now(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+        let h = self.file_handle(fh).ok()?;
+        if !h.writable || self.check_writable().is_err() || h.of.failure().is_some() {
+            return None;
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.layout().max_object_size())?;
+        let _data = h.of.data.try_lock().ok()?;
+        let spool = match self.spool_of(&h.of) {
+            Ok(sp) => sp,
+            Err(e) => return Some(Err(e)),
+        };
+        if !self.uploader.try_grow_spool(&spool, end) {
+            return None;
+        }
+        Some(self.write_spooled(&h.of, &spool, offset, data))
+    }
+
+    /// Writes `data` at `offset` into the file's spool (its budget already grown) and starts
+    /// the upload of parts the write completed. The caller holds the file's `data` lock.
+    fn write_spooled(
+        self: &Arc<Self>,
+        of: &Arc<OpenFile>,
+        spool: &Spool,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
+        let journal = of.lock().base.is_some();
+        spool.write_and_note(offset, data, journal)?;
+        let ready = of
+            .lock()
+            .wrote(self.layout(), offset, data.len() as u64, SystemTime::now());
         for part in ready {
             let fs = self.clone();
-            let of = h.of.clone();
+            let of = of.clone();
             tokio::spawn(async move { fs.upload_part_early(of, part).await });
         }
         Ok(data.len() as u32)
@@ -74,7 +109,7 @@ impl<S: ObjectStore> Fs<S> {
             (open, s.size)
         };
         let sp = spool::off_worker(|| -> FsResult<Spool> {
-            let sp = Spool::create(&self.config.dir.spool())?;
+            let sp = self.uploader.new_spool()?;
             if size > 0 {
                 sp.set_len(size)?;
             }
