@@ -127,6 +127,15 @@ impl RandomReads {
     }
 }
 
+/// The block holding byte `want.start`, its first byte, and the part of `want` in it (in the
+/// block's own offsets).
+fn in_block(key: &Arc<str>, etag: &Arc<str>, want: &Range<u64>) -> (BlockKey, u64, Range<u64>) {
+    let block = BlockKey::unit_at(key, etag, BLOCK_SHIFT, want.start);
+    let base = block.start();
+    let r = (want.start - base)..(want.end.min(base + BLOCK) - base);
+    (block, base, r)
+}
+
 impl<S: ObjectStore> Fs<S> {
     /// A random read served at once from the caches, on the calling thread, or `None` when
     /// it needs the async path (a sequential read, changed bytes, a byte not cached, a failed
@@ -282,21 +291,18 @@ impl<S: ObjectStore> Fs<S> {
         want: Range<u64>,
     ) -> Option<(u64, Bytes)> {
         let disk = self.reader.disk_cache.clone()?;
-        let block = BlockKey::unit_at(key, etag, BLOCK_SHIFT, want.start);
+        let (block, base, r) = in_block(key, etag, &want);
         if !disk.contains(&block) {
             return None;
         }
-        let (base, end) = (block.start(), want.end.min(block.start() + BLOCK));
         // A few pages, most likely in the kernel's page cache, are read here: a hop to the
         // blocking pool would cost more than the read.
-        if end - want.start <= INLINE_DISK_READ {
+        if r.end - r.start <= INLINE_DISK_READ {
             return self.disk_pages(key, etag, want);
         }
-        let (from, data) = tokio::task::spawn_blocking(move || {
-            disk.get_range(&block, (want.start - base)..(end - base))
-        })
-        .await
-        .ok()??;
+        let (from, data) = tokio::task::spawn_blocking(move || disk.get_range(&block, r))
+            .await
+            .ok()??;
         self.keep_pages(key, etag, base + from, &data);
         Some((base + from, data))
     }
@@ -310,10 +316,8 @@ impl<S: ObjectStore> Fs<S> {
         want: Range<u64>,
     ) -> Option<(u64, Bytes)> {
         let disk = self.reader.disk_cache.as_ref()?;
-        let block = BlockKey::unit_at(key, etag, BLOCK_SHIFT, want.start);
-        let base = block.start();
-        let end = want.end.min(base + BLOCK);
-        let (from, data) = disk.get_range(&block, (want.start - base)..(end - base))?;
+        let (block, base, r) = in_block(key, etag, &want);
+        let (from, data) = disk.get_range(&block, r)?;
         self.keep_pages(key, etag, base + from, &data);
         Some((base + from, data))
     }
