@@ -22,8 +22,10 @@
 //!
 //! Locks, in order: the namespace's rename fence, an open file's `upload` lock, its `data`
 //! lock (held across a spool write done off the async workers), the namespace state, the
-//! handle table, an open file's `state` (see `namespace` and `openfile`). No std lock is held
-//! across an `.await` or a write to disk.
+//! handle table, a handle's read state (`reads`), an open file's `state` (see `namespace`
+//! and `openfile`). No std lock is held across an `.await` or a write to disk; a random read
+//! served from the caches (`random::read_cached`) holds its handle's read state while it reads
+//! a few pages from the disk cache.
 
 pub mod attr;
 pub mod case;
