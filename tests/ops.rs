@@ -385,7 +385,7 @@ fn random_reads_after_a_remount_come_from_the_disk_cache() {
     // Outside block 1, and each far from the last: none looks sequential (read-ahead could
     // touch block 1).
     let (mut x, mut last) = (99u64, u64::MAX / 2);
-    let mut offsets: Vec<u64> = (0..400)
+    let offsets: Vec<u64> = (0..400)
         .map(|_| {
             x = x
                 .wrapping_mul(6364136223846793005)
@@ -402,11 +402,14 @@ fn random_reads_after_a_remount_come_from_the_disk_cache() {
         .collect();
     assert!(offsets.len() > 50);
     let bad_page = (1 << 20) + 5 * 16384;
-    let mut buf = vec![0u8; 4096];
-    for &off in &offsets {
-        f.read_exact_at(&mut buf, off).unwrap();
-        assert_eq!(&buf[..], &data[off as usize..][..4096], "at {off}");
-    }
+    let read_all = |offsets: &[u64]| {
+        let mut buf = vec![0u8; 4096];
+        for &off in offsets {
+            f.read_exact_at(&mut buf, off).unwrap();
+            assert_eq!(&buf[..], &data[off as usize..][..4096], "at {off}");
+        }
+    };
+    read_all(&offsets);
     let middle = stats(&m, true);
     assert_eq!(
         stat_value(&middle, get),
@@ -418,11 +421,7 @@ fn random_reads_after_a_remount_come_from_the_disk_cache() {
         stat_value(&middle, returned)
             >= stat_value(&before, returned) + 4096 * offsets.len() as u64
     );
-    offsets = vec![bad_page, bad_page - 4096, bad_page + 16384];
-    for &off in &offsets {
-        f.read_exact_at(&mut buf, off).unwrap();
-        assert_eq!(&buf[..], &data[off as usize..][..4096], "at {off}");
-    }
+    read_all(&[bad_page, bad_page - 4096, bad_page + 16384]);
     let after = stats(&m, true);
     assert_eq!(
         stat_value(&after, get),

@@ -127,6 +127,14 @@ impl RandomReads {
     }
 }
 
+/// The part of `want` that `data` (starting at byte `start`) holds from `want.start` on;
+/// `None` when it does not hold `want.start`.
+fn piece_of(start: u64, data: &Bytes, want: Range<u64>) -> Option<Bytes> {
+    let to = want.end.min(start + data.len() as u64);
+    (start <= want.start && to > want.start)
+        .then(|| data.slice((want.start - start) as usize..(to - start) as usize))
+}
+
 /// The block holding byte `want.start`, its first byte, and the part of `want` in it (in the
 /// block's own offsets).
 fn in_block(key: &Arc<str>, etag: &Arc<str>, want: &Range<u64>) -> (BlockKey, u64, Range<u64>) {
@@ -166,24 +174,19 @@ impl<S: ObjectStore> Fs<S> {
         while p < r.end {
             let (start, data) = self
                 .reader
-                .block_cache
+                .block_cache()
                 .cover(&key, &etag, p)
                 .or_else(|| self.disk_pages(&key, &etag, p..r.end))?;
-            let to = r.end.min(start + data.len() as u64);
-            if start > p || to <= p {
-                return None;
-            }
-            pieces.push(data.slice((p - start) as usize..(to - start) as usize));
-            p = to;
+            let piece = piece_of(start, &data, p..r.end)?;
+            p += piece.len() as u64;
+            pieces.push(piece);
         }
         reads.observe(offset, size as u64);
         reads.random.plan(r.clone(), b.len, self.reader.room());
         drop(reads);
         h.of.lock().served = true;
         let data = joined(pieces);
-        self.reader
-            .returned
-            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.reader.returned(data.len() as u64);
         Some(data)
     }
 
@@ -208,18 +211,14 @@ impl<S: ObjectStore> Fs<S> {
             let (start, data) = self
                 .unit_holding(b, (&key, &etag), p..r.end, &fetch)
                 .await?;
-            let to = r.end.min(start + data.len() as u64);
-            if start > p || to <= p {
-                return Err(HandleError::Short {
-                    key: b.key.clone(),
-                    got: data.len() as u64,
-                    want: r.end - p,
-                    at: p,
-                }
-                .into());
-            }
-            pieces.push(data.slice((p - start) as usize..(to - start) as usize));
-            p = to;
+            let piece = piece_of(start, &data, p..r.end).ok_or_else(|| HandleError::Short {
+                key: b.key.clone(),
+                got: data.len() as u64,
+                want: r.end - p,
+                at: p,
+            })?;
+            p += piece.len() as u64;
+            pieces.push(piece);
         }
         Ok(joined(pieces))
     }
@@ -235,10 +234,10 @@ impl<S: ObjectStore> Fs<S> {
         fetch: &Fetch,
     ) -> FsResult<(u64, Bytes)> {
         let p = want.start;
-        if let Some(hit) = self.reader.block_cache.cover(key, etag, p) {
+        if let Some(hit) = self.reader.block_cache().cover(key, etag, p) {
             return Ok(hit);
         }
-        if let Some((k, pending)) = self.in_flight_at(key, etag, p) {
+        if let Some((k, pending)) = self.reader.in_flight_at(key, etag, p) {
             return Ok((k.start(), unit_of(&k, pending).await?));
         }
         if let Some(found) = self.read_disk_pages(key, etag, want.clone()).await {
@@ -250,12 +249,12 @@ impl<S: ObjectStore> Fs<S> {
         let chunk = (units.end - units.start).max(1);
         self.start_unit_fetches(b, shift, units, chunk);
         let k = unit_key(b, shift, p >> shift);
-        let pending = self.reader.inflight.lock().get(&k).cloned();
+        let pending = self.reader.pending(&k);
         match pending {
             Some(pending) => Ok((k.start(), unit_of(&k, pending).await?)),
             // Done already (or the unit was cached meanwhile): it is in the cache, unless
             // evicted at once; then fetch exactly this unit, waiting for it.
-            None => match self.reader.block_cache.cover(key, etag, p) {
+            None => match self.reader.block_cache().cover(key, etag, p) {
                 Some(hit) => Ok(hit),
                 None => {
                     let one = Fetch {
@@ -268,20 +267,6 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// A fetch in flight of a unit of any size holding byte `p`.
-    fn in_flight_at(
-        &self,
-        key: &Arc<str>,
-        etag: &Arc<str>,
-        p: u64,
-    ) -> Option<(BlockKey, super::readahead::Pending)> {
-        let m = self.reader.inflight.lock();
-        UNIT_SHIFTS.iter().find_map(|&s| {
-            let k = BlockKey::unit_at(key, etag, s, p);
-            m.get(&k).cloned().map(|pending| (k, pending))
-        })
-    }
-
     /// The pages of `want` (up to the end of its first block) from the disk cache, kept in
     /// memory too as 16 KiB units.
     async fn read_disk_pages(
@@ -290,7 +275,7 @@ impl<S: ObjectStore> Fs<S> {
         etag: &Arc<str>,
         want: Range<u64>,
     ) -> Option<(u64, Bytes)> {
-        let disk = self.reader.disk_cache.clone()?;
+        let disk = self.reader.disk()?.clone();
         let (block, base, r) = in_block(key, etag, &want);
         if !disk.contains(&block) {
             return None;
@@ -315,7 +300,7 @@ impl<S: ObjectStore> Fs<S> {
         etag: &Arc<str>,
         want: Range<u64>,
     ) -> Option<(u64, Bytes)> {
-        let disk = self.reader.disk_cache.as_ref()?;
+        let disk = self.reader.disk()?;
         let (block, base, r) = in_block(key, etag, &want);
         let (from, data) = disk.get_range(&block, r)?;
         self.keep_pages(key, etag, base + from, &data);
@@ -327,7 +312,7 @@ impl<S: ObjectStore> Fs<S> {
         let page_shift = PAGE.trailing_zeros() as u8;
         for (i, page) in data.chunks(PAGE as usize).enumerate() {
             let unit = BlockKey::unit_at(key, etag, page_shift, at + i as u64 * PAGE);
-            self.reader.block_cache.put(unit, data.slice_ref(page));
+            self.reader.block_cache().put(unit, data.slice_ref(page));
         }
     }
 }

@@ -14,7 +14,6 @@
 //! ETag rather than failing.
 
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
@@ -52,7 +51,7 @@ impl<S: ObjectStore> Fs<S> {
             let old = match self.read_attempt(&h.of, offset, size as u64, &how).await? {
                 Attempt::Read(data) => {
                     let n = data.len() as u64;
-                    self.reader.returned.fetch_add(n, Ordering::Relaxed);
+                    self.reader.returned(n);
                     return Ok(data);
                 }
                 Attempt::Stale(old) => old,

@@ -128,16 +128,16 @@ pub(super) async fn unit_of(key: &BlockKey, (fut, chunk_start): Pending) -> FsRe
 /// The reader's state: blocks cached in memory (and on disk), fetches in flight, the
 /// read-ahead budget, and per directory the last file opened for reading (see `siblings`).
 pub struct Reader {
-    pub(super) block_cache: BlockCache,
-    pub(super) disk_cache: Option<Arc<DiskCache>>,
-    pub(super) inflight: InFlight,
+    block_cache: BlockCache,
+    disk_cache: Option<Arc<DiskCache>>,
+    inflight: InFlight,
     /// Read-ahead in flight, in blocks.
     read_slots: Arc<tokio::sync::Semaphore>,
     read_cursors: Mutex<lru::LruCache<Ino, String>>,
     /// Object bytes fetched from S3 for reads, and bytes returned to readers: their ratio is
     /// the read amplification `pailfs stats` reports.
-    pub(super) fetched: AtomicU64,
-    pub(super) returned: AtomicU64,
+    fetched: AtomicU64,
+    returned: AtomicU64,
 }
 
 impl Reader {
@@ -167,6 +167,35 @@ impl Reader {
 
     pub fn block_cache(&self) -> &BlockCache {
         &self.block_cache
+    }
+
+    /// The disk cache, when the mount has one.
+    pub(super) fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk_cache.as_ref()
+    }
+
+    /// The fetch in flight of unit `k`, if any.
+    pub(super) fn pending(&self, k: &BlockKey) -> Option<Pending> {
+        self.inflight.lock().get(k).cloned()
+    }
+
+    /// A fetch in flight of a unit of any size holding byte `p` of `key` at `etag`.
+    pub(super) fn in_flight_at(
+        &self,
+        key: &Arc<str>,
+        etag: &Arc<str>,
+        p: u64,
+    ) -> Option<(BlockKey, Pending)> {
+        let m = self.inflight.lock();
+        crate::cache::UNIT_SHIFTS.iter().find_map(|&s| {
+            let k = BlockKey::unit_at(key, etag, s, p);
+            m.get(&k).cloned().map(|pending| (k, pending))
+        })
+    }
+
+    /// Counts `n` bytes returned to a reader.
+    pub(super) fn returned(&self, n: u64) {
+        self.returned.fetch_add(n, Ordering::Relaxed);
     }
 
     /// (object bytes fetched for reads, bytes returned to readers) since the mount.

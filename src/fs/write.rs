@@ -27,6 +27,21 @@ use crate::store::ObjectStore;
 impl<S: ObjectStore> Fs<S> {
     /// Writes `data` at `offset` through handle `fh`.
     pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (h, end) = self.write_target(fh, offset, data.len())?;
+        let _data = h.of.data.lock().await;
+        let spool = self.spool_of(&h.of)?;
+        self.uploader.grow_spool(&spool, end).await?;
+        spool::off_worker(|| self.write_spooled(&h.of, &spool, offset, data))
+    }
+
+    /// The handle `fh` if `len` bytes may be written at `offset` through it, and where the
+    /// write ends.
+    fn write_target(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: usize,
+    ) -> FsResult<(super::handles::FileHandle, u64)> {
         let h = self.file_handle(fh)?;
         if !h.writable {
             return Err(HandleError::NotWritable.into());
@@ -36,13 +51,10 @@ impl<S: ObjectStore> Fs<S> {
             return Err(e);
         }
         let end = offset
-            .checked_add(data.len() as u64)
+            .checked_add(len as u64)
             .filter(|e| *e <= self.layout().max_object_size())
             .ok_or(HandleError::TooLarge)?;
-        let _data = h.of.data.lock().await;
-        let spool = self.spool_of(&h.of)?;
-        self.uploader.grow_spool(&spool, end).await?;
-        spool::off_worker(|| self.write_spooled(&h.of, &spool, offset, data))
+        Ok((h, end))
     }
 
     /// A write served at once on the calling thread (a FUSE thread, inside the runtime's
@@ -50,13 +62,7 @@ impl<S: ObjectStore> Fs<S> {
     /// the async path then does it. Most of a small file's write is the hops to the runtime
     /// and back, and the copy of the data the async path needs.
     pub fn write_now(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
-        let h = self.file_handle(fh).ok()?;
-        if !h.writable || self.check_writable().is_err() || h.of.failure().is_some() {
-            return None;
-        }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= self.layout().max_object_size())?;
+        let (h, end) = self.write_target(fh, offset, data.len()).ok()?;
         let _data = h.of.data.try_lock().ok()?;
         let spool = match self.spool_of(&h.of) {
             Ok(sp) => sp,
