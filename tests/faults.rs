@@ -524,6 +524,44 @@ fn requester_pays_and_the_expected_owner_go_with_every_request() {
     assert_eq!(paid, all, "every request carries both headers");
 }
 
+/// `pailfs check --requester-pays --expected-bucket-owner` sends them with each of its probes
+/// too (the ACL probes forgot them): every request names the owner, and every one but
+/// GetBucketLocation (which takes no payer) says the requester pays.
+#[test]
+fn check_sends_the_payer_and_owner_with_every_probe() {
+    let env = S3Env::get();
+    let proxy = FaultProxy::start(&env.endpoint);
+    let prefix = unique_prefix("payer-check");
+    let out = env
+        .apply(&mut std::process::Command::new(pailfs_bin()))
+        .args(["check", &format!("{}:{prefix}", env.bucket)])
+        .args(["--endpoint-url", &proxy.url, "--requester-pays"])
+        .args(["--expected-bucket-owner", "123456789012"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("GetObjectAcl"), "the ACL probes ran: {text}");
+    let all = proxy.count(|c| &c.forwarded);
+    let owned = proxy.count(|c| &c.owned);
+    let paid = proxy.count(|c| &c.paid);
+    let locations = proxy.count(|c| &c.locations);
+    assert!(
+        all > 5 && locations >= 1,
+        "{all} requests, {locations} locations"
+    );
+    assert_eq!(owned, all, "every request names the owner");
+    assert_eq!(
+        paid + locations,
+        all,
+        "every request but GetBucketLocation pays"
+    );
+}
+
 /// The write probe at mount creates and aborts a multipart upload: no object is written or
 /// deleted (on a versioned bucket a PUT and a DELETE would leave a version and a delete
 /// marker, and fire object events), and no upload is left open.

@@ -141,6 +141,7 @@ impl AwsStore {
             .client
             .get_bucket_location()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.opts.expected_bucket_owner.clone())
             .send()
             .await
             .map_err(map_err)?;
@@ -153,9 +154,7 @@ impl AwsStore {
 
     /// GetObjectAcl (only to probe the permission).
     pub async fn get_object_acl(&self, key: &str) -> StoreResult<()> {
-        self.client
-            .get_object_acl()
-            .bucket(&self.bucket)
+        crate::paid!(self.client.get_object_acl().bucket(&self.bucket), self.opts)
             .key(key)
             .send()
             .await
@@ -165,9 +164,7 @@ impl AwsStore {
 
     /// PutObjectAcl with the canned `private` ACL (only to probe the permission).
     pub async fn put_object_acl_private(&self, key: &str) -> StoreResult<()> {
-        self.client
-            .put_object_acl()
-            .bucket(&self.bucket)
+        crate::paid!(self.client.put_object_acl().bucket(&self.bucket), self.opts)
             .key(key)
             .acl(aws_sdk_s3::types::ObjectCannedAcl::Private)
             .send()

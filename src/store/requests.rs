@@ -7,7 +7,7 @@
 //! applies them to every request they concern, so no write path can forget one: PUTs, multipart
 //! uploads and copies (renames and `chmod` are copies; without the storage class a copy would
 //! fall back to STANDARD) carry the encryption and the storage class; every request carries the
-//! payer and the expected owner.
+//! payer and the expected owner (GetBucketLocation takes only the owner).
 //!
 //! [`AwsStore`]: super::aws::AwsStore
 

@@ -64,6 +64,10 @@ pub struct Counts {
     pub unsigned_payload: AtomicU64,
     /// Requests that said the requester pays and named the expected bucket owner.
     pub paid: AtomicU64,
+    /// Requests that named the expected bucket owner, and GetBucketLocation requests (which
+    /// take an owner but no payer).
+    pub owned: AtomicU64,
+    pub locations: AtomicU64,
     /// DELETEs of objects (not of multipart uploads) and PUTs of objects (not of parts).
     pub object_deletes: AtomicU64,
     pub object_puts: AtomicU64,
@@ -191,6 +195,12 @@ async fn handle(
     upstream: hyper::Uri,
 ) -> Result<Response<Body>, BoxError> {
     let h = req.headers();
+    if h.contains_key("x-amz-expected-bucket-owner") {
+        counts.owned.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.uri().query().is_some_and(|q| q == "location") {
+        counts.locations.fetch_add(1, Ordering::SeqCst);
+    }
     if h.get("x-amz-request-payer")
         .is_some_and(|v| v == "requester")
         && h.contains_key("x-amz-expected-bucket-owner")
