@@ -18,14 +18,15 @@ enum LogTo<'a> {
 
 fn init_logging(level: &str, to: LogTo) -> Result<(), CliError> {
     use std::io::Write;
-    // At trace level the S3 client's own events (aws-smithy, forwarded from `tracing`) show
-    // too: requests, retries and why they failed. Below it, aws-config's warnings are its
-    // search for credentials and a region (instance metadata that is not there, on every
-    // machine but EC2); what was missing is said once by pailfs itself.
-    let sdk = if level == "trace" {
-        "aws_smithy_runtime=debug,aws_sdk_s3=debug,aws_config=debug,"
-    } else {
-        "aws_config=error,"
+    // At debug level (`--debug`) the S3 client's own events (aws-smithy, forwarded from
+    // `tracing`) show too: requests, retries and why they failed; trace adds aws-config's
+    // search for credentials and a region. Below debug, aws-config's warnings are that search
+    // (instance metadata that is not there, on every machine but EC2); what was missing is
+    // said once by pailfs itself.
+    let sdk = match level {
+        "trace" => "aws_smithy_runtime=debug,aws_sdk_s3=debug,aws_config=debug,",
+        "debug" => "aws_smithy_runtime=debug,aws_sdk_s3=debug,aws_config=error,",
+        _ => "aws_config=error,",
     };
     let default = format!("pailfs={level},fuser=error,{sdk}warn");
     let mut b =
@@ -174,7 +175,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cli = Cli::parse_from(args);
+    for notice in &args.notices {
+        eprintln!("pailfs: {notice}");
+    }
+    let cli = Cli::parse_from(args.args);
     match run(cli) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),

@@ -437,9 +437,9 @@ fn random_reads_after_a_remount_come_from_the_disk_cache() {
 
 /// Under systemd (standard error is the journal's stream, `JOURNAL_STREAM`), each log line
 /// starts with its priority, `<4>` for a warning, so `journalctl -p warning` finds it; and at
-/// `--log-level trace` the S3 client's own events are in the log too.
+/// `--debug` (`--log-level debug`) the S3 client's own events are in the log too, and not below it.
 #[test]
-fn journal_lines_carry_their_priority_and_trace_shows_the_s3_client() {
+fn journal_lines_carry_their_priority_and_debug_shows_the_s3_client() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let env = S3Env::get();
     let prefix = unique_prefix("journal");
@@ -481,13 +481,18 @@ fn journal_lines_carry_their_priority_and_trace_shows_the_s3_client() {
     );
     assert!(text.lines().any(|l| l.starts_with("<6>")), "{text}");
 
-    let mut traced = Mount::with_args(&unique_prefix("trace"), &["--log-level", "trace"]);
-    std::fs::write(traced.p("f"), b"x").unwrap();
-    traced.unmount();
-    let log = traced.log_text();
+    // mount-s3's `--debug` is the debug level, where the S3 client's events show.
+    let mut debug = Mount::with_args(&unique_prefix("trace"), &["--debug"]);
+    std::fs::write(debug.p("f"), b"x").unwrap();
+    debug.unmount();
+    let log = debug.log_text();
     assert!(
         log.contains("aws_smithy_runtime"),
-        "no S3 client events at trace level"
+        "no S3 client events at debug level"
     );
     assert!(!log.contains(&env.secret));
+    let mut quiet = Mount::with_args(&unique_prefix("trace"), &["--log-level", "info"]);
+    std::fs::write(quiet.p("f"), b"x").unwrap();
+    quiet.unmount();
+    assert!(!quiet.log_text().contains("aws_smithy_runtime"));
 }

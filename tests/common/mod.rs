@@ -234,6 +234,15 @@ impl Mount {
             } else {
                 vec!["--log-level", "debug"]
             })
+            // pailfs' own debug lines without the S3 client's (a few per request), unless
+            // the test asks for a level itself.
+            .envs(
+                (!self
+                    .extra
+                    .iter()
+                    .any(|a| a == "--log-level" || a == "--debug"))
+                .then_some(("RUST_LOG", "pailfs=debug,fuser=error,aws_config=error,warn")),
+            )
             .args(&self.extra)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
