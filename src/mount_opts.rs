@@ -10,9 +10,10 @@
 //!
 //! An fstab line written for s3fs works too: its options become the pailfs flags that mean
 //! the same (`url` the endpoint, `endpoint` the region, `passwd_file`, `umask`, ...; see
-//! [`s3fs`]), options that only tune s3fs are dropped, and those whose meaning pailfs cannot
-//! give (ACLs, customer-provided encryption keys) are refused by name rather than silently
-//! lost.
+//! [`s3fs`]). Options that only tune s3fs or libfuse change nothing important here: they are
+//! accepted with a notice on standard error (a boot mount never fails for them), and those
+//! whose meaning pailfs cannot give (an ACL other than private, a `use_sse=custom` without its
+//! key file) are refused by name rather than silently lost.
 
 use std::ffi::OsString;
 
@@ -55,20 +56,35 @@ const GENERIC: &[&str] = &[
     "default_permissions",
 ];
 
+/// A command line after [`rewrite`]: the arguments, and one line for each option that was
+/// accepted but changes nothing here (printed before the mount, so a boot log says it).
+#[derive(Debug, Default)]
+pub struct Rewritten {
+    pub args: Vec<OsString>,
+    pub notices: Vec<String>,
+}
+
 /// Rewrites `pailfs SOURCE MOUNTPOINT -o ...` into `pailfs mount SOURCE MOUNTPOINT --flags`,
 /// and expands `-o` in `pailfs mount ...` the same way. Other command lines are unchanged.
-pub fn rewrite(args: Vec<OsString>, cli: &clap::Command) -> Result<Vec<OsString>, String> {
+pub fn rewrite(args: Vec<OsString>, cli: &clap::Command) -> Result<Rewritten, String> {
+    let unchanged = |args| {
+        Ok(Rewritten {
+            args,
+            notices: Vec::new(),
+        })
+    };
     let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
-        return Ok(args);
+        return unchanged(args);
     };
     let Some(mount) = cli.find_subcommand("mount") else {
-        return Ok(args);
+        return unchanged(args);
     };
     let helper_form = !first.starts_with('-') && cli.find_subcommand(first).is_none();
     if !helper_form && first != "mount" {
-        return Ok(args);
+        return unchanged(args);
     }
     let mut out = vec![args[0].clone(), OsString::from("mount")];
+    let mut notices = Vec::new();
     let rest = if helper_form { &args[1..] } else { &args[2..] };
     let mut it = rest.iter();
     while let Some(a) = it.next() {
@@ -86,29 +102,48 @@ pub fn rewrite(args: Vec<OsString>, cli: &clap::Command) -> Result<Vec<OsString>
         match opts {
             Some(list) => {
                 for opt in list.split(',') {
-                    out.extend(translate(opt, mount)?.into_iter().map(OsString::from));
+                    match translate(opt, mount)? {
+                        Translated::Flags(f) => out.extend(f.into_iter().map(OsString::from)),
+                        Translated::Ignored(why) => {
+                            notices.push(format!("mount option {opt:?} ignored: {why}"))
+                        }
+                    }
                 }
             }
             None => out.push(a.clone()),
         }
     }
-    Ok(out)
+    Ok(Rewritten { args: out, notices })
+}
+
+/// What one `-o` option became.
+#[derive(Debug, PartialEq)]
+enum Translated {
+    /// `pailfs mount` flags (none for the options of mount(8) that concern the mount table).
+    Flags(Vec<String>),
+    /// Accepted, changing nothing here, for this reason.
+    Ignored(&'static str),
 }
 
 /// One `-o` option as `pailfs mount` flags.
-fn translate(opt: &str, mount: &clap::Command) -> Result<Vec<String>, String> {
+fn translate(opt: &str, mount: &clap::Command) -> Result<Translated, String> {
     let (name, value) = match opt.split_once('=') {
         Some((n, v)) => (n, Some(v)),
         None => (opt, None),
     };
     if name.is_empty() || GENERIC.contains(&name) || name.starts_with("x-") || name == "comment" {
-        return Ok(Vec::new());
+        return Ok(Translated::Flags(Vec::new()));
     }
     if name == "ro" {
-        return Ok(vec!["--read-only".into()]);
+        return Ok(Translated::Flags(vec!["--read-only".into()]));
     }
-    if let Some(flags) = s3fs(name, value)? {
-        return Ok(flags);
+    if FUSE_TUNING.contains(&name) {
+        return Ok(Translated::Ignored(
+            "a libfuse or kernel tuning option; pailfs sets its own FUSE options",
+        ));
+    }
+    if let Some(t) = s3fs(name, value)? {
+        return Ok(t);
     }
     let long = name.replace('_', "-");
     let arg = mount
@@ -121,12 +156,51 @@ fn translate(opt: &str, mount: &clap::Command) -> Result<Vec<String>, String> {
         })?;
     let flag = format!("--{long}");
     match (arg.get_action().takes_values(), value) {
-        (true, Some(v)) => Ok(vec![flag, v.to_string()]),
+        (true, Some(v)) => Ok(Translated::Flags(vec![flag, v.to_string()])),
         (true, None) => Err(format!("mount option {name:?} needs a value ({name}=...)")),
-        (false, None) => Ok(vec![flag]),
+        (false, None) => Ok(Translated::Flags(vec![flag])),
         (false, Some(_)) => Err(format!("mount option {name:?} takes no value")),
     }
 }
+
+/// Options of libfuse's high-level API and of older kernels that s3fs fstab lines carry
+/// (pailfs chooses its FUSE options itself): accepted, with a notice.
+const FUSE_TUNING: &[&str] = &[
+    "kernel_cache",
+    "auto_cache",
+    "noauto_cache",
+    "big_writes",
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "max_background",
+    "congestion_threshold",
+    "async_read",
+    "sync_read",
+    "atomic_o_trunc",
+    "splice_read",
+    "splice_write",
+    "splice_move",
+    "no_splice_read",
+    "no_splice_write",
+    "no_splice_move",
+    "attr_timeout",
+    "entry_timeout",
+    "negative_timeout",
+    "ac_attr_timeout",
+    "noforget",
+    "remember",
+    "use_ino",
+    "readdir_ino",
+    "direct_io",
+    "hard_remove",
+    "intr",
+    "intr_signal",
+    "fsname",
+    "subtype",
+    "blksize",
+    "modules",
+];
 
 /// s3fs options that tune only s3fs itself (its caches, debugging, request details): dropped.
 const S3FS_TUNING: &[&str] = &[
@@ -157,24 +231,61 @@ const S3FS_TUNING: &[&str] = &[
     "ssl_verify_hostname",
     "no_check_certificate",
     "cipher_suites",
+    "nomultipart",
+    "nomixupload",
+    "streamupload",
+    "max_thread_count",
+    "multipart_copy_size",
+    "nocopyapi",
+    "norenameapi",
+    "noxmlns",
+    "nosscache",
+    "fake_diropen",
+    "tmpdir",
+    "logfile",
+    "mime",
+    "use_wtf8",
+    "disable_noobj_cache",
+    "free_space_ratio",
+    "check_cache_dir_exist",
+    "update_parent_dir_stat",
+    "no_time_stamp_msg",
+    "newcache_conf",
+    "ecs",
+    "ibm_iam_auth",
+    "ibm_iam_endpoint",
+    "imdsv1only",
+    "credlib",
+    "credlib_opts",
+    "set_check_cache_sigusr1",
+    "dirmode_compat",
+    "enable_unsigned_payload",
+    "cache_size",
 ];
 
-/// s3fs options whose meaning pailfs cannot give yet: refused, never silently lost.
-const S3FS_REFUSED: &[&str] = &["default_acl"];
-
 /// s3fs option `name` as pailfs flags; `None` when it is not one of s3fs's.
-fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> {
+fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Translated>, String> {
     if S3FS_TUNING.contains(&name) {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Translated::Ignored(
+            "it tunes s3fs itself; pailfs has its own caches, threads and request handling",
+        )));
     }
-    if S3FS_REFUSED.contains(&name) {
-        return Err(format!(
-            "s3fs option {name:?} has no pailfs equivalent yet; remove it from the mount options"
-        ));
+    // Objects are private unless a bucket policy says otherwise; pailfs sets no ACL, so
+    // `private` (s3fs's default) changes nothing and any other ACL cannot be given.
+    if name == "default_acl" {
+        return match value {
+            None | Some("private") => Ok(Some(Translated::Ignored(
+                "objects are private, as with default_acl=private",
+            ))),
+            Some(v) => Err(format!(
+                "s3fs option \"default_acl={v}\" has no pailfs equivalent (pailfs sets no ACL: grant access with a bucket policy); remove it from the mount options"
+            )),
+        };
     }
-    let plain = |flag: &str| -> Result<Option<Vec<String>>, String> {
+    let flags = |f: Vec<String>| Ok(Some(Translated::Flags(f)));
+    let plain = |flag: &str| -> Result<Option<Translated>, String> {
         let v = value.ok_or(format!("s3fs option {name:?} needs a value ({name}=...)"))?;
-        Ok(Some(vec![flag.to_string(), v.to_string()]))
+        flags(vec![flag.to_string(), v.to_string()])
     };
     let number = || -> Result<u64, String> {
         value
@@ -182,30 +293,35 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> 
             .ok_or(format!("s3fs option {name:?} needs a number ({name}=N)"))
     };
     match name {
-        "use_path_request_style" => Ok(Some(vec!["--force-path-style".into()])),
-        "requester_pays" => Ok(Some(vec!["--requester-pays".into()])),
+        "use_path_request_style" => flags(vec!["--force-path-style".into()]),
+        "requester_pays" => flags(vec!["--requester-pays".into()]),
         "public_bucket" if value.is_none_or(|v| v == "1") => {
-            Ok(Some(vec!["--no-sign-request".into()]))
+            flags(vec!["--no-sign-request".into()])
         }
         // s3fs's default.
-        "public_bucket" if value == Some("0") => Ok(Some(vec![])),
+        "public_bucket" if value == Some("0") => flags(vec![]),
         "storage_class" => plain("--storage-class"),
+        // s3fs's older spelling of storage_class=REDUCED_REDUNDANCY.
+        "use_rrs" if value.is_none_or(|v| v == "1") => {
+            flags(vec!["--storage-class".into(), "REDUCED_REDUNDANCY".into()])
+        }
+        "use_rrs" => Ok(Some(Translated::Ignored("use_rrs=0 is s3fs's default"))),
         // s3fs: use_sse (or =1) is SSE-S3; kmsid / kmsid:KEY is SSE-KMS; custom is SSE-C.
         "use_sse" => match value {
-            None | Some("1") => Ok(Some(vec!["--sse".into(), "AES256".into()])),
-            Some("kmsid") | Some("k") => Ok(Some(vec!["--sse".into(), "aws:kms".into()])),
+            None | Some("1") => flags(vec!["--sse".into(), "AES256".into()]),
+            Some("kmsid") | Some("k") => flags(vec!["--sse".into(), "aws:kms".into()]),
             Some(v) if v.starts_with("kmsid:") || v.starts_with("k:") => {
                 let key = v.split_once(':').map_or("", |(_, k)| k);
-                Ok(Some(vec![
+                flags(vec![
                     "--sse".into(),
                     "aws:kms".into(),
                     "--sse-kms-key-id".into(),
                     key.into(),
-                ]))
+                ])
             }
             Some(v) if v.starts_with("custom:") || v.starts_with("c:") => {
                 let file = v.split_once(':').map_or("", |(_, f)| f);
-                Ok(Some(vec!["--sse-c-key-file".into(), file.into()]))
+                flags(vec!["--sse-c-key-file".into(), file.into()])
             }
             Some(v) => Err(format!(
                 "s3fs option \"use_sse={v}\" names no key file; write use_sse=custom:FILE (pailfs: --sse-c-key-file FILE)"
@@ -218,23 +334,20 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Vec<String>>, String> 
         "use_cache" => plain("--cache-dir"),
         "stat_cache_expire" => plain("--metadata-ttl"),
         "parallel_count" => plain("--upload-concurrency"),
-        "multipart_size" => Ok(Some(vec!["--part-size".into(), format!("{}M", number()?)])),
+        "multipart_size" => flags(vec!["--part-size".into(), format!("{}M", number()?)]),
         // s3fs retries this many times after the first attempt.
-        "retries" => Ok(Some(vec![
-            "--max-attempts".into(),
-            (number()? + 1).to_string(),
-        ])),
+        "retries" => flags(vec!["--max-attempts".into(), (number()? + 1).to_string()]),
         "umask" => {
             let mask = value
                 .and_then(|v| u16::from_str_radix(v.trim_start_matches("0o"), 8).ok())
                 .filter(|m| *m <= 0o777)
                 .ok_or("s3fs option \"umask\" needs an octal mask (umask=022)".to_string())?;
-            Ok(Some(vec![
+            flags(vec![
                 "--file-mode".into(),
                 format!("{:o}", 0o666 & !mask),
                 "--dir-mode".into(),
                 format!("{:o}", 0o777 & !mask),
-            ]))
+            ])
         }
         _ => Ok(None),
     }
@@ -246,9 +359,15 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     fn run(args: &[&str]) -> Result<Vec<String>, String> {
+        notices(args).map(|(args, _)| args)
+    }
+
+    fn notices(args: &[&str]) -> Result<(Vec<String>, Vec<String>), String> {
         let args = args.iter().map(OsString::from).collect();
-        rewrite(args, &crate::cli::Cli::command())
-            .map(|v| v.into_iter().map(|a| a.into_string().unwrap()).collect())
+        rewrite(args, &crate::cli::Cli::command()).map(|r| {
+            let args = r.args.into_iter().map(|a| a.into_string().unwrap());
+            (args.collect(), r.notices)
+        })
     }
 
     #[test]
@@ -295,7 +414,10 @@ mod tests {
             } else {
                 long.replace('-', "_")
             };
-            assert!(translate(&opt, mount).is_ok(), "{opt}");
+            assert!(
+                matches!(translate(&opt, mount), Ok(Translated::Flags(f)) if !f.is_empty()),
+                "{opt}"
+            );
         }
     }
 
@@ -358,6 +480,46 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// What changes nothing here is accepted with one notice per option, so an fstab line
+    /// full of s3fs and libfuse tuning still mounts at boot and its log says what was dropped.
+    #[test]
+    fn tuning_options_are_accepted_with_a_notice_each() {
+        let (args, notes) = notices(&[
+            "pailfs",
+            "b",
+            "/m",
+            "-o",
+            "allow_other,nomultipart,kernel_cache,big_writes,max_background=64,tmpdir=/tmp,\
+             logfile=/var/log/s3fs.log,default_acl=private,nonempty,use_rrs",
+        ])
+        .unwrap();
+        assert_eq!(
+            args[4..].join(" "),
+            "--allow-other --storage-class REDUCED_REDUNDANCY"
+        );
+        crate::cli::Cli::try_parse_from(&args).unwrap();
+        for opt in [
+            "nomultipart",
+            "kernel_cache",
+            "big_writes",
+            "max_background=64",
+            "tmpdir=/tmp",
+            "logfile=/var/log/s3fs.log",
+            "default_acl=private",
+            "nonempty",
+        ] {
+            let line = notes.iter().find(|n| n.contains(&format!("{opt:?}")));
+            assert!(
+                line.is_some_and(|l| l.contains("ignored: ")),
+                "{opt}: {notes:?}"
+            );
+        }
+        assert_eq!(notes.len(), 8, "{notes:?}");
+        // mount(8)'s own options are no news.
+        let (_, quiet) = notices(&["pailfs", "b", "/m", "-o", "rw,_netdev,nofail"]).unwrap();
+        assert!(quiet.is_empty(), "{quiet:?}");
     }
 
     #[test]

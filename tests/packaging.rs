@@ -1,7 +1,7 @@
 //! The Debian package, installed for real: `dpkg -i`, a mount through `mount -t fuse.pailfs`
-//! with a connection label, one through an fstab file, the man page, bash completions, the
-//! systemd unit, and `dpkg -r`. `scripts/test` builds the package first (`scripts/package`)
-//! and passes its path in `PAILFS_DEB`.
+//! with a connection label, two through an fstab file (a pailfs line and an s3fs line), the
+//! man page, bash completions, the systemd unit, and `dpkg -r`. `scripts/test` builds the
+//! package first (`scripts/package`) and passes its path in `PAILFS_DEB`.
 
 use std::path::Path;
 use std::process::Command;
@@ -116,6 +116,40 @@ fn the_debian_package_installs_mounts_through_mount_8_and_fstab_and_removes_clea
     copy_through(mnt.path(), "fstab");
     // What the first mount wrote is there too.
     assert!(mnt.path().join("mount8-4").exists());
+    sh(&format!("umount {m}"));
+
+    // An fstab line written for s3fs, only its type changed: s3fs's source form, its
+    // options, its password file; the tuning options are accepted with a notice each.
+    let passwd = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        passwd.path(),
+        format!("{}:{}:{}\n", env.bucket, env.key, env.secret),
+    )
+    .unwrap();
+    std::fs::write(
+        fstab.path(),
+        format!(
+            "{}:/{} {m} fuse.pailfs _netdev,allow_other,nonempty,use_path_request_style,url={},endpoint={},passwd_file={},umask=022,kernel_cache,max_stat_cache_size=100000 0 0\n",
+            env.bucket,
+            prefix.trim_end_matches('/'),
+            env.endpoint,
+            env.region,
+            passwd.path().display()
+        ),
+    )
+    .unwrap();
+    let (ok, msg) = run(&format!(
+        "env -u AWS_ENDPOINT_URL -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_REGION mount --fstab {} {m}",
+        fstab.path().display()
+    ));
+    assert!(ok, "mount --fstab of an s3fs line failed: {msg}");
+    assert!(
+        msg.contains("\"kernel_cache\" ignored")
+            && msg.contains("\"max_stat_cache_size=100000\" ignored"),
+        "{msg}"
+    );
+    assert!(mnt.path().join("mount8-4").exists());
+    copy_through(mnt.path(), "s3fs-line");
     sh(&format!("umount {m}"));
 
     // The man page renders, completions load, the unit is valid.
