@@ -14,7 +14,7 @@ use crate::common::{
 
 /// `--sse aws:kms --sse-kms-key-id K --bucket-key --storage-class STANDARD_IA` reach every
 /// object pailfs writes, as S3 (moto) stored them: a PUT, a multipart upload, a chmod (a
-/// self-copy) and a rename (a copy), and a directory marker.
+/// self-copy), a rename of a multipart object (a copy), and a directory marker.
 #[test]
 fn encryption_and_storage_class_reach_every_object_written() {
     let moto = S3Env::moto_full();
@@ -34,11 +34,13 @@ fn encryption_and_storage_class_reach_every_object_written() {
     let mut m = Mount::on(moto.clone(), &source, &prefix, &flags, &[]);
     fs::write(m.p("small.txt"), b"encrypted").unwrap();
     fs::write(m.p("big.bin"), vec![7u8; 6 << 20]).unwrap();
+    fs::write(m.p("big2.bin"), vec![8u8; 6 << 20]).unwrap();
     fs::set_permissions(m.p("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
-    fs::rename(m.p("big.bin"), m.p("moved.bin")).unwrap();
+    fs::rename(m.p("big2.bin"), m.p("moved.bin")).unwrap();
     fs::create_dir(m.p("dir")).unwrap();
     m.unmount();
-    for key in ["small.txt", "moved.bin", "dir/"] {
+    // big.bin is as its multipart upload made it; moved.bin as the rename's copy did.
+    for key in ["small.txt", "big.bin", "moved.bin", "dir/"] {
         let head = head(&moto, &format!("{prefix}{key}"));
         assert_eq!(
             head.server_side_encryption().map(|s| s.as_str()),
@@ -51,12 +53,40 @@ fn encryption_and_storage_class_reach_every_object_written() {
             "{key}: {:?}",
             head.ssekms_key_id()
         );
-        assert_eq!(head.bucket_key_enabled(), Some(true), "{key}");
+        // moto keeps no bucket-key flag for a multipart upload (its CreateMultipartUpload
+        // drops the header), so only the others show it.
+        if key != "big.bin" {
+            assert_eq!(head.bucket_key_enabled(), Some(true), "{key}");
+        }
         assert_eq!(
             head.storage_class().map(|s| s.as_str()),
             Some("STANDARD_IA"),
             "{key}"
         );
+    }
+}
+
+/// The other two kinds of server-side encryption, SSE-S3 (`AES256`) and dual-layer KMS
+/// (`aws:kms:dsse`), reach a PUT and a multipart upload as S3 (moto) stored them.
+#[test]
+fn sse_s3_and_dual_layer_kms_reach_puts_and_multipart_uploads() {
+    let moto = S3Env::moto_full();
+    for sse in ["AES256", "aws:kms:dsse"] {
+        let prefix = unique_prefix("sse-kinds");
+        let source = format!("{}:{prefix}", moto.bucket);
+        let flags = ["--sse", sse, "--part-size", "5M"];
+        let mut m = Mount::on(moto.clone(), &source, &prefix, &flags, &[]);
+        fs::write(m.p("small.txt"), b"encrypted").unwrap();
+        fs::write(m.p("big.bin"), vec![7u8; 6 << 20]).unwrap();
+        m.unmount();
+        for key in ["small.txt", "big.bin"] {
+            let head = head(&moto, &format!("{prefix}{key}"));
+            assert_eq!(
+                head.server_side_encryption().map(|s| s.as_str()),
+                Some(sse),
+                "{key}"
+            );
+        }
     }
 }
 
@@ -342,33 +372,58 @@ fn uploads_carry_a_crc32c_and_a_server_that_ignores_it_is_found_at_mount() {
     }
 }
 
-/// What moto (as AWS) stores with `--upload-checksums sha256` and `crc32c`: the object's
-/// checksum of that algorithm, for a PUT.
+/// What moto (as AWS) stores with `--upload-checksums sha256`, `crc32c` and `crc64nvme`: the
+/// object's checksum of that algorithm, for a PUT (of the whole object) and for a multipart
+/// upload (composite for SHA-256 and CRC32C, of the parts' checksums with `-N`; of the whole
+/// object for CRC64NVME, the only way S3 keeps it).
 #[test]
 fn the_chosen_checksum_is_what_s3_keeps() {
+    use base64::Engine;
     let moto = S3Env::moto_full();
-    for (alg, data) in [("sha256", b"sha".to_vec()), ("crc32c", b"crc".to_vec())] {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let raw = |alg: &str, data: &[u8]| -> Vec<u8> {
+        use crc_fast::{CrcAlgorithm, checksum};
+        match alg {
+            "sha256" => {
+                use sha2::Digest;
+                sha2::Sha256::digest(data).to_vec()
+            }
+            "crc32c" => (checksum(CrcAlgorithm::Crc32Iscsi, data) as u32)
+                .to_be_bytes()
+                .to_vec(),
+            _ => checksum(CrcAlgorithm::Crc64Nvme, data)
+                .to_be_bytes()
+                .to_vec(),
+        }
+    };
+    let big = crate::common::pseudo_random(6 << 20, 5);
+    for alg in ["sha256", "crc32c", "crc64nvme"] {
         let prefix = unique_prefix("sums");
         let source = format!("{}:{prefix}", moto.bucket);
-        let mut m = Mount::on(
-            moto.clone(),
-            &source,
-            &prefix,
-            &["--upload-checksums", alg],
-            &[],
-        );
-        fs::write(m.p("f"), &data).unwrap();
+        let flags = ["--upload-checksums", alg, "--part-size", "5M"];
+        let mut m = Mount::on(moto.clone(), &source, &prefix, &flags, &[]);
+        fs::write(m.p("f"), alg.as_bytes()).unwrap();
+        fs::write(m.p("big"), &big).unwrap();
         m.unmount();
         assert!(!m.log_text().contains("does not take"), "{}", m.log_text());
-        let h = head(&moto, &format!("{prefix}f"));
-        use base64::Engine;
-        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        if alg == "sha256" {
-            use sha2::Digest;
-            let want = b64(&sha2::Sha256::digest(&data));
-            assert_eq!(h.checksum_sha256(), Some(want.as_str()));
+        let stored = |key: &str| {
+            let h = head(&moto, &format!("{prefix}{key}"));
+            let v = match alg {
+                "sha256" => h.checksum_sha256(),
+                "crc32c" => h.checksum_crc32_c(),
+                _ => h.checksum_crc64_nvme(),
+            };
+            v.map(str::to_string)
+        };
+        assert_eq!(stored("f"), Some(b64(&raw(alg, alg.as_bytes()))), "{alg}");
+        let whole = if alg == "crc64nvme" {
+            b64(&raw(alg, &big))
         } else {
-            assert_eq!(h.checksum_crc32_c(), Some(crc32c_b64(&data).as_str()));
-        }
+            let (p1, p2) = big.split_at(5 << 20);
+            b64(&raw(alg, &[raw(alg, p1), raw(alg, p2)].concat()))
+        };
+        // AWS writes a composite checksum with `-N`; moto leaves the suffix off.
+        let big_sum = stored("big").map(|v| v.split('-').next().unwrap().to_string());
+        assert_eq!(big_sum, Some(whole), "{alg}, multipart");
     }
 }
