@@ -744,6 +744,62 @@ fn aws_endpoint_variables_and_profiles_choose_the_endpoint() {
     );
 }
 
+/// A connection that names an AWS profile (`--profile`) takes its keys from that profile in
+/// `~/.aws`: `pailfs check LABEL` and a mount by the label work with no keys anywhere else.
+#[test]
+fn a_connection_with_a_profile_checks_and_mounts_with_the_profiles_keys() {
+    let e = S3Env::get();
+    let config = tempfile::tempdir().unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let home = aws_home("[profile garage-keys]\nregion = us-east-1\n");
+    fs::write(
+        home.path().join(".aws/credentials"),
+        format!(
+            "[garage-keys]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            e.key, e.secret
+        ),
+    )
+    .unwrap();
+    let h = home.path().to_str().unwrap();
+    let prefix = unique_prefix("profile-conn");
+    let add = [
+        "connection",
+        "add",
+        "garage-prof",
+        "--bucket",
+        &e.bucket,
+        "--endpoint-url",
+        &e.endpoint,
+        "--region",
+        &e.region,
+        "--subfolder",
+        &prefix,
+        "--profile",
+        "garage-keys",
+    ];
+    let out = pailfs(config.path(), &add, &[("HOME", h)], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = pailfs(config.path(), &["check", "garage-prof"], &[("HOME", h)], None);
+    assert!(
+        out.status.success() && text(&out).contains("full access"),
+        "{}",
+        text(&out)
+    );
+    let no_keys = [
+        ("PAILFS_CONFIG_DIR", cfg),
+        ("HOME", h),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+    ];
+    let m = Mount::custom("garage-prof", &prefix, &[], &no_keys);
+    fs::write(m.p("via-profile.txt"), b"keys from a profile").unwrap();
+    drop(m);
+    assert_eq!(
+        e.stored(&format!("{prefix}via-profile.txt")),
+        b"keys from a profile"
+    );
+}
+
 /// Request options saved with a connection reach what S3 stores for a mount by its label, and
 /// a flag given at mount wins over the saved value.
 #[test]
