@@ -779,7 +779,12 @@ fn a_connection_with_a_profile_checks_and_mounts_with_the_profiles_keys() {
     ];
     let out = pailfs(config.path(), &add, &[("HOME", h)], None);
     assert!(out.status.success(), "{}", text(&out));
-    let out = pailfs(config.path(), &["check", "garage-prof"], &[("HOME", h)], None);
+    let out = pailfs(
+        config.path(),
+        &["check", "garage-prof"],
+        &[("HOME", h)],
+        None,
+    );
     assert!(
         out.status.success() && text(&out).contains("full access"),
         "{}",

@@ -200,6 +200,42 @@ fn another_clients_object_is_read() {
     assert_eq!(std::fs::read_to_string(m.p("f.txt")).unwrap(), "test\n");
 }
 
+/// Extended attributes an s3fs mount stored (its `x-amz-meta-xattr` encoding) read the same
+/// here, outside `user.` too: `trusted.` round-trips; `system.` (ACLs the kernel would
+/// interpret, which a bucket cannot enforce) is neither listed nor read.
+#[test]
+fn xattrs_s3fs_stored_read_the_same_in_every_namespace_pailfs_keeps() {
+    let prefix = unique_prefix("s3fs-xattr");
+    let m = Mount::new(&prefix);
+    // {"user.key":"dmFsdWU=","trusted.t":"dHJ1c3RlZA==","system.posix_acl_access":"AgAAAA=="}
+    let s3fs = "%7B%22user.key%22%3A%22dmFsdWU%3D%22%2C%22trusted.t%22%3A%22dHJ1c3RlZA%3D%3D\
+                %22%2C%22system.posix_acl_access%22%3A%22AgAAAA%3D%3D%22%7D";
+    put(&m.env, &format!("{prefix}f"), b"data", &[("xattr", s3fs)]);
+    let ps = m.p("f").display().to_string();
+    let value = |name: &str| sh(&format!("getfattr --only-values -n {name} {ps}"));
+    assert_eq!(value("user.key"), "value");
+    assert_eq!(value("trusted.t"), "trusted");
+    let listed = sh(&format!("getfattr -d -m - {ps}"));
+    assert!(
+        listed.contains("user.key") && listed.contains("trusted.t"),
+        "{listed}"
+    );
+    assert!(!listed.contains("system."), "{listed}");
+    let acl = std::process::Command::new("getfattr")
+        .args(["-n", "system.posix_acl_access", &ps])
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&acl.stderr);
+    assert!(
+        !acl.status.success() && why.contains("not supported"),
+        "{why}"
+    );
+    sh(&format!("setfattr -n trusted.more -v again {ps}"));
+    let stored = head_meta(&m.env, &format!("{prefix}f"));
+    let x = stored.get("xattr").expect("xattr kept");
+    assert!(x.contains("trusted.more") && x.contains("user.key"), "{x}");
+}
+
 fn metadata_updates_keep_the_content(m: &Mount, prefix: &str, data: &[u8]) {
     let cases = ["chmod", "chown", "touch", "setxattr", "removexattr"];
     for case in cases {
