@@ -90,6 +90,93 @@ fn sse_s3_and_dual_layer_kms_reach_puts_and_multipart_uploads() {
     }
 }
 
+/// A read-write mount of a versioned bucket with exactly the minimal full policy (no
+/// AbortMultipartUpload): afterwards the bucket holds one version of the file written and
+/// nothing of the mount's own: no probe object, no version of one, no delete marker, no
+/// upload left open.
+#[test]
+fn a_mount_leaves_nothing_of_its_own_on_a_versioned_bucket() {
+    let bucket = std::env::var("PAILFS_MOTO_VERSIONED_BUCKET").expect("run through scripts/test");
+    let moto = S3Env {
+        bucket,
+        ..S3Env::moto_full()
+    };
+    let prefix = unique_prefix("versioned");
+    let source = format!("{}:{prefix}", moto.bucket);
+    let mut m = Mount::on(moto.clone(), &source, &prefix, &[], &[]);
+    fs::write(m.p("kept.txt"), b"one version").unwrap();
+    m.unmount();
+    let admin = S3Env {
+        bucket: moto.bucket.clone(),
+        ..S3Env::moto_admin()
+    };
+    let client = rt().block_on(pailfs::store::client::build_client(&admin.settings()));
+    let versions = rt()
+        .block_on(
+            client
+                .list_object_versions()
+                .bucket(&admin.bucket)
+                .prefix(&prefix)
+                .send(),
+        )
+        .unwrap();
+    let keys: Vec<&str> = versions.versions().iter().filter_map(|v| v.key()).collect();
+    assert_eq!(keys, [format!("{prefix}kept.txt")], "{versions:?}");
+    assert!(versions.delete_markers().is_empty(), "{versions:?}");
+    let uploads = rt()
+        .block_on(
+            client
+                .list_multipart_uploads()
+                .bucket(&admin.bucket)
+                .prefix(&prefix)
+                .send(),
+        )
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{uploads:?}");
+}
+
+/// An Object Lock bucket with a default retention refuses a PUT that carries neither a
+/// Content-MD5 nor a checksum: with the default upload checksums a mount writes files there
+/// and reads back what it wrote. (Not a multipart upload: moto answers
+/// CompleteMultipartUpload on a versioned bucket with a `CompleteMultipartUploadResponse`
+/// element, which the AWS SDK for Rust refuses to parse, where AWS answers
+/// `CompleteMultipartUploadResult`. Not a chmod or rename either: those are copies, which
+/// moto refuses there without an upload's checksum header, see docs/SEMANTICS.md.)
+#[test]
+fn an_object_lock_bucket_takes_what_the_mount_writes() {
+    let bucket = std::env::var("PAILFS_MOTO_LOCKED_BUCKET").expect("run through scripts/test");
+    let moto = S3Env {
+        bucket,
+        ..S3Env::moto_full()
+    };
+    let prefix = unique_prefix("locked");
+    let source = format!("{}:{prefix}", moto.bucket);
+    let big = crate::common::pseudo_random(3 << 20, 9);
+    let mut m = Mount::on(moto.clone(), &source, &prefix, &[], &[]);
+    write_synced(&m.p("small.txt"), b"retained").unwrap();
+    write_synced(&m.p("big.bin"), &big).unwrap();
+    assert_eq!(fs::read(m.p("big.bin")).unwrap(), big);
+    m.unmount();
+    assert_eq!(moto.stored(&format!("{prefix}small.txt")), b"retained");
+    assert_eq!(moto.stored(&format!("{prefix}big.bin")), big);
+    // Without upload checksums the same write is refused, and close() says so.
+    let mut off = Mount::on(
+        moto.clone(),
+        &source,
+        &prefix,
+        &["--upload-checksums", "off"],
+        &[],
+    );
+    let err = write_synced(&off.p("unchecked.txt"), b"no checksum").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    off.unmount();
+    assert!(
+        off.log_text()
+            .contains("MissingUploadObjectWithObjectLockHeaders"),
+        "the log says why"
+    );
+}
+
 /// An object in a Glacier class cannot be read until restored: a read answers at once with
 /// `EACCES` and the log says to restore it (S3's `InvalidObjectState`), not a hang or EIO;
 /// `pailfs doctor` lists it.

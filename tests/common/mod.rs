@@ -52,6 +52,15 @@ impl S3Env {
         }
     }
 
+    /// moto with every permission: for a test to see what a mount left (versions, uploads).
+    pub fn moto_admin() -> S3Env {
+        S3Env {
+            key: need("PAILFS_MOTO_ADMIN_KEY"),
+            secret: need("PAILFS_MOTO_ADMIN_SECRET"),
+            ..S3Env::moto_full()
+        }
+    }
+
     pub fn settings(&self) -> S3Settings {
         let mut s = S3Settings::with_defaults();
         s.endpoint_url = Some(self.endpoint.clone());
