@@ -505,37 +505,55 @@ async fn prepare(
             other => return Err(CliError::Mount(other.message())),
         }
     }
-    let mut read_only = cfg.fs.read_only;
-    if !read_only && let Some(alg) = store.checksum().cloned() {
-        let prefix = &cfg.source.prefix;
-        if let Err(why) = crate::connections::check::checksums_taken(&store, prefix).await {
-            notices.push(format!(
-                "the server does not take {alg} upload checksums ({why}): uploads are checked by the SigV4 payload hash instead (--upload-checksums off skips this probe)"
-            ));
-            store.checksums_off();
-        }
-    }
-    if !read_only {
-        let url = format!("s3://{}", cfg.source.display());
-        match crate::connections::check::can_write(&store, &cfg.source.prefix).await {
-            Ok(true) => {}
-            Ok(false) if cfg.explicit_rw => {
-                return Err(CliError::Mount(format!(
-                    "the credentials can only read {url} (writing was refused) and --read-write was given; drop it to mount read-only, or run `pailfs check` to see what is missing"
-                )));
-            }
-            Ok(false) => {
-                read_only = true;
-                notices.push(format!(
-                    "the credentials can only read {url}: mounted read-only (run `pailfs check` for details; --read-only skips this probe)"
-                ));
-            }
-            Err(e) => {
-                log::warn!("could not probe write access to {url} ({e}); mounting read-write")
-            }
-        }
-    }
+    let read_only = cfg.fs.read_only || probe_writes(&mut store, &s3, cfg, &mut notices).await?;
     Ok((store, read_only, notices))
+}
+
+/// The write probes of a read-write mount: may these credentials write (else the mount
+/// falls back to read-only, answered `true`), and does the server take upload checksums. The
+/// checksum probe (a multipart upload with one part, aborted) runs only where it is needed:
+/// not on AWS itself, and not on a server that checks conditional writes (a current S3
+/// implementation, which takes checksums too), so with the minimal policy, which has no
+/// AbortMultipartUpload, a mount there leaves no upload behind.
+async fn probe_writes(
+    store: &mut AwsStore,
+    s3: &crate::store::client::S3Settings,
+    cfg: &MountConfig,
+    notices: &mut Vec<String>,
+) -> Result<bool, CliError> {
+    let url = format!("s3://{}", cfg.source.display());
+    let prefix = &cfg.source.prefix;
+    let probe = match crate::connections::check::can_write(store, prefix).await {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("could not probe write access to {url} ({e}); mounting read-write");
+            return Ok(false);
+        }
+    };
+    if !probe.writable && cfg.explicit_rw {
+        return Err(CliError::Mount(format!(
+            "the credentials can only read {url} (writing was refused) and --read-write was given; drop it to mount read-only, or run `pailfs check` to see what is missing"
+        )));
+    }
+    if !probe.writable {
+        notices.push(format!(
+            "the credentials can only read {url}: mounted read-only (run `pailfs check` for details; --read-only skips this probe)"
+        ));
+        return Ok(true);
+    }
+    let on_aws =
+        s3.endpoint_url.is_none() && crate::store::client::configured_endpoint(s3).is_none();
+    if let Some(alg) = store.checksum().cloned()
+        && !on_aws
+        && !probe.conditional_writes
+        && let Err(why) = crate::connections::check::checksums_taken(store, prefix).await
+    {
+        notices.push(format!(
+            "the server does not take {alg} upload checksums ({why}): uploads are checked by the SigV4 payload hash instead (--upload-checksums off skips this probe)"
+        ));
+        store.checksums_off();
+    }
+    Ok(false)
 }
 
 enum Access {

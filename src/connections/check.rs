@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::policy::{
     FULL_ACTIONS, Mode, PolicyForm, READ_ONLY_ACTIONS, bucket_policy, minimal_policy,
 };
-use crate::store::aws::AwsStore;
+use crate::store::aws::{AwsStore, ProbePut};
 use crate::store::client::S3Settings;
 use crate::store::{ListRequest, ObjectStore, StoreError, UserMeta};
 
@@ -778,23 +778,42 @@ pub async fn checksums_taken(store: &AwsStore, prefix: &str) -> Result<(), Strin
     }
 }
 
-/// The fast part of the check, run by `mount`: may these credentials write here? A multipart
-/// upload is created under the mount's prefix and aborted: S3 allows it exactly when it allows
-/// a PUT, and no object is written or deleted, so a versioned bucket keeps no version or
-/// delete marker of it, no object event fires, and credentials without DeleteObject leave
-/// nothing behind. `Ok(false)` means S3 refused (read-only credentials).
-pub async fn can_write(store: &AwsStore, prefix: &str) -> Result<bool, StoreError> {
+/// What the write probe at mount learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteProbe {
+    /// S3 authorized a PUT under the prefix.
+    pub writable: bool,
+    /// The server checks conditional writes (`If-Match` on a PUT).
+    pub conditional_writes: bool,
+}
+
+/// The fast part of the check, run by `mount`: may these credentials write here? One PUT
+/// under the mount's prefix that S3 authorizes and then refuses to store
+/// ([`AwsStore::put_refused_after_authorization`]): it needs only PutObject, and no object is
+/// written or deleted and no upload left open, so a versioned bucket keeps no version or
+/// delete marker of it, no object event fires, and credentials without DeleteObject or
+/// AbortMultipartUpload leave nothing behind. Not writable means S3 refused (read-only
+/// credentials).
+pub async fn can_write(store: &AwsStore, prefix: &str) -> Result<WriteProbe, StoreError> {
     let probe = format!("{prefix}.pailfs-write-check-{}", unique_suffix());
-    match bounded(store.create_multipart(&probe, &UserMeta::new())).await {
-        Ok(id) => {
-            if let Err(e) = bounded(store.abort_multipart(&probe, &id)).await {
-                log::warn!(
-                    "could not abort the write probe's multipart upload of {probe:?} ({e}); it holds no data, and a lifecycle rule for incomplete uploads removes it"
-                );
-            }
-            Ok(true)
+    let answer = match bounded(store.put_refused_after_authorization(&probe)).await {
+        Ok(a) => a,
+        Err(StoreError::AccessDenied(_)) => {
+            return Ok(WriteProbe {
+                writable: false,
+                conditional_writes: false,
+            });
         }
-        Err(StoreError::AccessDenied(_)) => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    if answer == ProbePut::Stored {
+        // A server that checks neither the condition nor the digest stored it.
+        if let Err(e) = bounded(store.delete(&probe)).await {
+            log::warn!("could not delete the write probe {probe:?} ({e}); remove it by hand");
+        }
     }
+    Ok(WriteProbe {
+        writable: true,
+        conditional_writes: answer == ProbePut::ConditionChecked,
+    })
 }

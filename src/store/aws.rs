@@ -173,6 +173,38 @@ impl AwsStore {
         Ok(())
     }
 
+    /// A PUT that S3 authorizes like any other PutObject but that stores nothing: it is
+    /// conditional on a version that does not exist (`If-Match`, which AWS and moto check)
+    /// and carries the MD5 of other bytes (`Content-MD5`, which AWS and Garage check). A write
+    /// probe made of it needs no DeleteObject or AbortMultipartUpload (the minimal policy has
+    /// no abort), leaves no version or delete marker on a versioned bucket and fires no
+    /// event. It carries what every PUT carries (encryption, class, payer), so a bucket policy
+    /// that demands encryption judges it as it judges the mount's writes.
+    pub async fn put_refused_after_authorization(&self, key: &str) -> StoreResult<ProbePut> {
+        // The MD5 of no bytes, sent with some: a well-formed digest that cannot match.
+        const EMPTY_MD5: &str = "1B2M2Y8AsgTpgAmY7PhCfg==";
+        let body = Bytes::from_static(b"pailfs write probe: never stored");
+        let req = crate::stored!(self.client.put_object().bucket(&self.bucket), self.opts)
+            .key(key)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .content_md5(EMPTY_MD5)
+            .if_match("\"pailfs-probe-no-such-version\"");
+        let e = match req.send().await {
+            Ok(_) => return Ok(ProbePut::Stored),
+            Err(e) => e,
+        };
+        let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        match (code, status) {
+            ("NoSuchKey" | "PreconditionFailed", _) | ("", Some(404 | 412)) => {
+                Ok(ProbePut::ConditionChecked)
+            }
+            ("BadDigest" | "InvalidDigest", _) => Ok(ProbePut::DigestChecked),
+            _ => Err(map_err(e)),
+        }
+    }
+
     /// A ranged GET into buffers of `piece` bytes. A body that breaks off is resumed from
     /// the byte it stopped at, pinned to the ETag of the first answer, so the pieces always
     /// come from one version of the object.
@@ -506,6 +538,18 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
             format!("{code}: {message}")
         }),
     }
+}
+
+/// How the server answered [`AwsStore::put_refused_after_authorization`], once it had
+/// authorized the PUT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbePut {
+    /// Refused for its condition: the server checks conditional writes (AWS, moto, MinIO).
+    ConditionChecked,
+    /// Refused for its digest: the server ignores the condition (Garage 2.5).
+    DigestChecked,
+    /// Stored: the server checks neither (the caller deletes it).
+    Stored,
 }
 
 impl ObjectStore for AwsStore {
