@@ -239,7 +239,20 @@ fn objects_get_the_content_type_of_their_name_across_renames_and_chmod() {
     let moto = S3Env::moto_full();
     let prefix = unique_prefix("ctype");
     let source = format!("{}:{prefix}", moto.bucket);
+    // Another tool's type, replaced by the name's when pailfs rewrites the metadata.
+    let client = rt().block_on(pailfs::store::client::build_client(&moto.settings()));
+    rt().block_on(
+        client
+            .put_object()
+            .bucket(&moto.bucket)
+            .key(format!("{prefix}other.html"))
+            .content_type("text/x-custom")
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"<p>x</p>"))
+            .send(),
+    )
+    .unwrap();
     let mut m = Mount::on(moto.clone(), &source, &prefix, &["--part-size", "5M"], &[]);
+    fs::set_permissions(m.p("other.html"), fs::Permissions::from_mode(0o640)).unwrap();
     fs::write(m.p("page.html"), b"<p>hi</p>").unwrap();
     fs::write(m.p("video.mp4"), vec![1u8; 6 << 20]).unwrap();
     fs::write(m.p(".style.css.Xy12ab"), b"p{}").unwrap();
@@ -254,6 +267,7 @@ fn objects_get_the_content_type_of_their_name_across_renames_and_chmod() {
         ("video.mp4", Some("video/mp4")),
         ("style.css", Some("text/css")),
         ("kept.json", Some("application/json")),
+        ("other.html", Some("text/html")),
     ] {
         let h = head(&moto, &format!("{prefix}{key}"));
         assert_eq!(h.content_type(), want, "{key}");
