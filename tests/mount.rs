@@ -505,6 +505,6 @@ fn a_long_name_round_trips_through_s3() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, [long.clone()]);
+    assert_eq!(names, [long.as_str()]);
     assert_eq!(fs::read(m.p(&long)).unwrap(), b"long name");
 }
