@@ -126,6 +126,98 @@ impl Pool {
     }
 }
 
+/// Where `O_DIRECT` wants buffers, offsets and lengths to fall: a 4 KiB boundary.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A pooled buffer whose bytes start at a [`DIRECT_ALIGN`] boundary, for `O_DIRECT` I/O: the
+/// kernel moves them by DMA, with no copy through the page cache. Kept in the pool like any
+/// other buffer, so its pages stay mapped between uses (a fresh one faults in every 4 KiB).
+pub struct Aligned {
+    v: Vec<u8>,
+    off: usize,
+    pool: &'static Pool,
+}
+
+impl Aligned {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.v[self.off..]
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        self.pool.recycle(std::mem::take(&mut self.v));
+    }
+}
+
+impl Pool {
+    /// An empty buffer with room for `len` bytes after its first 4 KiB boundary, always
+    /// from the pool (even below the pooled size) and the offset of that boundary.
+    fn take_aligned(&self, len: usize) -> (Vec<u8>, usize) {
+        let v = self.take((len + DIRECT_ALIGN).max(MIN_POOLED));
+        let off = v.as_ptr().align_offset(DIRECT_ALIGN);
+        (v, off)
+    }
+
+    /// A copy of `data` starting at a 4 KiB boundary.
+    pub fn aligned_copy(&'static self, data: &[u8]) -> Aligned {
+        let (mut v, off) = self.take_aligned(data.len());
+        v.resize(off, 0);
+        v.extend_from_slice(data);
+        Aligned { v, off, pool: self }
+    }
+
+    /// `len` bytes of `file` at `offset` (a 4 KiB boundary), read with `O_DIRECT` when `file`
+    /// was opened so, into a buffer nobody zeroes first; bytes past the file's end read as
+    /// zeros.
+    pub fn aligned_pread(
+        &'static self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Bytes> {
+        use std::os::fd::AsRawFd;
+        let padded = len.next_multiple_of(DIRECT_ALIGN);
+        let (mut v, off) = self.take_aligned(padded);
+        let base = v.as_mut_ptr();
+        let mut done = 0usize;
+        while done < padded {
+            // SAFETY: the buffer's capacity holds `off + padded` bytes and the kernel writes at
+            // most `padded - done` bytes at `off + done`.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    base.add(off + done).cast(),
+                    padded - done,
+                    (offset + done as u64) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += n as usize;
+            // The end of the file (a short read, not a multiple of the block size).
+            if n == 0 || done % DIRECT_ALIGN != 0 {
+                break;
+            }
+        }
+        // SAFETY: `[off, off + done)` was written by the kernel; the rest up to `off + len`
+        // and the bytes before `off` are zeroed here before they are marked initialized.
+        unsafe {
+            std::ptr::write_bytes(base, 0, off);
+            if done < len {
+                std::ptr::write_bytes(base.add(off + done), 0, len - done);
+            }
+            v.set_len(off + len);
+        }
+        Ok(self.freeze(v).slice(off..off + len))
+    }
+}
+
 struct Pooled(Vec<u8>, &'static Pool);
 
 impl AsRef<[u8]> for Pooled {

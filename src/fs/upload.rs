@@ -273,6 +273,12 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Bytes `r` of the file as the snapshot sees it.
     async fn assemble(&self, snap: &Snapshot, r: Range<u64>) -> FsResult<Bytes> {
+        let over_base = snap.base.as_ref().is_some_and(|b| r.start < b.len);
+        if let Some(sp) = &snap.spool
+            && !over_base
+        {
+            return sp.read_bytes(r.start, (r.end - r.start) as usize);
+        }
         let mut buf = POOL.zeroed((r.end - r.start) as usize);
         if let Some(sp) = &snap.spool {
             sp.read_at(r.start, &mut buf)?;
@@ -506,12 +512,10 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         };
-        let mut buf = POOL.zeroed((r.end - r.start) as usize);
-        if spool.read_at(r.start, &mut buf).is_err()
-            || of.lock().part_version.get(&p).copied().unwrap_or(0) != version
-        {
-            return done(&of);
-        }
+        let body = match spool.read_bytes(r.start, (r.end - r.start) as usize) {
+            Ok(b) if of.lock().part_version.get(&p).copied().unwrap_or(0) == version => b,
+            _ => return done(&of),
+        };
         let upload_id = match self.ensure_multipart(&of).await {
             Ok(id) => id,
             Err(e) => {
@@ -521,7 +525,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         let result = self
             .store
-            .upload_part(&key, &upload_id, (p + 1) as i32, POOL.freeze(buf))
+            .upload_part(&key, &upload_id, (p + 1) as i32, body)
             .await;
         let mut s = of.lock();
         s.inflight.remove(&p);
