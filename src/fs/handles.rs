@@ -202,8 +202,47 @@ impl<S: ObjectStore> Fs<S> {
             Err(e) if e.errno() == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
+        self.create_new(parent, name, mode & !umask, open_mode, (uid, gid))
+    }
+
+    /// [`Self::create`] served at once on the calling thread (a FUSE thread) when the
+    /// namespace knows the name is absent, as after a listing or in a directory made here
+    /// (`cp -r`, `tar -x`): no hop to the runtime and back. `None` when S3 must be asked, and
+    /// in case-insensitive mode (other spellings are checked in S3).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_now(
+        &self,
+        parent: Ino,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> Option<FsResult<(Attr, u64)>> {
+        if self.config.case_insensitive {
+            return None;
+        }
+        let name = names::name_from_os(name).ok()?;
+        let parent = self.ns.canon(parent);
+        self.known_absent(parent, name)?;
+        let open_mode = OpenMode::from_flags(flags);
+        Some(self.create_new(parent, name, mode & !umask, open_mode, (uid, gid)))
+    }
+
+    /// A new, empty file `name` in `parent` with permissions `perm`, open through a new
+    /// handle.
+    fn create_new(
+        &self,
+        parent: Ino,
+        name: &str,
+        perm: u32,
+        open_mode: OpenMode,
+        (uid, gid): (u32, u32),
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
         let mut stat = Stat::new(Kind::File, &self.config.defaults, SystemTime::now());
-        stat.perm = (mode & !umask & 0o7777) as u16;
+        stat.perm = (perm & 0o7777) as u16;
         stat.uid = uid;
         stat.gid = gid;
         let (attr, of) = self.ns.created(parent, name, stat, |key| {

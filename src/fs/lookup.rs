@@ -32,6 +32,37 @@ impl<S: ObjectStore> Fs<S> {
         found
     }
 
+    /// [`Self::lookup`] answered at once on the calling thread (a FUSE thread) when the
+    /// namespace knows the answer: a fresh entry, or a name known absent. `None` when S3 must
+    /// be asked, and in case-insensitive mode (other spellings resolve afresh each time).
+    pub fn lookup_now(&self, parent: Ino, name: &OsStr) -> Option<FsResult<Attr>> {
+        if self.config.case_insensitive {
+            return None;
+        }
+        let name = names::name_from_os(name).ok()?;
+        let parent = self.ns.canon(parent);
+        let found = match self.ns.cached(parent, name, true).ok()? {
+            Cached::Hit(a) => Ok(a),
+            Cached::Absent => {
+                names::fits(&child_key(&self.ns.dir_key(parent).ok()?, name)).ok()?;
+                Err(FsError::not_found())
+            }
+            Cached::Listed(..) | Cached::Ask(_) => return None,
+        };
+        self.trim_names();
+        Some(found)
+    }
+
+    /// `Some` when the namespace knows `name` is not in `parent` and its key would fit in S3
+    /// (a name too long answers `ENAMETOOLONG` on the async path).
+    pub(crate) fn known_absent(&self, parent: Ino, name: &str) -> Option<()> {
+        match self.ns.cached(parent, name, false).ok()? {
+            Cached::Absent => {}
+            _ => return None,
+        }
+        names::fits(&child_key(&self.ns.dir_key(parent).ok()?, name)).ok()
+    }
+
     /// Gives back `n` kernel lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         self.ns.forget(ino, n);

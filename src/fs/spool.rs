@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::error::{FsResult, UploadError};
-use crate::buffers::{DIRECT_ALIGN, POOL};
 use super::recovery::{Record, SpoolLog};
+use crate::buffers::{DIRECT_ALIGN, POOL};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -385,7 +385,10 @@ mod tests {
         want.resize(len, 0);
         let got = s.read_bytes(0, len).unwrap();
         assert_eq!(got.len(), len);
-        assert!(got[..] == want[..], "direct read differs from what was written");
+        assert!(
+            got[..] == want[..],
+            "direct read differs from what was written"
+        );
         let second = s.read_bytes(1 << 20, 1 << 20).unwrap();
         assert!(second[..] == want[1 << 20..2 << 20]);
         // A short read takes the buffered path and agrees.

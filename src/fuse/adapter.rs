@@ -192,6 +192,13 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // Served here when the namespace knows the answer: no hop to the runtime.
+        let entered = self.rt.enter();
+        match self.fs.lookup_now(parent.0, name) {
+            Some(Ok(a)) => return reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Some(Err(e)) => return reply.error(fail("lookup", parent, Some(name), &e)),
+            None => drop(entered),
+        }
         let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
@@ -591,22 +598,21 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
         let (uid, gid) = (req.uid(), req.gid());
+        // Served here when the name is known to be new: no hop to the runtime.
+        let _entered = self.rt.enter();
+        if let Some(r) = self
+            .fs
+            .create_now(parent.0, name, mode, umask, flags, uid, gid)
+        {
+            return reply_created(reply, &self.ttl, r, parent, name);
+        }
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
         self.rt.spawn(async move {
-            match fs
+            let r = fs
                 .create(parent.0, &name, mode, umask, flags, uid, gid)
-                .await
-            {
-                Ok((a, fh)) => reply.created(
-                    &ttl,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(fail("create", parent, Some(&name), &e)),
-            }
+                .await;
+            reply_created(reply, &ttl, r, parent, &name);
         });
     }
 
@@ -668,5 +674,25 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
             libc::EOPNOTSUPP,
             "S3 objects cannot reserve space"
         )));
+    }
+}
+
+/// Answers a `create` with the new file's entry and handle, or the error.
+fn reply_created(
+    reply: ReplyCreate,
+    ttl: &Duration,
+    r: FsResult<(Attr, u64)>,
+    parent: INodeNo,
+    name: &OsStr,
+) {
+    match r {
+        Ok((a, fh)) => reply.created(
+            ttl,
+            &file_attr(&a),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        ),
+        Err(e) => reply.error(fail("create", parent, Some(name), &e)),
     }
 }
