@@ -84,7 +84,7 @@ pub fn explain(e: &StoreError, t: &Target<'_>) -> String {
             t.endpoint(),
             first_line(d)
         ),
-        StoreError::Throttled(m) => format!("{} is throttling requests ({m}); try again later", t.endpoint()),
+        StoreError::Throttled(m) => format!("{} is throttling requests or unavailable ({m}); try again later", t.endpoint()),
         StoreError::Other(m) if m.contains("credentials") => {
             "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or save a connection"
                 .to_string()

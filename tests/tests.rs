@@ -13,6 +13,7 @@ mod common;
 
 mod aws_options;
 mod case;
+mod cluster;
 mod connections;
 mod contract;
 mod core;

@@ -261,7 +261,9 @@ pub enum StoreError {
     TooLarge,
     #[error("the server does not implement this request: {0}")]
     NotImplemented(String),
-    #[error("the server is throttling requests: {0}")]
+    /// 503 and its kin: slow down (throttling), or a server that cannot answer now (a storage
+    /// cluster without quorum answers 503 too).
+    #[error("the server is throttling requests or unavailable: {0}")]
     Throttled(String),
     #[error(
         "the object is archived (a Glacier storage class) and cannot be read until it is restored: aws s3api restore-object, then read it again"

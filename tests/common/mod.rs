@@ -393,8 +393,15 @@ pub struct PrivateS3 {
 
 impl PrivateS3 {
     pub fn start(name: &str, port: u16) -> PrivateS3 {
+        Self::cluster(name, port, 1)
+    }
+
+    /// `nodes` Garage nodes keeping every object on up to three of them (node I serves S3 on
+    /// `port + 10 * I`); the mount's endpoint is node 0.
+    pub fn cluster(name: &str, port: u16, nodes: u16) -> PrivateS3 {
         let dir = std::env::temp_dir().join(format!("pailfs-s3-{name}-{}", std::process::id()));
-        let out = Self::script(&dir, port, "start");
+        let n = nodes.to_string();
+        let out = Self::script(&dir, port, &["start", "--nodes", &n]);
         let var = |k: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("export {k}=")))
@@ -411,17 +418,17 @@ impl PrivateS3 {
         PrivateS3 { env, dir, port }
     }
 
-    fn script(dir: &Path, port: u16, cmd: &str) -> String {
+    fn script(dir: &Path, port: u16, cmd: &[&str]) -> String {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
         let out = Command::new(script)
-            .arg(cmd)
+            .args(cmd)
             .env("PAILFS_S3_PORT", port.to_string())
             .env("PAILFS_S3_DIR", dir)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "s3-server {cmd} failed: {}",
+            "s3-server {cmd:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -429,18 +436,28 @@ impl PrivateS3 {
 
     /// SIGKILLs the server; its data stays.
     pub fn kill(&self) {
-        Self::script(&self.dir, self.port, "kill");
+        self.kill_node(0);
     }
 
     /// Starts the killed server again on the same data.
     pub fn resume(&self) {
-        Self::script(&self.dir, self.port, "resume");
+        self.resume_node(0);
+    }
+
+    /// SIGKILLs node `i` of a cluster; its data stays.
+    pub fn kill_node(&self, i: u16) {
+        Self::script(&self.dir, self.port, &["kill", &i.to_string()]);
+    }
+
+    /// Starts node `i` again on its data.
+    pub fn resume_node(&self, i: u16) {
+        Self::script(&self.dir, self.port, &["resume", &i.to_string()]);
     }
 }
 
 impl Drop for PrivateS3 {
     fn drop(&mut self) {
-        Self::script(&self.dir, self.port, "stop");
+        Self::script(&self.dir, self.port, &["stop"]);
     }
 }
 
