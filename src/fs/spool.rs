@@ -275,7 +275,6 @@ impl Drop for Spool {
     }
 }
 
-/// A heap buffer aligned for `O_DIRECT`.
 /// The bound on spool disk use, shared by all open files.
 pub struct SpoolBudget {
     limit: u64,
