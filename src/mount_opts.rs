@@ -306,27 +306,7 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Translated>, String> {
             flags(vec!["--storage-class".into(), "REDUCED_REDUNDANCY".into()])
         }
         "use_rrs" => Ok(Some(Translated::Ignored("use_rrs=0 is s3fs's default"))),
-        // s3fs: use_sse (or =1) is SSE-S3; kmsid / kmsid:KEY is SSE-KMS; custom is SSE-C.
-        "use_sse" => match value {
-            None | Some("1") => flags(vec!["--sse".into(), "AES256".into()]),
-            Some("kmsid") | Some("k") => flags(vec!["--sse".into(), "aws:kms".into()]),
-            Some(v) if v.starts_with("kmsid:") || v.starts_with("k:") => {
-                let key = v.split_once(':').map_or("", |(_, k)| k);
-                flags(vec![
-                    "--sse".into(),
-                    "aws:kms".into(),
-                    "--sse-kms-key-id".into(),
-                    key.into(),
-                ])
-            }
-            Some(v) if v.starts_with("custom:") || v.starts_with("c:") => {
-                let file = v.split_once(':').map_or("", |(_, f)| f);
-                flags(vec!["--sse-c-key-file".into(), file.into()])
-            }
-            Some(v) => Err(format!(
-                "s3fs option \"use_sse={v}\" names no key file; write use_sse=custom:FILE (pailfs: --sse-c-key-file FILE)"
-            )),
-        },
+        "use_sse" => use_sse(value).map(|f| Some(Translated::Flags(f))),
         "url" => plain("--endpoint-url"),
         // s3fs's `endpoint` is the region.
         "endpoint" => plain("--region"),
@@ -350,6 +330,31 @@ fn s3fs(name: &str, value: Option<&str>) -> Result<Option<Translated>, String> {
             ])
         }
         _ => Ok(None),
+    }
+}
+
+/// s3fs's `use_sse` (or `=1`) is SSE-S3; `kmsid` / `kmsid:KEY` is SSE-KMS; `custom:FILE` is
+/// SSE-C with the keys in FILE.
+fn use_sse(value: Option<&str>) -> Result<Vec<String>, String> {
+    match value {
+        None | Some("1") => Ok(vec!["--sse".into(), "AES256".into()]),
+        Some("kmsid") | Some("k") => Ok(vec!["--sse".into(), "aws:kms".into()]),
+        Some(v) if v.starts_with("kmsid:") || v.starts_with("k:") => {
+            let key = v.split_once(':').map_or("", |(_, k)| k);
+            Ok(vec![
+                "--sse".into(),
+                "aws:kms".into(),
+                "--sse-kms-key-id".into(),
+                key.into(),
+            ])
+        }
+        Some(v) if v.starts_with("custom:") || v.starts_with("c:") => {
+            let file = v.split_once(':').map_or("", |(_, f)| f);
+            Ok(vec!["--sse-c-key-file".into(), file.into()])
+        }
+        Some(v) => Err(format!(
+            "s3fs option \"use_sse={v}\" names no key file; write use_sse=custom:FILE (pailfs: --sse-c-key-file FILE)"
+        )),
     }
 }
 
