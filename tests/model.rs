@@ -19,6 +19,7 @@
 //! Failures found by the search are kept below as named regression tests; tests/MODEL.md says
 //! which bugs the search finds on which code.
 
+use pailfs::fs::handles::NewFile;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -1293,7 +1294,17 @@ impl Sut {
                 let (p, n) = self.parent_and_name(path).await?;
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
                 let (_, fh) = fs
-                    .create(p, OsStr::new(n), 0o644, 0, flags, 0, 0)
+                    .create(
+                        p,
+                        OsStr::new(n),
+                        NewFile {
+                            mode: 0o644,
+                            umask: 0,
+                            flags,
+                            uid: 0,
+                            gid: 0,
+                        },
+                    )
                     .await
                     .map_err(errno)?;
                 let w = fs.write(fh, 0, data).await.map(|_| ()).map_err(errno);
@@ -1384,7 +1395,17 @@ impl Sut {
                 let (p, n) = self.parent_and_name(path).await?;
                 let flags = libc::O_RDWR | libc::O_CREAT;
                 let (_, fh) = fs
-                    .create(p, OsStr::new(n), 0o644, 0, flags, 0, 0)
+                    .create(
+                        p,
+                        OsStr::new(n),
+                        NewFile {
+                            mode: 0o644,
+                            umask: 0,
+                            flags,
+                            uid: 0,
+                            gid: 0,
+                        },
+                    )
                     .await
                     .map_err(errno)?;
                 self.held = Some(fh);

@@ -6,6 +6,7 @@
 //! S3 holds. Every case here failed on the code before the namespace had one owner (issue 11);
 //! tests/MODEL.md says which of them the model test finds by itself.
 
+use pailfs::fs::handles::NewFile;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +76,17 @@ impl T {
         let (p, n) = self.parent(path).await;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
         self.fs
-            .create(p, OsStr::new(&n), 0o644, 0, flags, 0, 0)
+            .create(
+                p,
+                OsStr::new(&n),
+                NewFile {
+                    mode: 0o644,
+                    umask: 0,
+                    flags,
+                    uid: 0,
+                    gid: 0,
+                },
+            )
             .await
             .unwrap()
             .1

@@ -121,6 +121,17 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
+/// What `create(2)` asks for a new file: its mode and the caller's umask, the open flags, and
+/// its owner.
+#[derive(Clone, Copy, Debug)]
+pub struct NewFile {
+    pub mode: u32,
+    pub umask: u32,
+    pub flags: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 impl<S: ObjectStore> Fs<S> {
     /// Opens a file.
     pub async fn open(&self, ino: Ino, flags: i32) -> FsResult<Opened> {
@@ -169,21 +180,16 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Creates (or, without `O_EXCL`, opens) `name` in `parent`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
         parent: Ino,
         name: &std::ffi::OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        uid: u32,
-        gid: u32,
+        new: NewFile,
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let name = names::name_from_os(name)?;
         let parent = self.ns.canon(parent);
-        let open_mode = OpenMode::from_flags(flags);
+        let open_mode = OpenMode::from_flags(new.flags);
         // In case-insensitive mode another spelling may exist: refused (error mode) or used.
         self.ci_check_create(parent, name, "create").await?;
         match self.resolve(parent, name, false).await {
@@ -195,30 +201,25 @@ impl<S: ObjectStore> Fs<S> {
                     return Err(NsError::IsADirectory.into());
                 }
                 let ino = self.ns.canon(attr.ino);
-                let fh = self.open(ino, flags).await?.fh;
+                let fh = self.open(ino, new.flags).await?.fh;
                 let attr = self.ns.attr(ino, true)?;
                 return Ok((attr, fh));
             }
             Err(e) if e.errno() == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
-        self.create_new(parent, name, mode & !umask, open_mode, (uid, gid))
+        self.create_new(parent, name, new)
     }
 
     /// [`Self::create`] served at once on the calling thread (a FUSE thread) when the
     /// namespace knows the name is absent, as after a listing or in a directory made here
     /// (`cp -r`, `tar -x`): no hop to the runtime and back. `None` when S3 must be asked, and
     /// in case-insensitive mode (other spellings are checked in S3).
-    #[allow(clippy::too_many_arguments)]
     pub fn create_now(
         &self,
         parent: Ino,
         name: &std::ffi::OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        uid: u32,
-        gid: u32,
+        new: NewFile,
     ) -> Option<FsResult<(Attr, u64)>> {
         if self.config.case_insensitive {
             return None;
@@ -226,32 +227,23 @@ impl<S: ObjectStore> Fs<S> {
         let name = names::name_from_os(name).ok()?;
         let parent = self.ns.canon(parent);
         self.known_absent(parent, name)?;
-        let open_mode = OpenMode::from_flags(flags);
-        Some(self.create_new(parent, name, mode & !umask, open_mode, (uid, gid)))
+        Some(self.create_new(parent, name, new))
     }
 
-    /// A new, empty file `name` in `parent` with permissions `perm`, open through a new
-    /// handle.
-    fn create_new(
-        &self,
-        parent: Ino,
-        name: &str,
-        perm: u32,
-        open_mode: OpenMode,
-        (uid, gid): (u32, u32),
-    ) -> FsResult<(Attr, u64)> {
+    /// A new, empty file `name` in `parent`, open through a new handle.
+    fn create_new(&self, parent: Ino, name: &str, new: NewFile) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let mut stat = Stat::new(Kind::File, &self.config.defaults, SystemTime::now());
-        stat.perm = (perm & 0o7777) as u16;
-        stat.uid = uid;
-        stat.gid = gid;
+        stat.perm = (new.mode & !new.umask & 0o7777) as u16;
+        stat.uid = new.uid;
+        stat.gid = new.gid;
         let (attr, of) = self.ns.created(parent, name, stat, |key| {
             Arc::new(OpenFile::created(key.to_string(), stat))
         })?;
         let fh = self.handle_table().insert(Handle::File(FileHandle {
             ino: attr.ino,
             of,
-            writable: open_mode.writable,
+            writable: OpenMode::from_flags(new.flags).writable,
             reads: Default::default(),
         }));
         Ok((attr, fh))
@@ -280,9 +272,14 @@ impl<S: ObjectStore> Fs<S> {
             return Err(NsError::BadFileType.into());
         }
         let flags = libc::O_WRONLY | libc::O_EXCL;
-        let (attr, fh) = self
-            .create(parent, name, mode, umask, flags, uid, gid)
-            .await?;
+        let new = NewFile {
+            mode,
+            umask,
+            flags,
+            uid,
+            gid,
+        };
+        let (attr, fh) = self.create(parent, name, new).await?;
         let stored = self.flush(fh).await;
         let released = self.release(fh).await;
         stored.and(released).map(|()| attr)

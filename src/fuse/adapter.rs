@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::attr::Kind;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::handles::NewFile;
 use crate::fs::readdir::DirEntry;
 use crate::fs::setattr::SetAttr;
 use crate::fs::{Attr, Fs};
@@ -598,20 +599,21 @@ impl<S: ObjectStore> Filesystem for Adapter<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (uid, gid) = (req.uid(), req.gid());
+        let new = NewFile {
+            mode,
+            umask,
+            flags,
+            uid: req.uid(),
+            gid: req.gid(),
+        };
         // Served here when the name is known to be new: no hop to the runtime.
         let _entered = self.rt.enter();
-        if let Some(r) = self
-            .fs
-            .create_now(parent.0, name, mode, umask, flags, uid, gid)
-        {
+        if let Some(r) = self.fs.create_now(parent.0, name, new) {
             return reply_created(reply, &self.ttl, r, parent, name);
         }
         let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.to_owned());
         self.rt.spawn(async move {
-            let r = fs
-                .create(parent.0, &name, mode, umask, flags, uid, gid)
-                .await;
+            let r = fs.create(parent.0, &name, new).await;
             reply_created(reply, &ttl, r, parent, &name);
         });
     }
