@@ -541,8 +541,8 @@ async fn probe_writes(
         ));
         return Ok(true);
     }
-    let on_aws =
-        s3.endpoint_url.is_none() && crate::store::client::configured_endpoint(s3).is_none();
+    // The configuration already resolved aws-config's endpoint (variables, profile) into it.
+    let on_aws = s3.endpoint_url.is_none();
     if let Some(alg) = store.checksum().cloned()
         && !on_aws
         && !probe.conditional_writes
