@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Mode, Size, Ttl};
 use crate::fs::case::CaseCollision;
+use crate::fs::conflict::OnConflict;
 use crate::fs::{
     self,
     attr::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE},
@@ -383,6 +384,17 @@ pub struct MountArgs {
     /// file) or `error` (creating such a name fails with EEXIST).
     #[arg(long, value_name = "MODE", default_value_t = CaseCollision::default())]
     pub case_collision: CaseCollision,
+
+    /// When a file changed in S3 since this mount read it (another host wrote it): `fail`
+    /// (close and fsync fail with ESTALE, the data is kept in the cache's failed/),
+    /// `keep-both` (this version is stored as NAME.conflict-HOST-TIME beside the winner) or
+    /// `overwrite` (no check: the last close wins).
+    #[arg(long, value_name = "MODE", default_value_t = OnConflict::default())]
+    pub on_conflict: OnConflict,
+    /// The name this host stores with every file it uploads (object metadata `pailfs-host`)
+    /// and puts in conflict copies' names [default: the machine's host name; "" stores none].
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
 
     /// Show setuid and setgid bits stored in objects' metadata. Off by default: anyone who
     /// can write to the bucket writes that metadata, and `cp -a` or `rsync -a` out of the

@@ -510,6 +510,18 @@ fn fs_config(
     fs.case_insensitive = a.case_insensitive || conn.is_some_and(|c| c.case_insensitive);
     fs.case_collision = a.case_collision;
     fs.max_rename_objects = a.max_rename_objects;
+    fs.conflicts.mode = a.on_conflict;
+    if let Some(h) = &a.host_name {
+        if !h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(CliError::Invalid(format!(
+                "--host-name {h:?} may hold only ASCII letters, digits, '.', '_' and '-'"
+            )));
+        }
+        fs.conflicts.host = h.clone();
+    }
     Ok(fs)
 }
 

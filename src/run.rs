@@ -22,8 +22,10 @@ use std::sync::atomic::AtomicU64;
 
 use crate::cache_dir::MountDir;
 use crate::config::MountConfig;
+use crate::connections::check::WriteProbe;
 use crate::diagnose::{Target, explain};
 use crate::fs::Fs;
+use crate::fs::conflict::OnConflict;
 use crate::fuse::adapter::Adapter;
 use crate::fuse::session::{MountSettings, mount};
 use crate::store::aws::AwsStore;
@@ -75,6 +77,8 @@ pub trait StoreBuilder {
 pub struct Built<S> {
     pub store: S,
     pub read_only: bool,
+    /// Whether the server checks conditional writes, when the mount found out.
+    pub conditional_writes: Option<bool>,
     pub notices: Vec<String>,
 }
 
@@ -88,12 +92,7 @@ impl StoreBuilder for Aws {
         cfg: &MountConfig,
         attempts: Arc<AtomicU64>,
     ) -> Result<Built<AwsStore>, CliError> {
-        let (store, read_only, notices) = prepare(cfg, attempts).await?;
-        Ok(Built {
-            store,
-            read_only,
-            notices,
-        })
+        prepare(cfg, attempts).await
     }
 }
 
@@ -107,6 +106,7 @@ impl<S: ObjectStore> StoreBuilder for Ready<S> {
         Ok(Built {
             store: self.0,
             read_only: cfg.fs.read_only,
+            conditional_writes: None,
             notices: Vec::new(),
         })
     }
@@ -299,6 +299,9 @@ pub fn serve<B: StoreBuilder>(
     tell(&notices, &mut host.pipe);
     let mut fs_config = cfg.fs.clone();
     fs_config.read_only = built.read_only;
+    if let Some(checks) = built.conditional_writes {
+        fs_config.conflicts.server_checks = checks;
+    }
     let fs = Fs::new(store, fs_config).map_err(|e| e.to_string())?;
     let mut session = mount_fuse(cfg, &fs, rt.handle(), built.read_only)?;
     if let Some(mut pipe) = host.pipe.take() {
@@ -485,7 +488,7 @@ async fn clean_up_after_crash<S: ObjectStore>(store: &S, cfg: &MountConfig) -> V
 async fn prepare(
     cfg: &MountConfig,
     attempts: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<(AwsStore, bool, Vec<String>), CliError> {
+) -> Result<Built<AwsStore>, CliError> {
     let mut s3 = cfg.s3.clone();
     s3.attempts = Some(attempts);
     let mut notices = Vec::new();
@@ -505,12 +508,21 @@ async fn prepare(
             other => return Err(CliError::Mount(other.message())),
         }
     }
-    let read_only = cfg.fs.read_only || probe_writes(&mut store, &s3, cfg, &mut notices).await?;
-    Ok((store, read_only, notices))
+    let probe = match cfg.fs.read_only {
+        true => None,
+        false => Some(probe_writes(&mut store, &s3, cfg, &mut notices).await?),
+    };
+    Ok(Built {
+        store,
+        read_only: cfg.fs.read_only || probe.is_some_and(|p| !p.writable),
+        conditional_writes: probe.map(|p| p.conditional_writes),
+        notices,
+    })
 }
 
 /// The write probes of a read-write mount: may these credentials write (else the mount
-/// falls back to read-only, answered `true`), and does the server take upload checksums. The
+/// falls back to read-only), does the server check conditional writes (else uploads are
+/// checked by a HEAD, see `fs::conflict`), and does it take upload checksums. The
 /// checksum probe (a multipart upload with one part, aborted) runs only where it is needed:
 /// not on AWS itself, and not on a server that checks conditional writes (a current S3
 /// implementation, which takes checksums too), so with the minimal policy, which has no
@@ -520,14 +532,17 @@ async fn probe_writes(
     s3: &crate::store::client::S3Settings,
     cfg: &MountConfig,
     notices: &mut Vec<String>,
-) -> Result<bool, CliError> {
+) -> Result<WriteProbe, CliError> {
     let url = format!("s3://{}", cfg.source.display());
     let prefix = &cfg.source.prefix;
     let probe = match crate::connections::check::can_write(store, prefix).await {
         Ok(p) => p,
         Err(e) => {
             log::warn!("could not probe write access to {url} ({e}); mounting read-write");
-            return Ok(false);
+            return Ok(WriteProbe {
+                writable: true,
+                conditional_writes: false,
+            });
         }
     };
     if !probe.writable && cfg.explicit_rw {
@@ -539,7 +554,12 @@ async fn probe_writes(
         notices.push(format!(
             "the credentials can only read {url}: mounted read-only (run `pailfs check` for details; --read-only skips this probe)"
         ));
-        return Ok(true);
+        return Ok(probe);
+    }
+    if !probe.conditional_writes && cfg.fs.conflicts.mode != OnConflict::Overwrite {
+        notices.push(
+            "the server does not check conditional writes (If-Match, If-None-Match): a HEAD before each upload checks that no other host changed the file, which leaves a window of one round trip (see docs/SEMANTICS.md, many hosts)".to_string(),
+        );
     }
     // The configuration already resolved aws-config's endpoint (variables, profile) into it.
     let on_aws = s3.endpoint_url.is_none();
@@ -553,7 +573,7 @@ async fn probe_writes(
         ));
         store.checksums_off();
     }
-    Ok(false)
+    Ok(probe)
 }
 
 enum Access {

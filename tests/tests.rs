@@ -20,6 +20,8 @@ mod core;
 mod crash;
 mod docs;
 mod faults;
+mod hosts;
+mod lost_update;
 mod memory_mount;
 mod model;
 mod mount;

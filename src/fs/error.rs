@@ -202,13 +202,24 @@ pub enum UploadError {
     Stopping,
     #[error("an earlier upload of this file failed: {0}")]
     EarlierFailed(Box<FsError>),
+    /// The object changed in S3 since this mount read it (another host wrote it): this
+    /// version was not stored over it (see `conflict`).
+    #[error(
+        "{key:?} was changed by another client since this mount read it (now {winner}); this version was not stored over it"
+    )]
+    Conflict { key: String, winner: String },
+    /// With `--on-conflict keep-both`: the version was stored beside the winner.
+    #[error("{key:?} was changed by another client; this version was stored as {kept_as:?}")]
+    KeptBoth { key: String, kept_as: String },
 }
 
 impl ToErrno for UploadError {
     fn to_errno(&self) -> Errno {
         match self {
             UploadError::SpoolFull { .. } => libc::ENOSPC,
-            UploadError::Moved => libc::ESTALE,
+            UploadError::Moved | UploadError::Conflict { .. } | UploadError::KeptBoth { .. } => {
+                libc::ESTALE
+            }
             UploadError::ShuttingDown | UploadError::Stopping => libc::EIO,
             UploadError::EarlierFailed(e) => e.to_errno(),
         }
@@ -279,6 +290,24 @@ impl FsError {
         FsError::Local {
             what: what.into(),
             source: Arc::new(e),
+        }
+    }
+
+    /// A conflicting write by another client (see `conflict`).
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            FsError::Upload(UploadError::Conflict { .. }) => true,
+            FsError::Upload(UploadError::EarlierFailed(e)) => e.is_conflict(),
+            _ => false,
+        }
+    }
+
+    /// A version kept beside the winner of a conflict (`--on-conflict keep-both`).
+    pub fn is_kept_both(&self) -> bool {
+        match self {
+            FsError::Upload(UploadError::KeptBoth { .. }) => true,
+            FsError::Upload(UploadError::EarlierFailed(e)) => e.is_kept_both(),
+            _ => false,
         }
     }
 

@@ -143,8 +143,8 @@ impl<S: ObjectStore> Fs<S> {
             self.ci_note_open(ino);
         }
         let ino = self.ns.canon(ino);
-        // A new open reads the version S3 has now: what S3 said is checked again first when
-        // it is older than the negative TTL.
+        // A new open reads the version S3 has now (close-to-open across hosts): what S3 said
+        // is checked again first (see `Namespace::open_check`).
         if self.ns.open_check(ino)? {
             let before = self.ns.get(ino).and_then(|i| i.etag);
             self.ns.expire(ino);
@@ -357,6 +357,16 @@ impl<S: ObjectStore> Fs<S> {
         }
         self.keep_failed(of, e);
         self.uploader.count_failed();
+        self.set_aside(ino, of, e);
+    }
+
+    /// Poisons the open file with `e` (every descriptor still on it gets it), drops its spool
+    /// and detaches it from the inode, so the next open sees what S3 holds. After a conflict,
+    /// the directory's cached listing goes too (another client changed its names).
+    pub(crate) fn set_aside(&self, ino: Ino, of: &Arc<OpenFile>, e: &FsError) {
+        if e.is_conflict() || e.is_kept_both() {
+            self.ns.changed_elsewhere(ino);
+        }
         {
             let mut s = of.lock();
             s.failed = Some(UploadError::EarlierFailed(Box::new(e.clone())).into());

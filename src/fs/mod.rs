@@ -29,6 +29,7 @@
 
 pub mod attr;
 pub mod case;
+pub mod conflict;
 pub mod dirops;
 pub mod dirscan;
 pub mod error;
@@ -80,8 +81,7 @@ pub struct FsConfig {
     pub read_only: bool,
     /// How long attributes and names are trusted without asking S3.
     pub metadata_ttl: Duration,
-    /// How long "no such name" is trusted, and how old the version a new open() reads may be
-    /// (never more than `metadata_ttl`).
+    /// How long "no such name" is trusted (never more than `metadata_ttl`).
     pub negative_ttl: Duration,
     /// Size of the first multipart parts; files up to this size are one PUT.
     pub part_size: u64,
@@ -108,6 +108,8 @@ pub struct FsConfig {
     pub fast_listing: bool,
     /// The size cap of the on-disk block cache, in the mount's directory (0: off).
     pub disk_cache_size: u64,
+    /// Conditional uploads across hosts (see `conflict`).
+    pub conflicts: conflict::Conflicts,
 }
 
 impl FsConfig {
@@ -132,6 +134,7 @@ impl FsConfig {
             normalize_names: false,
             fast_listing: false,
             disk_cache_size: 0,
+            conflicts: conflict::Conflicts::default(),
         }
     }
 
@@ -213,6 +216,9 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 /// The default `--metadata-ttl`, in seconds.
 pub const DEFAULT_METADATA_TTL_SECS: u64 = 5;
 
+/// The longest metadata TTL short of `indefinite`, which alone lets an open skip asking S3.
+const ONE_DAY: Duration = Duration::from_secs(86_400);
+
 /// The default `--negative-metadata-ttl`, in milliseconds.
 pub const DEFAULT_NEGATIVE_TTL_MS: u64 = 1000;
 
@@ -248,6 +254,10 @@ impl<S: ObjectStore> Fs<S> {
             defaults: config.defaults,
             ttl: config.metadata_ttl,
             negative_ttl: config.negative_ttl.min(config.metadata_ttl),
+            open_ttl: match config.metadata_ttl > ONE_DAY {
+                true => config.metadata_ttl,
+                false => Duration::ZERO,
+            },
             case_insensitive: config.case_insensitive,
             normalize: config.normalize_names,
             started: SystemTime::now(),

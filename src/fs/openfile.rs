@@ -219,6 +219,16 @@ impl FileState {
     pub fn upload_meta(&self) -> UserMeta {
         self.stat.to_meta(Some(&self.foreign_meta))
     }
+
+    /// [`Self::upload_meta`] naming `host` as the writer of the content (none when empty).
+    pub fn upload_meta_as(&self, host: &str) -> UserMeta {
+        let mut m = self.upload_meta();
+        m.remove(super::conflict::META_HOST);
+        if !host.is_empty() {
+            m.insert(super::conflict::META_HOST.into(), host.to_string());
+        }
+        m
+    }
 }
 
 /// See the module documentation.

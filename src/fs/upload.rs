@@ -22,6 +22,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::Fs;
 use super::attr::{self, Stat};
+use super::conflict::{OnConflict, conflict_key};
 use super::error::{FsError, FsResult, HandleError, UploadError};
 use super::openfile::{Base, Multipart, OpenFile, UploadedPart};
 use super::parts::PartLayout;
@@ -29,7 +30,7 @@ use super::ranges::RangeSet;
 use super::recovery::Record;
 use super::spool::{Spool, SpoolBudget};
 use crate::buffers::POOL;
-use crate::store::{ObjectStore, UserMeta};
+use crate::store::{Expect, ObjectStore, UserMeta};
 
 /// The uploader's state: how files are cut into parts, how many parts may be in memory at
 /// once, the spool's disk budget, and counters for stats and a clean stop.
@@ -124,12 +125,14 @@ struct Snapshot {
     meta_version: u64,
     spool: Option<Arc<Spool>>,
     dirty: bool,
+    /// What the key must hold for this upload to replace it (see `conflict`).
+    expect: Expect,
 }
 
 impl Snapshot {
     /// Freezes the file's state for an upload (taking the parts sent early); `None` when there
-    /// is nothing to store.
-    fn take(of: &OpenFile) -> FsResult<Option<Snapshot>> {
+    /// is nothing to store. The metadata names `host` as the writer.
+    fn take(of: &OpenFile, host: &str) -> FsResult<Option<Snapshot>> {
         let mut s = of.lock();
         // An upload that ran while this one waited for the lock failed for good: this
         // caller's data was in it, so it gets the error too (a flush of a dup'ed or
@@ -149,10 +152,11 @@ impl Snapshot {
             part_version: s.part_version.clone(),
             mp: s.mp.take(),
             stat: s.stat,
-            meta: s.upload_meta(),
+            meta: s.upload_meta_as(host),
             meta_version: s.meta_version,
             spool: s.spool.clone(),
             dirty: s.dirty,
+            expect: Expect::Any,
         }))
     }
 
@@ -223,10 +227,20 @@ impl<S: ObjectStore> Fs<S> {
     /// [`Self::upload`] for a caller that holds the file's upload lock.
     pub(crate) async fn upload_held(&self, of: &Arc<OpenFile>) -> FsResult<Option<Stored>> {
         let _running = Running::start(&self.uploader.running);
-        let Some(snap) = Snapshot::take(of)? else {
+        let Some(mut snap) = Snapshot::take(of, &self.config.conflicts.host)? else {
             return Ok(None);
         };
-        let etag = self.send(&snap).await?;
+        snap.expect = self.expect_for(&snap.key, snap.base.as_ref());
+        let etag = match self.send(&snap).await {
+            Ok(etag) => etag,
+            Err(e) => {
+                let e = self.conflict_of(&snap.key, &snap.expect, e).await;
+                if e.is_conflict() && self.config.conflicts.mode == OnConflict::KeepBoth {
+                    return Err(self.keep_both(snap, e).await);
+                }
+                return Err(e);
+            }
+        };
         log::debug!("stored {:?} ({} bytes, ETag {etag})", snap.key, snap.size);
         snap.note_stored(of, &etag);
         let mut stat = snap.stat;
@@ -256,16 +270,43 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// One PUT of the whole file.
+    /// Stores the losing version of a conflict beside the winner, as `NAME.conflict-HOST-TIME`:
+    /// the error that says so, or `conflict` itself when that failed too.
+    async fn keep_both(&self, mut snap: Snapshot, conflict: FsError) -> FsError {
+        let key = std::mem::take(&mut snap.key);
+        let host = &self.config.conflicts.host;
+        snap.key = conflict_key(&key, host, std::time::SystemTime::now());
+        snap.mp = None;
+        snap.dirty = true;
+        snap.expect = Expect::Absent;
+        match self.send(&snap).await {
+            Ok(_) => {
+                log::warn!("{conflict}; this version is stored as {:?}", snap.key);
+                UploadError::KeptBoth {
+                    key,
+                    kept_as: snap.key,
+                }
+                .into()
+            }
+            Err(e) => {
+                log::warn!("could not store the losing version of {key:?} beside it: {e}");
+                conflict
+            }
+        }
+    }
+
+    /// One PUT of the whole file, on the snapshot's condition.
     async fn upload_whole(&self, snap: &Snapshot) -> FsResult<String> {
         if snap.size > self.layout().base() {
             return self.upload_multipart(snap).await;
         }
         let _permit = self.uploader.part_slots.acquire().await.map_err(closed)?;
         let body = self.assemble(snap, 0..snap.size).await?;
+        self.check_before_upload(&snap.key, &snap.expect, false)
+            .await?;
         let put = self
             .store
-            .put(&snap.key, body, &snap.meta)
+            .put_if(&snap.key, body, &snap.meta, &snap.expect)
             .await
             .map_err(|e| FsError::from_store(e, &snap.key))?;
         Ok(put.etag)
@@ -328,11 +369,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         let result = self.upload_parts(snap, &upload_id, &uploaded).await;
         let result = match result {
-            Ok(parts) => self
-                .store
-                .complete_multipart(key, &upload_id, &parts)
-                .await
-                .map_err(|e| FsError::from_store(e, key)),
+            Ok(parts) => self.complete_checked(snap, &upload_id, &parts).await,
             Err(e) => Err(e),
         };
         let etag = match result {
@@ -354,6 +391,22 @@ impl<S: ObjectStore> Fs<S> {
             return self.copy_with_meta(key, &base, &snap.meta).await;
         }
         Ok(etag)
+    }
+
+    /// Completes the snapshot's multipart upload on its condition, checked first by a HEAD
+    /// whatever the server does (see `conflict`).
+    async fn complete_checked(
+        &self,
+        snap: &Snapshot,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> FsResult<crate::store::PutResult> {
+        self.check_before_upload(&snap.key, &snap.expect, true)
+            .await?;
+        self.store
+            .complete_multipart_if(&snap.key, upload_id, parts, &snap.expect)
+            .await
+            .map_err(|e| FsError::from_store(e, &snap.key))
     }
 
     /// Uploads or copies every part; returns `(number, etag)` in order.
@@ -562,7 +615,7 @@ impl<S: ObjectStore> Fs<S> {
             if let Some(e) = &s.failed {
                 return Err(e.clone());
             }
-            (s.key.clone(), s.upload_meta())
+            (s.key.clone(), s.upload_meta_as(&self.config.conflicts.host))
         };
         let id = self
             .store

@@ -132,7 +132,9 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.file_handle(fh)?;
         if let Some(e) = h.of.failure() {
-            return Err(e);
+            // A version kept beside a conflict's winner is stored; writes after it were
+            // refused with the error.
+            return if e.is_kept_both() { Ok(()) } else { Err(e) };
         }
         if !h.of.is_dirty() || h.of.never_written() {
             return Ok(());
@@ -157,17 +159,24 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.file_handle(fh)?;
         if let Some(e) = h.of.failure() {
-            return Err(e);
+            return if e.is_kept_both() { Ok(()) } else { Err(e) };
         }
         let _fence = self.ns.shared().await;
         self.flush_file(h.ino, &h.of).await
     }
 
     /// Uploads `of` if dirty and tells the namespace what was stored.
+    /// With `--on-conflict keep-both`, a version kept beside the winner counts as stored: the
+    /// open file lets go of the name, which shows the winner from now on.
     pub(crate) async fn flush_file(&self, ino: Ino, of: &Arc<OpenFile>) -> FsResult<()> {
-        if let Some(stored) = self.upload(of).await? {
-            self.ns
-                .stored(ino, of, &stored.etag, &stored.meta, stored.stat);
+        match self.upload(of).await {
+            Ok(Some(stored)) => {
+                self.ns
+                    .stored(ino, of, &stored.etag, &stored.meta, stored.stat);
+            }
+            Ok(None) => {}
+            Err(e) if e.is_kept_both() => self.set_aside(ino, of, &e),
+            Err(e) => return Err(e),
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ use super::client::{S3Settings, build_client};
 use super::requests::RequestOptions;
 use super::spacing::WriteSpacing;
 use super::{
-    ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
+    Expect, ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
     StoreResult, UserMeta,
 };
 use super::{checksums, content_type};
@@ -492,7 +492,10 @@ fn classify(status: u16, code: &str, message: String, region: Option<String>) ->
     match code {
         "NoSuchKey" | "NotFound" => return StoreError::NotFound,
         "NoSuchBucket" => return StoreError::NoSuchBucket,
-        "PreconditionFailed" => return StoreError::PreconditionFailed,
+        // 409 ConditionalRequestConflict: another conditional write of the key was under way.
+        "PreconditionFailed" | "ConditionalRequestConflict" => {
+            return StoreError::PreconditionFailed;
+        }
         "InvalidAccessKeyId" => return StoreError::InvalidAccessKey,
         "SignatureDoesNotMatch" => return StoreError::SignatureMismatch,
         "ExpiredToken" | "TokenRefreshRequired" => return StoreError::ExpiredToken,
@@ -656,10 +659,18 @@ impl ObjectStore for AwsStore {
         self.fetch(key, range, if_match, piece).await
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        expect: &Expect,
+    ) -> StoreResult<PutResult> {
         let len = body.len() as i64;
         let req = crate::stored!(self.client.put_object().bucket(&self.bucket), self.opts)
             .key(key)
+            .set_if_match(expect.if_match())
+            .set_if_none_match(expect.if_none_match())
             .content_length(len)
             .body(ByteStream::from(body))
             .set_checksum_algorithm(self.opts.checksum.clone())
@@ -767,11 +778,12 @@ impl ObjectStore for AwsStore {
         Ok(checksums::receipt(etag, checksum))
     }
 
-    async fn complete_multipart(
+    async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
+        expect: &Expect,
     ) -> StoreResult<PutResult> {
         let parts = parts
             .iter()
@@ -788,6 +800,8 @@ impl ObjectStore for AwsStore {
         )
         .key(key)
         .upload_id(upload_id)
+        .set_if_match(expect.if_match())
+        .set_if_none_match(expect.if_none_match())
         .multipart_upload(
             CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))

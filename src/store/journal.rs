@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ObjectStore, PutResult, StoreError, StoreResult, UserMeta};
+use super::{Expect, ObjectStore, PutResult, StoreError, StoreResult, UserMeta};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -134,7 +134,7 @@ pub async fn abort_leftovers<S: ObjectStore>(store: &S, dir: &Path) -> Vec<Lefto
 }
 
 impl<S: ObjectStore> ObjectStore for Journaled<S> {
-    crate::forward_store!(inner; head, list, get_range, get_range_split, put, upload_part);
+    crate::forward_store!(inner; head, list, get_range, get_range_split, put_if, upload_part);
     crate::forward_store!(inner; upload_part_copy, list_multipart_uploads, copy, delete);
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
@@ -147,13 +147,17 @@ impl<S: ObjectStore> ObjectStore for Journaled<S> {
         Ok(id)
     }
 
-    async fn complete_multipart(
+    async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
+        expect: &Expect,
     ) -> StoreResult<PutResult> {
-        let r = self.inner.complete_multipart(key, upload_id, parts).await;
+        let r = self
+            .inner
+            .complete_multipart_if(key, upload_id, parts, expect)
+            .await;
         if r.is_ok() {
             self.forget(upload_id).await;
         }

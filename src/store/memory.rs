@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
+    Expect, ListPage, ListRequest, ObjectMeta, ObjectStore, PendingUpload, PutResult, StoreError,
     StoreResult, UserMeta,
 };
 
@@ -62,6 +62,23 @@ struct State {
     gates: Vec<(Op, Option<String>, When, Gate)>,
     /// Answer every listing as truncated, with this continuation token (a broken server).
     sticky_token: Option<String>,
+    /// Ignore `If-Match` and `If-None-Match` on writes, as Garage 2.5.0 does.
+    ignore_conditions: bool,
+}
+
+impl State {
+    /// Checks a conditional write against the key's current version.
+    fn check(&self, key: &str, expect: &Expect) -> StoreResult<()> {
+        if self.ignore_conditions {
+            return Ok(());
+        }
+        let current = self.objects.get(key).map(|o| o.etag.as_str());
+        match (expect, current) {
+            (Expect::Etag(_), None) => Err(StoreError::NotFound),
+            _ if expect.holds(current) => Ok(()),
+            _ => Err(StoreError::PreconditionFailed),
+        }
+    }
 }
 
 /// Where a [`Gate`] holds a request: before it takes effect, or after (the change is made,
@@ -119,6 +136,11 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Makes writes ignore their conditions (a server without conditional writes).
+    pub fn ignore_conditions(&self) {
+        self.lock().ignore_conditions = true;
+    }
+
     /// How many requests of `op` were made so far.
     pub fn count(&self, op: Op) -> u64 {
         self.counters[Self::index(op)].load(Ordering::SeqCst)
@@ -165,6 +187,11 @@ impl MemoryStore {
     /// The bytes stored under `key`, read without counting a request (for test assertions).
     pub fn peek(&self, key: &str) -> Option<Bytes> {
         self.lock().objects.get(key).map(|o| o.data.clone())
+    }
+
+    /// The ETag of `key`, without counting a request.
+    pub fn peek_etag(&self, key: &str) -> Option<String> {
+        self.lock().objects.get(key).map(|o| o.etag.clone())
     }
 
     /// The user metadata stored under `key`, without counting a request.
@@ -381,18 +408,28 @@ impl ObjectStore for MemoryStore {
         Ok(obj.data.slice(range.start as usize..end as usize))
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        expect: &Expect,
+    ) -> StoreResult<PutResult> {
         self.enter(Op::Put, key).await?;
         let etag = self.new_etag();
-        self.lock().objects.insert(
-            key.to_string(),
-            Object {
-                data: body,
-                etag: etag.clone(),
-                last_modified: SystemTime::now(),
-                meta: meta.clone(),
-            },
-        );
+        {
+            let mut state = self.lock();
+            state.check(key, expect)?;
+            state.objects.insert(
+                key.to_string(),
+                Object {
+                    data: body,
+                    etag: etag.clone(),
+                    last_modified: SystemTime::now(),
+                    meta: meta.clone(),
+                },
+            );
+        }
         self.hold(Op::Put, key, When::After).await;
         Ok(PutResult { etag })
     }
@@ -460,15 +497,17 @@ impl ObjectStore for MemoryStore {
         Ok(etag)
     }
 
-    async fn complete_multipart(
+    async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
+        expect: &Expect,
     ) -> StoreResult<PutResult> {
         self.enter(Op::CompleteMultipart, key).await?;
         let etag = self.new_etag();
         let mut state = self.lock();
+        state.check(key, expect)?;
         let upload = state
             .uploads
             .get(upload_id)

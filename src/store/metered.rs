@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectMeta, ObjectStore, Op, PendingUpload, PutResult, StoreError,
-    StoreResult, UserMeta,
+    Expect, ListPage, ListRequest, ObjectMeta, ObjectStore, Op, PendingUpload, PutResult,
+    StoreError, StoreResult, UserMeta,
 };
 
 /// Request types, as named in the metrics (in the order of [`Op::ALL`]).
@@ -165,9 +165,15 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         self.count(Op::Get, r)
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<PutResult> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        expect: &Expect,
+    ) -> StoreResult<PutResult> {
         let n = body.len() as u64;
-        let r = self.inner.put(key, body, meta).await;
+        let r = self.inner.put_if(key, body, meta, expect).await;
         if r.is_ok() {
             self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
         }
@@ -212,15 +218,18 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         self.count(Op::UploadPartCopy, r)
     }
 
-    async fn complete_multipart(
+    async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
+        expect: &Expect,
     ) -> StoreResult<PutResult> {
         self.count(
             Op::CompleteMultipart,
-            self.inner.complete_multipart(key, upload_id, parts).await,
+            self.inner
+                .complete_multipart_if(key, upload_id, parts, expect)
+                .await,
         )
     }
 

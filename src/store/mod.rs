@@ -214,6 +214,42 @@ impl Op {
     }
 }
 
+/// What a write requires of the key's current version: a conditional write (`If-Match`,
+/// `If-None-Match: *`), so an upload never silently replaces a version its writer did not see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// The key must not exist (a new file).
+    Absent,
+    /// The key must hold this ETag (the version the writer opened).
+    Etag(String),
+}
+
+impl Expect {
+    /// The `If-Match` header value.
+    pub fn if_match(&self) -> Option<String> {
+        match self {
+            Expect::Etag(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// The `If-None-Match` header value.
+    pub fn if_none_match(&self) -> Option<String> {
+        matches!(self, Expect::Absent).then(|| "*".to_string())
+    }
+
+    /// True when the key's current version (`None`: absent) satisfies the condition.
+    pub fn holds(&self, current: Option<&str>) -> bool {
+        match (self, current) {
+            (Expect::Any, _) | (Expect::Absent, None) => true,
+            (Expect::Etag(e), Some(c)) => e == c,
+            _ => false,
+        }
+    }
+}
+
 /// The result of a completed write (PUT, copy or multipart completion).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutResult {
@@ -315,12 +351,25 @@ pub trait ObjectStore: Send + Sync + 'static {
         }
     }
 
-    /// PUT of a whole object (including zero bytes).
+    /// PUT of a whole object (including zero bytes), unconditional.
     fn put(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+    ) -> impl Future<Output = StoreResult<PutResult>> + Send {
+        self.put_if(key, body, meta, &Expect::Any)
+    }
+
+    /// PUT that stores only if the key's current version is as `expect` says; otherwise
+    /// [`StoreError::PreconditionFailed`] (or [`StoreError::NotFound`] for an ETag expected of
+    /// a key that is gone). A server without conditional writes ignores the condition.
+    fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        expect: &Expect,
     ) -> impl Future<Output = StoreResult<PutResult>> + Send;
 
     fn create_multipart(
@@ -357,6 +406,17 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
+    ) -> impl Future<Output = StoreResult<PutResult>> + Send {
+        self.complete_multipart_if(key, upload_id, parts, &Expect::Any)
+    }
+
+    /// [`ObjectStore::complete_multipart`] with a condition, as [`ObjectStore::put_if`].
+    fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        expect: &Expect,
     ) -> impl Future<Output = StoreResult<PutResult>> + Send;
 
     fn abort_multipart(
@@ -397,7 +457,7 @@ pub const MAX_PARTS: u64 = 10_000;
 ///
 /// ```ignore
 /// impl<S: ObjectStore> ObjectStore for Journaled<S> {
-///     forward_store!(inner; head, list, get_range, get_range_split, put, delete);
+///     forward_store!(inner; head, list, get_range, get_range_split, put_if, delete);
 ///     // ... the methods it changes
 /// }
 /// ```
@@ -424,9 +484,9 @@ macro_rules! forward_store {
             self.$f().get_range_split(key, range, if_match, piece)
         }
     };
-    (@ $f:ident put) => {
-        fn put(&self, key: &str, body: bytes::Bytes, meta: &$crate::store::UserMeta) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
-            self.$f().put(key, body, meta)
+    (@ $f:ident put_if) => {
+        fn put_if(&self, key: &str, body: bytes::Bytes, meta: &$crate::store::UserMeta, expect: &$crate::store::Expect) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
+            self.$f().put_if(key, body, meta, expect)
         }
     };
     (@ $f:ident create_multipart) => {
@@ -444,9 +504,9 @@ macro_rules! forward_store {
             self.$f().upload_part_copy(key, upload_id, part, src_key, range, src_etag)
         }
     };
-    (@ $f:ident complete_multipart) => {
-        fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
-            self.$f().complete_multipart(key, upload_id, parts)
+    (@ $f:ident complete_multipart_if) => {
+        fn complete_multipart_if(&self, key: &str, upload_id: &str, parts: &[(i32, String)], expect: &$crate::store::Expect) -> impl std::future::Future<Output = $crate::store::StoreResult<$crate::store::PutResult>> + Send {
+            self.$f().complete_multipart_if(key, upload_id, parts, expect)
         }
     };
     (@ $f:ident abort_multipart) => {
@@ -475,7 +535,7 @@ macro_rules! forward_store {
 /// the other.
 impl<S: ObjectStore> ObjectStore for std::sync::Arc<S> {
     forward_store!(as_ref; head);
-    forward_store!(as_ref; list, get_range, get_range_split, put, create_multipart, upload_part);
-    forward_store!(as_ref; upload_part_copy, complete_multipart, abort_multipart);
+    forward_store!(as_ref; list, get_range, get_range_split, put_if, create_multipart);
+    forward_store!(as_ref; upload_part, upload_part_copy, complete_multipart_if, abort_multipart);
     forward_store!(as_ref; list_multipart_uploads, copy, delete);
 }

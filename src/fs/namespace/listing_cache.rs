@@ -58,6 +58,15 @@ impl Namespace {
         }
     }
 
+    /// Another client changed names beside `ino` (a conflict): the cached listing of its
+    /// directory is dropped, so the next one asks S3.
+    pub fn changed_elsewhere(&self, ino: Ino) {
+        let mut st = self.lock();
+        if let Some(parent) = st.table.get(ino).map(|i| i.parent) {
+            st.listings.pop(&parent);
+        }
+    }
+
     /// The entries of a cached listing of `dir` still trusted for `readdir`: fresh, and when it
     /// came from S3, young enough that a name missing from it may be trusted as absent.
     pub fn listing_for_readdir(&self, dir: Ino) -> Option<Vec<Listed>> {

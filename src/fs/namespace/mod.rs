@@ -76,8 +76,11 @@ pub struct NsConfig {
     pub defaults: Defaults,
     /// How long positive answers (attributes, names, listings) are trusted.
     pub ttl: Duration,
-    /// How long "absent" is trusted, and how old the version a new open reads may be.
+    /// How long "absent" is trusted.
     pub negative_ttl: Duration,
+    /// How old the version a new open reads may be: zero, so every open asks S3 (close-to-open
+    /// across hosts), except when metadata never expires (`--metadata-ttl indefinite`).
+    pub open_ttl: Duration,
     pub case_insensitive: bool,
     pub normalize: bool,
     /// When the mount started: the times of directories without a marker object.

@@ -24,8 +24,8 @@ pub struct Opened {
 
 impl Namespace {
     /// Before opening `ino`: `EISDIR`/`ELOOP` for what cannot be opened, and whether its
-    /// version must be checked with S3 first (what S3 said is older than the negative TTL,
-    /// so a new open reads what another client stored since).
+    /// version must be checked with S3 first: always, unless the file is open here already or
+    /// metadata never expires, so a new open reads what another host closed before it.
     pub fn open_check(&self, ino: Ino) -> FsResult<bool> {
         let now = self.clock.now();
         let st = self.lock();
@@ -36,9 +36,7 @@ impl Namespace {
             Kind::File => {}
             _ => return Err(NsError::SpecialFile.into()),
         }
-        Ok(i.open.is_none()
-            && i.remote
-            && (i.etag.is_none() || !i.fresh(now, self.cfg.negative_ttl)))
+        Ok(i.open.is_none() && i.remote && (i.etag.is_none() || !i.fresh(now, self.cfg.open_ttl)))
     }
 
     /// Attaches a handle to `ino`: its open state, shared by every handle and made for the
