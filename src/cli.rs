@@ -264,6 +264,11 @@ pub struct S3Args {
     /// Attempts per S3 request, retries included, with exponential backoff and jitter.
     #[arg(long, value_name = "N", default_value_t = crate::store::client::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+    /// How long one attempt of one request may take (the whole answer of a GET), in
+    /// seconds: a server that stops answering fails an operation after about
+    /// max-attempts x this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
 }
 
 /// How objects are written and requests made: flags of every command that talks to S3, and

@@ -290,6 +290,7 @@ pub fn s3_settings(
     s.requests = request_options(&r)?;
     s.force_path_style |= a.force_path_style;
     s.max_attempts = a.max_attempts.max(1);
+    s.attempt_timeout = Duration::from_secs(a.request_timeout);
     s.ca_bundle = ca_bundle(a)?;
     if s.endpoint_url.is_none() {
         s.endpoint_url = crate::store::client::configured_endpoint(&s);

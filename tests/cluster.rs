@@ -3,6 +3,7 @@
 //! cluster behind many mounts would. Here: a storage node lost under load.
 
 use std::fs;
+use std::io::Write;
 
 use crate::common::*;
 
@@ -79,4 +80,122 @@ fn a_storage_node_lost_under_load_fails_no_operation() {
     );
     let m = Mount::on(s3.env.clone(), &source, &prefix, &[], &[]);
     assert_eq!(fs::read(m.p("big.bin")).unwrap(), big);
+}
+
+/// A network namespace joined to this one by a veth pair: a "host" of its own, whose link
+/// can be cut. Removed on drop.
+struct NetNs {
+    name: String,
+    host_side: String,
+}
+
+impl NetNs {
+    /// `10.231.N.1` here, `10.231.N.2` inside.
+    fn new(n: u8) -> NetNs {
+        let name = format!("pailfs-{}-{n}", std::process::id());
+        let host_side = format!("pfs{}h{n}", std::process::id() % 10_000);
+        let peer = format!("pfs{}p{n}", std::process::id() % 10_000);
+        let ns = NetNs { name, host_side };
+        for cmd in [
+            format!("ip netns add {}", ns.name),
+            format!("ip link add {} type veth peer name {peer}", ns.host_side),
+            format!("ip link set {peer} netns {}", ns.name),
+            format!("ip addr add 10.231.{n}.1/30 dev {}", ns.host_side),
+            format!("ip link set {} up", ns.host_side),
+            format!("ip -n {} addr add 10.231.{n}.2/30 dev {peer}", ns.name),
+            format!("ip -n {} link set {peer} up", ns.name),
+            format!("ip -n {} link set lo up", ns.name),
+        ] {
+            sh(&cmd);
+        }
+        ns
+    }
+
+    /// The command that runs a program in the namespace's network only (`ip netns exec`
+    /// would give it a mount namespace of its own, where its FUSE mount would be invisible).
+    fn wrap(&self) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/run/netns/{}", self.name)]
+    }
+
+    fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        sh(&format!("ip link set {} {state}", self.host_side));
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_side])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A host cut off from the storage (its link down, packets dropped): its operations fail
+/// with EIO within the bound (`--max-attempts` x `--request-timeout`, plus backoff), a file
+/// whose close failed is kept in failed/, what it had stored is untouched, and once the link
+/// is back the same mount works again.
+#[test]
+fn a_host_cut_off_fails_within_the_bound_and_works_again_when_reconnected() {
+    let ns = NetNs::new(7);
+    let s3 = PrivateS3::bound("cutoff", 3970, "10.231.7.1");
+    let prefix = unique_prefix("cutoff");
+    let source = format!("{}:{prefix}", s3.env.bucket);
+    let wrap = ns.wrap();
+    let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
+    let flags = ["--max-attempts", "2", "--request-timeout", "5"];
+    let m = Mount::wrapped(s3.env.clone(), &source, &prefix, &flags, &wrap);
+    write_synced(&m.p("before.txt"), b"stored before the cut").unwrap();
+    s3.env
+        .put(&format!("{prefix}unread.txt"), b"never read here");
+
+    let mut during = fs::File::create(m.p("during.txt")).unwrap();
+
+    ns.link(false);
+    let bound = std::time::Duration::from_secs(2 * (5 + 5) + 10);
+    during.write_all(b"written while cut off").unwrap();
+    let started = std::time::Instant::now();
+    let err = during.sync_all().unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(took < bound, "an fsync took {took:?}");
+    drop(during);
+    let started = std::time::Instant::now();
+    let err = fs::read(m.p("unread.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < bound,
+        "a read took {:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "cut off: a close failed after {took:?}, a read after {:?}",
+        started.elapsed()
+    );
+    let failed = walk(m.cache.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/failed/"))
+        .collect::<Vec<_>>();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(fs::read(&failed[0]).unwrap(), b"written while cut off");
+
+    ns.link(true);
+    let back = std::time::Instant::now();
+    while let Err(e) = write_synced(&m.p("after.txt"), b"reconnected") {
+        assert!(back.elapsed() < std::time::Duration::from_secs(60), "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!(
+        "writes worked again {:?} after the link came back",
+        back.elapsed()
+    );
+    assert_eq!(fs::read(m.p("unread.txt")).unwrap(), b"never read here");
+    assert_eq!(
+        s3.env.stored(&format!("{prefix}before.txt")),
+        b"stored before the cut"
+    );
+    assert_eq!(s3.env.stored(&format!("{prefix}after.txt")), b"reconnected");
 }

@@ -231,3 +231,33 @@ fn a_close_on_one_host_is_seen_by_the_next_open_on_another() {
     }
     eprintln!("names changed on A showed in B's listing within {worst:?}");
 }
+
+/// A file opened before another client replaced it with a shorter version and read after:
+/// the reader gets ESTALE, never the new version's bytes to the old length (the kernel fills a
+/// short answer with zeros up to the size it was told at open). Found by the soak.
+#[test]
+fn a_read_after_a_shorter_version_replaced_the_open_file_is_never_zero_filled() {
+    let env = S3Env::get();
+    let (a, _b, prefix) = two_hosts(&env, "shorter", &[]);
+    env.put(&format!("{prefix}f"), &[b'x'; 140]);
+    let mut f = fs::File::open(a.p("f")).unwrap();
+    env.put(&format!("{prefix}f"), b"[short]");
+    let mut got = Vec::new();
+    match f.read_to_end(&mut got) {
+        Ok(_) => assert_eq!(got, b"[short]", "a mixed read"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}"),
+    }
+    drop(f);
+    // The next open reads the new version whole.
+    assert_eq!(fs::read(a.p("f")).unwrap(), b"[short]");
+    // Replaced by a longer version: the open reads one of the two whole (the one it opened
+    // when the kernel kept its pages, else the new one), never a mix.
+    let mut f = fs::File::open(a.p("f")).unwrap();
+    env.put(&format!("{prefix}f"), &[b'y'; 300]);
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert!(
+        got == b"[short]" || got == [b'y'; 300],
+        "a mixed read: {got:?}"
+    );
+}

@@ -30,4 +30,5 @@ mod packaging;
 mod posix;
 mod races;
 mod security;
+mod soak;
 mod visibility;

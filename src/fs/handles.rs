@@ -146,12 +146,15 @@ impl<S: ObjectStore> Fs<S> {
         // A new open reads the version S3 has now (close-to-open across hosts): what S3 said
         // is checked again first (see `Namespace::open_check`).
         if self.ns.open_check(ino)? {
-            let before = self.ns.get(ino).and_then(|i| i.etag);
+            let before = self.ns.get(ino).map(|i| (i.etag, i.page_cache_etag));
             self.ns.expire(ino);
             self.getattr(ino).await?;
-            if self.ns.get(ino).and_then(|i| i.etag) != before {
-                // The kernel's cached size is the old version's (a lookup may have just
-                // answered from what the mount knew): it must ask again before reading.
+            let now = self.ns.get(ino).and_then(|i| i.etag);
+            if before.is_none_or(|(etag, cached)| etag != now || cached != now) {
+                // The kernel's cached size may be an older version's (a lookup answered from
+                // what the mount knew, or a listing brought the new version to the mount but
+                // not to the kernel): it must ask again before reading, or it would read the
+                // new version to the old length (zeros past its end).
                 self.kernel_forget_attr(ino);
                 self.kernel_delivered().await;
             }

@@ -152,7 +152,8 @@ enum Attempt {
 
 impl<S: ObjectStore> Fs<S> {
     /// Moves the open file `of` (on `ino`) from `old` to the version of its key S3 holds now,
-    /// if nothing of `old` was returned and it has no changes of its own. True when it moved.
+    /// if nothing of `old` was returned, it has no changes of its own and the new version is
+    /// not shorter. True when it moved.
     async fn repin(&self, ino: Ino, of: &OpenFile, old: &Base) -> FsResult<bool> {
         let fresh = {
             let s = of.lock();
@@ -166,6 +167,12 @@ impl<S: ObjectStore> Fs<S> {
             Err(crate::store::StoreError::NotFound) => return Ok(false),
             Err(e) => return Err(FsError::from_store(e, &old.key)),
         };
+        // A shorter version cannot be read through this open: the kernel fills a short answer
+        // with zeros up to the size it was told at open, so the reader would get the new
+        // version's bytes to the old version's length (found by the multi-host soak).
+        if m.size < old.len {
+            return Ok(false);
+        }
         if !of.repin(old, &m, &self.config.defaults) {
             return Ok(false);
         }

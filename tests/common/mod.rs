@@ -156,6 +156,8 @@ pub struct Mount {
     envs: Vec<(String, String)>,
     /// What is mounted: `BUCKET:PREFIX` or a connection label.
     pub source: String,
+    /// A command the daemon runs under (`nsenter --net=...`), if any.
+    wrap: Vec<String>,
 }
 
 impl Mount {
@@ -187,6 +189,23 @@ impl Mount {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Mount {
+        Self::build(env, source, prefix, extra, envs, &[])
+    }
+
+    /// [`Mount::on`] with the daemon run under `wrap` (a network namespace, say), without
+    /// extra environment.
+    pub fn wrapped(env: S3Env, source: &str, prefix: &str, extra: &[&str], wrap: &[&str]) -> Mount {
+        Self::build(env, source, prefix, extra, &[], wrap)
+    }
+
+    fn build(
+        env: S3Env,
+        source: &str,
+        prefix: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        wrap: &[&str],
+    ) -> Mount {
         let dir = tempfile::Builder::new()
             .prefix("pailfs-mnt-")
             .tempdir()
@@ -209,6 +228,7 @@ impl Mount {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             source: source.to_string(),
+            wrap: wrap.iter().map(|s| s.to_string()).collect(),
         };
         m.start();
         m
@@ -227,9 +247,17 @@ impl Mount {
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: the mount tests need FUSE (run as root with /dev/fuse)"
         );
+        let mut cmd = match self.wrap.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(pailfs_bin());
+                c
+            }
+            None => Command::new(pailfs_bin()),
+        };
         let child = self
             .env
-            .apply(&mut Command::new(pailfs_bin()))
+            .apply(&mut cmd)
             .arg("mount")
             .arg(&self.source)
             .arg(self.dir.path())
@@ -389,6 +417,8 @@ pub struct PrivateS3 {
     pub env: S3Env,
     dir: PathBuf,
     port: u16,
+    /// The local address its S3 API listens on.
+    bind: String,
 }
 
 impl PrivateS3 {
@@ -399,9 +429,18 @@ impl PrivateS3 {
     /// `nodes` Garage nodes keeping every object on up to three of them (node I serves S3 on
     /// `port + 10 * I`); the mount's endpoint is node 0.
     pub fn cluster(name: &str, port: u16, nodes: u16) -> PrivateS3 {
+        Self::launch(name, port, nodes, "127.0.0.1")
+    }
+
+    /// One node listening on the local address `bind` (the host side of a veth pair).
+    pub fn bound(name: &str, port: u16, bind: &str) -> PrivateS3 {
+        Self::launch(name, port, 1, bind)
+    }
+
+    fn launch(name: &str, port: u16, nodes: u16, bind: &str) -> PrivateS3 {
         let dir = std::env::temp_dir().join(format!("pailfs-s3-{name}-{}", std::process::id()));
         let n = nodes.to_string();
-        let out = Self::script(&dir, port, &["start", "--nodes", &n]);
+        let out = Self::script(&dir, port, bind, &["start", "--nodes", &n]);
         let var = |k: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("export {k}=")))
@@ -415,15 +454,21 @@ impl PrivateS3 {
             secret: var("AWS_SECRET_ACCESS_KEY"),
             region: var("AWS_REGION"),
         };
-        PrivateS3 { env, dir, port }
+        PrivateS3 {
+            env,
+            dir,
+            port,
+            bind: bind.to_string(),
+        }
     }
 
-    fn script(dir: &Path, port: u16, cmd: &[&str]) -> String {
+    fn script(dir: &Path, port: u16, bind: &str, cmd: &[&str]) -> String {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
         let out = Command::new(script)
             .args(cmd)
             .env("PAILFS_S3_PORT", port.to_string())
             .env("PAILFS_S3_DIR", dir)
+            .env("PAILFS_S3_BIND", bind)
             .output()
             .unwrap();
         assert!(
@@ -446,18 +491,23 @@ impl PrivateS3 {
 
     /// SIGKILLs node `i` of a cluster; its data stays.
     pub fn kill_node(&self, i: u16) {
-        Self::script(&self.dir, self.port, &["kill", &i.to_string()]);
+        Self::script(&self.dir, self.port, &self.bind, &["kill", &i.to_string()]);
     }
 
     /// Starts node `i` again on its data.
     pub fn resume_node(&self, i: u16) {
-        Self::script(&self.dir, self.port, &["resume", &i.to_string()]);
+        Self::script(
+            &self.dir,
+            self.port,
+            &self.bind,
+            &["resume", &i.to_string()],
+        );
     }
 }
 
 impl Drop for PrivateS3 {
     fn drop(&mut self) {
-        Self::script(&self.dir, self.port, &["stop"]);
+        Self::script(&self.dir, self.port, &self.bind, &["stop"]);
     }
 }
 
