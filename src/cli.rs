@@ -421,10 +421,14 @@ pub struct MountArgs {
     /// `minimal` (0: ask every time) and `indefinite` (never expire) as in mount-s3.
     #[arg(long, value_name = "SECONDS", default_value_t = Ttl(fs::DEFAULT_METADATA_TTL_SECS as f64))]
     pub metadata_ttl: Ttl,
-    /// Seconds "no such file" is trusted, and how old what S3 said about a file may be when a
-    /// new open() decides which version it reads (at most --metadata-ttl).
+    /// Seconds "no such file" is trusted (at most --metadata-ttl).
     #[arg(long, value_name = "SECONDS", default_value_t = fs::DEFAULT_NEGATIVE_TTL_MS as f64 / 1000.0)]
     pub negative_metadata_ttl: f64,
+    /// Seconds what S3 said about a file may be old when open() picks the version it reads:
+    /// 0 (every open asks S3: after a close on another host returned, an open here reads it),
+    /// or up to --metadata-ttl, saving a HEAD per open where one host writes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub open_ttl: f64,
     /// Directory for spool files of open files (default: $XDG_CACHE_HOME/pailfs, or
     /// /var/cache/pailfs for root).
     #[arg(long, value_name = "DIR", conflicts_with = "cache")]

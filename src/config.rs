@@ -503,6 +503,13 @@ fn fs_config(
     fs.read_only = a.read_only || conn.is_some_and(|c| c.read_only) && !a.read_write;
     fs.metadata_ttl = Duration::from_secs_f64(a.metadata_ttl.0);
     fs.negative_ttl = Duration::from_secs_f64(a.negative_metadata_ttl);
+    if !(0.0..=86_400.0).contains(&a.open_ttl) {
+        return Err(CliError::Invalid(format!(
+            "--open-ttl {} must be between 0 and 86400 seconds",
+            a.open_ttl
+        )));
+    }
+    fs.open_ttl = Duration::from_secs_f64(a.open_ttl);
     fs.max_spool_bytes = a.max_spool_size.0;
     fs.part_size = a.part_size.0;
     fs.upload_concurrency = a.upload_concurrency.clamp(1, 64);

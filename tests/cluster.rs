@@ -64,15 +64,8 @@ fn a_storage_node_lost_under_load_fails_no_operation() {
     s3.resume_node(1);
     s3.resume_node(2);
     // The nodes reconnect in the background; the same mount works once they have.
-    let back = std::time::Instant::now();
-    while let Err(e) = write_synced(&m.p("after.txt"), b"quorum is back") {
-        assert!(back.elapsed() < std::time::Duration::from_secs(60), "{e}");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    eprintln!(
-        "writes worked again {:?} after the nodes came back",
-        back.elapsed()
-    );
+    let took = write_again(&m, "after.txt", b"quorum is back");
+    eprintln!("writes worked again {took:?} after the nodes came back");
     m.unmount();
     assert_eq!(
         s3.env.stored(&format!("{prefix}after.txt")),
@@ -80,6 +73,16 @@ fn a_storage_node_lost_under_load_fails_no_operation() {
     );
     let m = Mount::on(s3.env.clone(), &source, &prefix, &[], &[]);
     assert_eq!(fs::read(m.p("big.bin")).unwrap(), big);
+}
+
+/// Writes `name` until it is stored (at most a minute): how long that took.
+fn write_again(m: &Mount, name: &str, data: &[u8]) -> std::time::Duration {
+    let back = std::time::Instant::now();
+    while let Err(e) = write_synced(&m.p(name), data) {
+        assert!(back.elapsed() < std::time::Duration::from_secs(60), "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    back.elapsed()
 }
 
 /// A network namespace joined to this one by a veth pair: a "host" of its own, whose link
@@ -183,15 +186,8 @@ fn a_host_cut_off_fails_within_the_bound_and_works_again_when_reconnected() {
     assert_eq!(fs::read(&failed[0]).unwrap(), b"written while cut off");
 
     ns.link(true);
-    let back = std::time::Instant::now();
-    while let Err(e) = write_synced(&m.p("after.txt"), b"reconnected") {
-        assert!(back.elapsed() < std::time::Duration::from_secs(60), "{e}");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    eprintln!(
-        "writes worked again {:?} after the link came back",
-        back.elapsed()
-    );
+    let took = write_again(&m, "after.txt", b"reconnected");
+    eprintln!("writes worked again {took:?} after the link came back");
     assert_eq!(fs::read(m.p("unread.txt")).unwrap(), b"never read here");
     assert_eq!(
         s3.env.stored(&format!("{prefix}before.txt")),

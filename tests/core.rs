@@ -128,6 +128,23 @@ async fn a_cached_stat_makes_no_request() {
     );
 }
 
+/// Every open asks S3 for the version it reads (close-to-open across hosts), however fresh
+/// what the mount knows; `--open-ttl` lets an open trust what S3 said that recently.
+#[tokio::test]
+async fn every_open_asks_s3_unless_an_open_ttl_is_set() {
+    for (open_ttl, heads_per_open) in [(0, 1), (60, 0)] {
+        let t = T::with(|c| c.open_ttl = std::time::Duration::from_secs(open_ttl));
+        t.s().insert("a.txt", "hello");
+        t.ino("a.txt").await;
+        let before = t.s().count(Op::Head);
+        for _ in 0..3 {
+            assert_eq!(t.read_all("a.txt").await, b"hello");
+        }
+        let heads = t.s().count(Op::Head) - before;
+        assert_eq!(heads, 3 * heads_per_open, "--open-ttl {open_ttl}");
+    }
+}
+
 #[tokio::test]
 async fn a_miss_is_remembered() {
     let t = T::new();

@@ -50,10 +50,13 @@ fn doctor_failed(env: &S3Env, m: &Mount) -> Vec<String> {
 }
 
 /// The sequence: both hosts open `base`, A rewrites its bytes in place and closes, then
-/// B does (every byte rewritten, so B's upload needs nothing of the version it opened). B's close must fail (ESTALE) instead of silently replacing A's saved write; B's data
+/// B does (every byte rewritten, so B's upload needs nothing of the version it opened). The
+/// mount says at start when the server does not check conditions (`server_checks`). B's close must fail (ESTALE) instead of silently replacing A's saved write; B's data
 /// is kept in failed/ (listed by `pailfs doctor`) and B's log names the host that won.
-fn an_in_place_rewrite_racing_another_host(env: &S3Env, name: &str) {
+fn an_in_place_rewrite_racing_another_host(env: &S3Env, name: &str, server_checks: bool) {
     let (a, b, prefix) = two_hosts(env, name, &[]);
+    let said = a.log_text().contains("does not check conditional writes");
+    assert_eq!(said, !server_checks, "{}", a.log_text());
     env.put(&format!("{prefix}base"), b"0000");
     let fa = open_rw(&a.p("base"));
     let fb = open_rw(&b.p("base"));
@@ -79,12 +82,12 @@ fn an_in_place_rewrite_racing_another_host(env: &S3Env, name: &str) {
 
 #[test]
 fn an_in_place_rewrite_racing_another_host_fails_its_close_on_garage() {
-    an_in_place_rewrite_racing_another_host(&S3Env::get(), "race-garage");
+    an_in_place_rewrite_racing_another_host(&S3Env::get(), "race-garage", false);
 }
 
 #[test]
 fn an_in_place_rewrite_racing_another_host_fails_its_close_on_moto() {
-    an_in_place_rewrite_racing_another_host(&S3Env::moto_full(), "race-moto");
+    an_in_place_rewrite_racing_another_host(&S3Env::moto_full(), "race-moto", true);
 }
 
 /// A file created on both hosts under one name, and a whole rewrite (`O_TRUNC`) on both: the

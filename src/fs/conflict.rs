@@ -128,8 +128,9 @@ impl<S: ObjectStore> Fs<S> {
             return Expect::Any;
         }
         match base {
-            Some(b) if b.key == key => Expect::Etag(b.etag.clone()),
-            // Renamed while the upload was being prepared: the rename decides.
+            Some(b) if b.key == key && !b.etag.is_empty() => Expect::Etag(b.etag.clone()),
+            // Renamed while the upload was being prepared (the rename decides), or a version
+            // whose ETag is not known: nothing to compare with.
             Some(_) => Expect::Any,
             None => Expect::Absent,
         }

@@ -83,6 +83,9 @@ pub struct FsConfig {
     pub metadata_ttl: Duration,
     /// How long "no such name" is trusted (never more than `metadata_ttl`).
     pub negative_ttl: Duration,
+    /// How old what S3 said of a file may be when an open picks the version it reads (zero:
+    /// close-to-open across hosts; never more than `metadata_ttl`).
+    pub open_ttl: Duration,
     /// Size of the first multipart parts; files up to this size are one PUT.
     pub part_size: u64,
     /// Parts uploaded at once across the mount (bounds memory: each holds a part in RAM).
@@ -121,6 +124,7 @@ impl FsConfig {
             read_only: false,
             metadata_ttl: Duration::from_secs(DEFAULT_METADATA_TTL_SECS),
             negative_ttl: Duration::from_millis(DEFAULT_NEGATIVE_TTL_MS),
+            open_ttl: Duration::ZERO,
             part_size: DEFAULT_PART_SIZE,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
             memory_limit: DEFAULT_MEMORY_LIMIT,
@@ -256,7 +260,7 @@ impl<S: ObjectStore> Fs<S> {
             negative_ttl: config.negative_ttl.min(config.metadata_ttl),
             open_ttl: match config.metadata_ttl > ONE_DAY {
                 true => config.metadata_ttl,
-                false => Duration::ZERO,
+                false => config.open_ttl.min(config.metadata_ttl),
             },
             case_insensitive: config.case_insensitive,
             normalize: config.normalize_names,

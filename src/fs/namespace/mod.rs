@@ -78,8 +78,8 @@ pub struct NsConfig {
     pub ttl: Duration,
     /// How long "absent" is trusted.
     pub negative_ttl: Duration,
-    /// How old the version a new open reads may be: zero, so every open asks S3 (close-to-open
-    /// across hosts), except when metadata never expires (`--metadata-ttl indefinite`).
+    /// How old the version a new open reads may be: zero by default, so every open asks S3
+    /// (close-to-open across hosts); `--open-ttl`, or the metadata TTL when it never expires.
     pub open_ttl: Duration,
     pub case_insensitive: bool,
     pub normalize: bool,
