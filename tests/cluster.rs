@@ -13,6 +13,9 @@ use crate::common::*;
 /// fails with `EIO` within the bound, and the mount works again once the nodes are back.
 #[test]
 fn a_storage_node_lost_under_load_fails_no_operation() {
+    if !alone("cluster::a_storage_node_lost_under_load_fails_no_operation") {
+        return;
+    }
     let s3 = PrivateS3::cluster("nodeloss", 3940, 3);
     let prefix = unique_prefix("nodeloss");
     let source = format!("{}:{prefix}", s3.env.bucket);
@@ -143,6 +146,9 @@ impl Drop for NetNs {
 /// is back the same mount works again.
 #[test]
 fn a_host_cut_off_fails_within_the_bound_and_works_again_when_reconnected() {
+    if !alone("cluster::a_host_cut_off_fails_within_the_bound_and_works_again_when_reconnected") {
+        return;
+    }
     let ns = NetNs::new(7);
     let s3 = PrivateS3::bound("cutoff", 3970, "10.231.7.1");
     let prefix = unique_prefix("cutoff");

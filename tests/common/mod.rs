@@ -639,3 +639,35 @@ pub fn crc32c_b64(data: &[u8]) -> String {
     let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
+
+/// Runs the test `name` (its path in this binary, `module::test`) again in a process of its
+/// own and checks that it passed there: true in that process (the caller goes on with the
+/// test), false in the calling one once the other passed. For tests that keep files open
+/// across steps whose order matters: in the shared process another test's thread may fork at
+/// any moment, and the child's exec closes its copies of every descriptor, each close a FLUSH
+/// (an upload) the test did not ask for.
+pub fn alone(name: &str) -> bool {
+    if std::env::var_os("PAILFS_ALONE").is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env("PAILFS_ALONE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    eprint!(
+        "{}",
+        stderr
+            .lines()
+            .filter(|l| !l.contains(" DEBUG "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    false
+}
