@@ -661,7 +661,7 @@ pub fn alone(name: &str) -> bool {
         out.status.success() && stdout.contains("test result: ok. 1 passed"),
         "{name} failed in its own process:\n{stdout}\n{stderr}"
     );
-    eprint!(
+    eprintln!(
         "{}",
         stderr
             .lines()
