@@ -55,13 +55,7 @@ impl T {
             .create(
                 ROOT,
                 OsStr::new(name),
-                NewFile {
-                    mode: 0o644,
-                    umask: 0o022,
-                    flags: libc::O_WRONLY | libc::O_CREAT,
-                    uid: 0,
-                    gid: 0,
-                },
+                NewFile::plain(libc::O_WRONLY | libc::O_CREAT),
             )
             .await
             .unwrap();
@@ -441,13 +435,7 @@ async fn renames_copy_then_delete() {
             t.fs.create(
                 d,
                 OsStr::new(&format!("f{i}")),
-                NewFile {
-                    mode: 0o644,
-                    umask: 0,
-                    flags: libc::O_WRONLY,
-                    uid: 0,
-                    gid: 0,
-                },
+                NewFile::plain(libc::O_WRONLY),
             )
             .await
             .unwrap();
@@ -525,19 +513,9 @@ async fn read_only_mounts_refuse_changes() {
     let t = T::with(|c| c.read_only = true);
     t.s().insert("f", "x");
     let err =
-        t.fs.create(
-            ROOT,
-            OsStr::new("g"),
-            NewFile {
-                mode: 0o644,
-                umask: 0,
-                flags: libc::O_WRONLY,
-                uid: 0,
-                gid: 0,
-            },
-        )
-        .await
-        .unwrap_err();
+        t.fs.create(ROOT, OsStr::new("g"), NewFile::plain(libc::O_WRONLY))
+            .await
+            .unwrap_err();
     assert_eq!(err.errno(), libc::EROFS);
     let ino = t.ino("f").await;
     assert_eq!(
@@ -949,19 +927,9 @@ async fn files_created_in_a_new_directory_need_no_lookup_request() {
             libc::ENOENT
         );
         let (_, fh) =
-            t.fs.create(
-                d,
-                OsStr::new(&name),
-                NewFile {
-                    mode: 0o644,
-                    umask: 0o022,
-                    flags: libc::O_WRONLY,
-                    uid: 0,
-                    gid: 0,
-                },
-            )
-            .await
-            .unwrap();
+            t.fs.create(d, OsStr::new(&name), NewFile::plain(libc::O_WRONLY))
+                .await
+                .unwrap();
         t.fs.write(fh, 0, name.as_bytes()).await.unwrap();
         t.fs.flush(fh).await.unwrap();
         t.fs.release(fh).await.unwrap();
@@ -1172,19 +1140,9 @@ async fn a_directory_rename_checks_the_keys_of_files_not_uploaded_yet() {
     let d = t.ino("d").await;
     let long = "f".repeat(1000);
     let (_, fh) =
-        t.fs.create(
-            d,
-            OsStr::new(&long),
-            NewFile {
-                mode: 0o644,
-                umask: 0,
-                flags: libc::O_WRONLY,
-                uid: 0,
-                gid: 0,
-            },
-        )
-        .await
-        .unwrap();
+        t.fs.create(d, OsStr::new(&long), NewFile::plain(libc::O_WRONLY))
+            .await
+            .unwrap();
     t.fs.write(fh, 0, b"unsaved").await.unwrap();
     let new = "n".repeat(30);
     let e =

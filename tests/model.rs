@@ -1294,17 +1294,7 @@ impl Sut {
                 let (p, n) = self.parent_and_name(path).await?;
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
                 let (_, fh) = fs
-                    .create(
-                        p,
-                        OsStr::new(n),
-                        NewFile {
-                            mode: 0o644,
-                            umask: 0,
-                            flags,
-                            uid: 0,
-                            gid: 0,
-                        },
-                    )
+                    .create(p, OsStr::new(n), NewFile::plain(flags))
                     .await
                     .map_err(errno)?;
                 let w = fs.write(fh, 0, data).await.map(|_| ()).map_err(errno);
@@ -1395,17 +1385,7 @@ impl Sut {
                 let (p, n) = self.parent_and_name(path).await?;
                 let flags = libc::O_RDWR | libc::O_CREAT;
                 let (_, fh) = fs
-                    .create(
-                        p,
-                        OsStr::new(n),
-                        NewFile {
-                            mode: 0o644,
-                            umask: 0,
-                            flags,
-                            uid: 0,
-                            gid: 0,
-                        },
-                    )
+                    .create(p, OsStr::new(n), NewFile::plain(flags))
                     .await
                     .map_err(errno)?;
                 self.held = Some(fh);

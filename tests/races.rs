@@ -76,17 +76,7 @@ impl T {
         let (p, n) = self.parent(path).await;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
         self.fs
-            .create(
-                p,
-                OsStr::new(&n),
-                NewFile {
-                    mode: 0o644,
-                    umask: 0,
-                    flags,
-                    uid: 0,
-                    gid: 0,
-                },
-            )
+            .create(p, OsStr::new(&n), NewFile::plain(flags))
             .await
             .unwrap()
             .1

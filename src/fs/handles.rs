@@ -132,6 +132,19 @@ pub struct NewFile {
     pub gid: u32,
 }
 
+impl NewFile {
+    /// A `0644` file owned by root, no umask, opened with `flags` (what tests create).
+    pub fn plain(flags: i32) -> Self {
+        NewFile {
+            mode: 0o644,
+            umask: 0,
+            flags,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
 impl<S: ObjectStore> Fs<S> {
     /// Opens a file.
     pub async fn open(&self, ino: Ino, flags: i32) -> FsResult<Opened> {

@@ -215,14 +215,10 @@ impl FileState {
         }
     }
 
-    /// The metadata an upload of this file stores.
-    pub fn upload_meta(&self) -> UserMeta {
-        self.stat.to_meta(Some(&self.foreign_meta))
-    }
-
-    /// [`Self::upload_meta`] naming `host` as the writer of the content (none when empty).
+    /// The metadata an upload of this file stores, naming `host` as the writer of the
+    /// content (none when empty; another writer's name is not carried over).
     pub fn upload_meta_as(&self, host: &str) -> UserMeta {
-        let mut m = self.upload_meta();
+        let mut m = self.stat.to_meta(Some(&self.foreign_meta));
         m.remove(super::conflict::META_HOST);
         if !host.is_empty() {
             m.insert(super::conflict::META_HOST.into(), host.to_string());
