@@ -441,6 +441,11 @@ pub struct MountArgs {
     /// re-reads after eviction or a remount cost no GET; 0 (the default) turns it off.
     #[arg(long, value_name = "SIZE", default_value_t = Size(0), conflicts_with = "max_cache_size")]
     pub disk_cache_size: Size,
+    /// Keep the stored attributes (mode, owner, times) of objects on disk under the cache
+    /// directory, by ETag, up to SIZE (e.g. 64M), so `ls -l` needs no HEAD for an object seen
+    /// before, also after a remount; shared by the mounts of one bucket; 0 turns it off.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(crate::config::DEFAULT_ATTR_CACHE_SIZE))]
+    pub attr_cache_size: Size,
     /// mount-s3's `--cache DIR`: the cache directory is DIR and blocks read from S3 are kept
     /// on disk there (up to --max-cache-size, else 5% of the space free there).
     #[arg(long, value_name = "DIR")]

@@ -408,6 +408,8 @@ pub struct MountConfig {
     pub fs: FsConfig,
     /// The cache root (`--cache-dir` or the default); the mount's own directory is `fs.dir`.
     pub cache_root: PathBuf,
+    /// The persistent attribute cache's bound in bytes (`--attr-cache-size`; 0: off).
+    pub attr_cache_size: u64,
     pub allow_other: bool,
     /// FUSE's allow_root (also implied by `auto_unmount` without `allow_other`).
     pub allow_root: bool,
@@ -455,6 +457,7 @@ impl MountConfig {
             explicit_rw: a.read_write,
             fs,
             cache_root,
+            attr_cache_size: attr_cache_size(a)?,
             allow_other: a.allow_other,
             allow_root: a.allow_root || a.auto_unmount && !a.allow_other,
             auto_unmount: a.auto_unmount,
@@ -538,6 +541,25 @@ impl MountConfig {
     pub fn identity(&self) -> Identity<'_> {
         identity(&self.s3, &self.source, &self.mountpoint)
     }
+
+    /// Where the bucket's attribute cache lives (shared by its mounts under this cache root).
+    pub fn attr_cache_path(&self) -> PathBuf {
+        let id = self.identity();
+        crate::cache::attrs::path_of(&self.cache_root, id.endpoint, id.bucket)
+    }
+}
+
+/// The attribute cache's default bound: about 250,000 objects.
+pub const DEFAULT_ATTR_CACHE_SIZE: u64 = 64 << 20;
+
+fn attr_cache_size(a: &MountArgs) -> Result<u64, CliError> {
+    let n = a.attr_cache_size.0;
+    if n > 0 && n < crate::cache::attrs::MIN_CAP {
+        return Err(CliError::Invalid(format!(
+            "--attr-cache-size {n}: too small to hold anything; give at least 256K, or 0 to turn it off"
+        )));
+    }
+    Ok(n)
 }
 
 /// The on-disk block cache's cap: `--disk-cache-size`, or mount-s3's `--max-cache-size` (MiB

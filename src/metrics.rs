@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::cache::attrs::AttrCache;
 use crate::fs::Fs;
 use crate::store::ObjectStore;
 use crate::store::metered::{ERROR_KINDS, OPS, StoreStats};
@@ -31,10 +32,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 const CONNECTION_TIME: Duration = Duration::from_secs(10);
 
 /// The Prometheus text for a mount.
-pub fn render<S: ObjectStore>(fs: &Fs<S>, st: &StoreStats) -> String {
+pub fn render<S: ObjectStore>(fs: &Fs<S>, st: &StoreStats, attrs: Option<&AttrCache>) -> String {
     let mut s = String::new();
     store_counters(&mut s, st);
     block_cache(&mut s, fs);
+    attr_cache(&mut s, attrs);
     filesystem(&mut s, fs);
     s
 }
@@ -149,6 +151,26 @@ fn block_cache<S: ObjectStore>(s: &mut String, fs: &Fs<S>) {
         "counter",
         "Bytes returned to read calls (the kernel's page cache is not seen).",
         &one(returned),
+    );
+}
+
+/// The persistent attribute cache: listed files whose stored attributes it held (hits) or
+/// not (misses), in this process.
+fn attr_cache(s: &mut String, attrs: Option<&AttrCache>) {
+    let (hits, misses) = attrs.map_or((0, 0), AttrCache::counts);
+    metric(
+        s,
+        "attr_cache_hits_total",
+        "counter",
+        "Listed files whose stored attributes the attribute cache held (no HEAD needed).",
+        &one(hits),
+    );
+    metric(
+        s,
+        "attr_cache_misses_total",
+        "counter",
+        "Listed files whose stored attributes the attribute cache did not hold.",
+        &one(misses),
     );
 }
 
@@ -349,6 +371,15 @@ pub fn report(text: &str) -> String {
         val("file_fetched_bytes_total"),
         val("file_returned_bytes_total"),
     );
+    let (ahits, amisses) = (
+        val("attr_cache_hits_total"),
+        val("attr_cache_misses_total"),
+    );
+    let arate = if ahits + amisses > 0 {
+        format!("{:.1}%", 100.0 * ahits as f64 / (ahits + amisses) as f64)
+    } else {
+        "-".into()
+    };
     let amp = if returned > 0 {
         format!("{:.2}x", fetched as f64 / returned as f64)
     } else {
@@ -361,6 +392,7 @@ pub fn report(text: &str) -> String {
          read from S3      {}\n\
          written to S3     {}\n\
          block cache       {} of {}, hit rate {rate} ({hits} hits, {misses} misses)\n\
+         attribute cache   hit rate {arate} ({ahits} hits, {amisses} misses)\n\
          file reads        {} returned, {} fetched (amplification {amp})\n\
          uploads           {} pending, {} failed\n\
          spool             {}\n\

@@ -30,7 +30,9 @@ use crate::fuse::adapter::Adapter;
 use crate::fuse::session::{MountSettings, mount};
 use crate::store::aws::AwsStore;
 use crate::store::journal::Journaled;
+use crate::cache::attrs::AttrCache;
 use crate::store::metered::{Metered, StoreStats};
+use crate::store::remembered::Remembered;
 use crate::store::{ListRequest, ObjectStore};
 
 /// How long the pre-mount access check may take in all.
@@ -296,6 +298,8 @@ pub fn serve<B: StoreBuilder>(
     let store = Journaled::new(built.store, dir.uploads())
         .map_err(|e| CliError::failed(format!("cannot create {}", dir.uploads().display()), e))?;
     let store = Metered::new(store, stats.clone());
+    let attrs = open_attr_cache(cfg, &mut notices);
+    let store = Remembered::new(store, attrs.clone());
     tell(&notices, &mut host.pipe);
     let mut fs_config = cfg.fs.clone();
     fs_config.read_only = built.read_only;
@@ -311,7 +315,7 @@ pub fn serve<B: StoreBuilder>(
         Ok(n) => fs.set_kernel_cache(Box::new(n)),
         Err(e) => log::warn!("kernel cache notifications unavailable: {e}"),
     }
-    let socket = serve_statistics(&rt, cfg, &fs, &stats, metrics_tcp);
+    let socket = serve_statistics(&rt, cfg, &fs, (&stats, attrs), metrics_tcp);
     sd_notify("READY=1");
     if host.on_signals {
         let unmounter = session.unmount_callable();
@@ -397,12 +401,12 @@ fn serve_statistics<S: ObjectStore>(
     rt: &tokio::runtime::Runtime,
     cfg: &MountConfig,
     fs: &Arc<Fs<S>>,
-    stats: &Arc<StoreStats>,
+    (stats, attrs): (&Arc<StoreStats>, Option<Arc<AttrCache>>),
     tcp: Option<tokio::net::TcpListener>,
 ) -> PathBuf {
     let render: crate::metrics::Render = {
         let (fs, stats) = (fs.clone(), stats.clone());
-        Arc::new(move || crate::metrics::render(&fs, &stats))
+        Arc::new(move || crate::metrics::render(&fs, &stats, attrs.as_deref()))
     };
     let socket = crate::metrics::socket_path(&cfg.mountpoint);
     {
@@ -417,6 +421,26 @@ fn serve_statistics<S: ObjectStore>(
         rt.spawn(crate::metrics::serve_tcp(l, render));
     }
     socket
+}
+
+/// The bucket's attribute cache, unless `--attr-cache-size 0`; one that cannot be opened
+/// leaves the mount without it, with a notice saying why.
+fn open_attr_cache(cfg: &MountConfig, notices: &mut Vec<String>) -> Option<Arc<AttrCache>> {
+    if cfg.attr_cache_size == 0 {
+        return None;
+    }
+    match AttrCache::open(&cfg.attr_cache_path(), cfg.attr_cache_size) {
+        Ok((c, notice)) => {
+            notices.extend(notice);
+            Some(c)
+        }
+        Err(e) => {
+            notices.push(format!(
+                "the attribute cache is off for this mount: {e}; every file's attributes are asked of S3"
+            ));
+            None
+        }
+    }
 }
 
 /// What an earlier pailfs with this cache directory left when it died: multipart uploads it

@@ -8,6 +8,7 @@
 //! for the unit holding one byte, largest unit size first (`cover`). The cache never holds more
 //! than its byte bound; inserting evicts the least recently used blocks first.
 
+pub mod attrs;
 pub mod disk;
 
 use std::sync::Arc;

@@ -22,6 +22,7 @@ pub mod journal;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod metered;
+pub mod remembered;
 pub mod requests;
 pub mod spacing;
 
