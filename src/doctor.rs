@@ -60,6 +60,8 @@ pub struct Report {
     /// Objects in GLACIER or DEEP_ARCHIVE: reads answer `EACCES` until they are restored.
     pub archived_total: u64,
     pub archived: Vec<String>,
+    /// The bucket's attribute cache under the cache root, when there is one.
+    pub attr_cache: Option<crate::cache::attrs::Report>,
 }
 
 impl Report {
@@ -301,7 +303,29 @@ pub fn text(r: &Report) -> String {
             s.push_str(&format!("  {}: {what}\n", l.path.display()));
         }
     }
+    s.push_str(&attr_cache_line(r.attr_cache.as_ref()));
     s
+}
+
+/// What the attribute cache holds and how often it answered.
+fn attr_cache_line(r: Option<&crate::cache::attrs::Report>) -> String {
+    let Some(r) = r else {
+        return "no attribute cache for this bucket under the cache directory\n".into();
+    };
+    let asked = r.hits + r.misses;
+    let rate = if asked > 0 {
+        format!("{:.1}%", 100.0 * r.hits as f64 / asked as f64)
+    } else {
+        "-".into()
+    };
+    format!(
+        "attribute cache {}: {} objects, {}, hit rate {rate} ({} hits, {} misses)\n",
+        r.path.display(),
+        r.entries,
+        crate::metrics::human(r.bytes),
+        r.hits,
+        r.misses
+    )
 }
 
 /// `pailfs doctor`: exit 1 when anything is found.
@@ -361,6 +385,11 @@ pub fn command(a: crate::cli::DoctorArgs) -> Result<i32, CliError> {
             })
             .collect(),
         local: scan_local(&cache_root, bucket),
+        attr_cache: crate::cache::attrs::report(&crate::cache::attrs::path_of(
+            &cache_root,
+            s3.endpoint_url.as_deref().unwrap_or_default(),
+            bucket,
+        )),
     };
     if a.json {
         println!(

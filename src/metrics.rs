@@ -319,7 +319,7 @@ pub fn parse(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn human(n: u64) -> String {
+pub fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -371,10 +371,7 @@ pub fn report(text: &str) -> String {
         val("file_fetched_bytes_total"),
         val("file_returned_bytes_total"),
     );
-    let (ahits, amisses) = (
-        val("attr_cache_hits_total"),
-        val("attr_cache_misses_total"),
-    );
+    let (ahits, amisses) = (val("attr_cache_hits_total"), val("attr_cache_misses_total"));
     let arate = if ahits + amisses > 0 {
         format!("{:.1}%", 100.0 * ahits as f64 / (ahits + amisses) as f64)
     } else {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 
+use crate::cache::attrs::AttrCache;
 use crate::cache_dir::MountDir;
 use crate::config::MountConfig;
 use crate::connections::check::WriteProbe;
@@ -30,7 +31,6 @@ use crate::fuse::adapter::Adapter;
 use crate::fuse::session::{MountSettings, mount};
 use crate::store::aws::AwsStore;
 use crate::store::journal::Journaled;
-use crate::cache::attrs::AttrCache;
 use crate::store::metered::{Metered, StoreStats};
 use crate::store::remembered::Remembered;
 use crate::store::{ListRequest, ObjectStore};
@@ -315,7 +315,7 @@ pub fn serve<B: StoreBuilder>(
         Ok(n) => fs.set_kernel_cache(Box::new(n)),
         Err(e) => log::warn!("kernel cache notifications unavailable: {e}"),
     }
-    let socket = serve_statistics(&rt, cfg, &fs, (&stats, attrs), metrics_tcp);
+    let socket = serve_statistics(&rt, cfg, &fs, (&stats, attrs.clone()), metrics_tcp);
     sd_notify("READY=1");
     if host.on_signals {
         let unmounter = session.unmount_callable();
@@ -326,6 +326,9 @@ pub fn serve<B: StoreBuilder>(
         ));
     }
     let served = session.run();
+    if let Some(a) = &attrs {
+        a.close();
+    }
     let _ = std::fs::remove_file(&socket);
     drop(fs);
     rt.shutdown_timeout(Duration::from_secs(5));

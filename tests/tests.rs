@@ -11,6 +11,7 @@
 
 mod common;
 
+mod attrs;
 mod aws_options;
 mod case;
 mod cluster;

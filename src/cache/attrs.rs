@@ -7,7 +7,9 @@
 //! with new metadata (a `chmod` by another host) keeps a single-part object's ETag, so an
 //! entry also holds the object's Last-Modified second when it was learned from S3 (a HEAD),
 //! and is used only at that time; an entry stored from an upload or a copy made here (whose
-//! answer carries no date) is bound to the first date a listing shows with its ETag.
+//! answer carries no date) is bound to the first date a listing shows with its ETag within
+//! [`BIND_WINDOW`] of the time it was stored (a copy onto itself made elsewhere within that
+//! window, before this host listed the object, is the one case it cannot tell apart).
 //!
 //! Where it lives: one SQLite database per bucket and endpoint under the cache root
 //! (`attrs/BUCKET-HASH.sqlite`), shared by every mount of that bucket with that cache root,
@@ -40,6 +42,10 @@ pub const FLUSH: Duration = Duration::from_millis(200);
 const VERSION: i64 = 1;
 /// A row's use is written again only when older than this.
 const TOUCH_EVERY: i64 = 3600;
+/// How far (seconds, either way) the date a listing shows may be from the time an upload made
+/// here was stored for the two to be taken as the same version: clocks differ a little, and
+/// a server whose clock is further off only costs HEADs (each HEAD stores the exact date).
+const BIND_WINDOW: i64 = 2;
 /// The least bound accepted (an empty database takes a few pages).
 pub const MIN_CAP: u64 = 256 << 10;
 
@@ -49,7 +55,10 @@ enum Pending {
     Put(Row),
     Forget,
     /// Binds an entry stored without a date to the date a listing showed.
-    Bind { etag: String, modified: i64 },
+    Bind {
+        etag: String,
+        modified: i64,
+    },
     Touch,
 }
 
@@ -58,13 +67,19 @@ struct Row {
     etag: String,
     /// Last-Modified in whole seconds; `None` when stored from an upload or copy made here.
     modified: Option<i64>,
+    /// When this host stored it (whole seconds): a dateless row matches only a date near it.
+    written: i64,
     meta: UserMeta,
 }
 
 impl Row {
     /// Whether the row describes the listed version `etag` at `modified`.
     fn matches(&self, etag: &str, modified: i64) -> bool {
-        self.etag == etag && self.modified.is_none_or(|m| m == modified)
+        self.etag == etag
+            && match self.modified {
+                Some(m) => m == modified,
+                None => (modified - self.written).abs() <= BIND_WINDOW,
+            }
     }
 }
 
@@ -119,7 +134,8 @@ pub fn secs(t: SystemTime) -> i64 {
 
 fn crc(key: &str, r: &Row, meta_json: &str) -> i64 {
     let m = r.modified.map(|m| m.to_string()).unwrap_or_default();
-    let text = [key, r.etag.as_str(), &m, meta_json].join("\0");
+    let w = r.written.to_string();
+    let text = [key, r.etag.as_str(), &m, &w, meta_json].join("\0");
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, text.as_bytes()) as i64
 }
 
@@ -197,7 +213,7 @@ fn open_checked(path: &Path) -> Result<Connection, rusqlite::Error> {
          PRAGMA journal_size_limit = 1048576;
          CREATE TABLE IF NOT EXISTS attrs (
              key TEXT PRIMARY KEY, etag TEXT NOT NULL, modified INTEGER,
-             meta TEXT NOT NULL, crc INTEGER NOT NULL, used INTEGER NOT NULL);
+             written INTEGER NOT NULL, meta TEXT NOT NULL, crc INTEGER NOT NULL, used INTEGER NOT NULL);
          CREATE INDEX IF NOT EXISTS attrs_used ON attrs(used);
          CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     )?;
@@ -259,7 +275,7 @@ impl AttrCache {
         let mut pending = self.shared.pending.lock().expect("attrs pending");
         let reader = self.reader.lock().expect("attrs reader");
         let mut stmt = match reader.prepare_cached(
-            "SELECT etag, modified, meta, crc, used FROM attrs WHERE key = ?1",
+            "SELECT etag, modified, written, meta, crc, used FROM attrs WHERE key = ?1",
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -315,6 +331,7 @@ impl AttrCache {
         let row = Row {
             etag: etag.to_string(),
             modified: modified.map(secs),
+            written: now_secs(),
             meta: meta.clone(),
         };
         self.queue(key, Pending::Put(row));
@@ -361,13 +378,21 @@ impl AttrCache {
     }
 }
 
-impl Drop for AttrCache {
-    fn drop(&mut self) {
+impl AttrCache {
+    /// Writes what is queued and stops the writer (at unmount; dropping the cache does it too).
+    /// What is remembered afterwards is written by [`Self::flush`] only.
+    pub fn close(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
         if let Some(h) = self.writer.lock().expect("attrs writer").take() {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for AttrCache {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -394,19 +419,21 @@ fn read_row(
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .optional()
         .ok()
         .flatten()?;
-    let (etag, modified, meta_json, stored_crc, used) = got;
+    let (etag, modified, written, meta_json, stored_crc, used) = got;
     let meta: Option<UserMeta> = serde_json::from_str(&meta_json).ok();
     let row = meta.map(|meta| Row {
         etag,
         modified,
+        written,
         meta,
     });
     match row {
@@ -468,20 +495,20 @@ fn write_batch(
     let now = now_secs();
     {
         let mut put = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attrs (key, etag, modified, meta, crc, used) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO attrs (key, etag, modified, written, meta, crc, used) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut forget = tx.prepare_cached("DELETE FROM attrs WHERE key = ?1")?;
         let mut touch = tx.prepare_cached("UPDATE attrs SET used = ?2 WHERE key = ?1")?;
         let mut bind = tx.prepare_cached(
-            "SELECT meta FROM attrs WHERE key = ?1 AND etag = ?2 AND modified IS NULL",
+            "SELECT meta, written FROM attrs WHERE key = ?1 AND etag = ?2 AND modified IS NULL",
         )?;
         for (key, p) in queued {
             match p {
                 Pending::Put(r) => {
                     let json = serde_json::to_string(&r.meta).unwrap_or_default();
                     let sum = crc(key, r, &json);
-                    put.execute(params![key, r.etag, r.modified, json, sum, now])?;
+                    put.execute(params![key, r.etag, r.modified, r.written, json, sum, now])?;
                 }
                 Pending::Forget => {
                     forget.execute([key])?;
@@ -490,18 +517,19 @@ fn write_batch(
                     touch.execute(params![key, now])?;
                 }
                 Pending::Bind { etag, modified } => {
-                    let json: Option<String> = bind
-                        .query_row(params![key, etag], |r| r.get(0))
+                    let got: Option<(String, i64)> = bind
+                        .query_row(params![key, etag], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
-                    let meta = json.as_deref().and_then(|j| serde_json::from_str(j).ok());
-                    if let (Some(meta), Some(json)) = (meta, json) {
+                    let Some((json, written)) = got else { continue };
+                    if let Ok(meta) = serde_json::from_str(&json) {
                         let r = Row {
                             etag: etag.clone(),
                             modified: Some(*modified),
+                            written,
                             meta,
                         };
                         let sum = crc(key, &r, &json);
-                        put.execute(params![key, r.etag, r.modified, json, sum, now])?;
+                        put.execute(params![key, r.etag, r.modified, r.written, json, sum, now])?;
                     }
                 }
             }
@@ -593,6 +621,10 @@ mod tests {
         }
     }
 
+    fn now() -> u64 {
+        now_secs() as u64 * 1000
+    }
+
     fn open(dir: &Path, cap: u64) -> Arc<AttrCache> {
         AttrCache::open(&dir.join("attrs/b.sqlite"), cap).unwrap().0
     }
@@ -618,19 +650,23 @@ mod tests {
     }
 
     #[test]
-    fn an_upload_is_bound_to_the_first_date_listed() {
+    fn an_upload_is_bound_to_the_first_date_listed_near_its_time() {
         let d = tempfile::tempdir().unwrap();
         let c = open(d.path(), 1 << 20);
+        let now = now_secs() as u64 * 1000;
         c.remember("a", "\"e\"", None, &meta("33261"));
+        c.remember("far", "\"e\"", None, &meta("33261"));
         c.flush();
-        assert_eq!(c.fill(&mut [listed("a", "\"e\"", 5_000)]), 1);
+        assert_eq!(c.fill(&mut [listed("a", "\"e\"", now + 2_000)]), 1);
         c.flush();
-        assert_eq!(c.fill(&mut [listed("a", "\"e\"", 5_500)]), 1);
+        assert_eq!(c.fill(&mut [listed("a", "\"e\"", now + 2_500)]), 1);
         assert_eq!(
-            c.fill(&mut [listed("a", "\"e\"", 9_000)]),
+            c.fill(&mut [listed("a", "\"e\"", now + 4_000)]),
             0,
             "a copy onto itself elsewhere (same ETag, later date) is not trusted"
         );
+        let far = now + 1000 * (BIND_WINDOW as u64 + 5);
+        assert_eq!(c.fill(&mut [listed("far", "\"e\"", far)]), 0);
     }
 
     #[test]
@@ -641,13 +677,17 @@ mod tests {
             let (c, notice) = AttrCache::open(&path, 1 << 20).unwrap();
             assert_eq!(notice, None);
             c.remember("k", "\"e\"", None, &UserMeta::new());
-            assert_eq!(c.fill(&mut [listed("k", "\"e\"", 0)]), 1);
+            assert_eq!(c.fill(&mut [listed("k", "\"e\"", now())]), 1);
             c.count(0, 3);
         }
         let (c, _) = AttrCache::open(&path, 1 << 20).unwrap();
-        let mut l = [listed("k", "\"e\"", 0)];
+        let mut l = [listed("k", "\"e\"", now())];
         assert_eq!(c.fill(&mut l), 1);
-        assert_eq!(l[0].user_meta, Some(UserMeta::new()), "no metadata is known too");
+        assert_eq!(
+            l[0].user_meta,
+            Some(UserMeta::new()),
+            "no metadata is known too"
+        );
         drop(c);
         let r = report(&path).unwrap();
         assert_eq!((r.entries, r.hits, r.misses), (1, 2, 3));
@@ -664,7 +704,7 @@ mod tests {
         raw.execute("UPDATE attrs SET meta = '{\"mode\":\"33279\"}'", [])
             .unwrap();
         drop(raw);
-        assert_eq!(c.fill(&mut [listed("k", "\"e\"", 0)]), 0);
+        assert_eq!(c.fill(&mut [listed("k", "\"e\"", now())]), 0);
         drop(c);
         std::fs::write(&path, b"not a database at all, not at all").unwrap();
         let (c, notice) = AttrCache::open(&path, 1 << 20).unwrap();

@@ -147,6 +147,8 @@ impl<S: ObjectStore> Fs<S> {
         let list = list.map_err(|e| FsError::from_store(e, &prefix))?;
         if !list.objects.is_empty() || !list.prefixes.is_empty() {
             let marker = match list.objects.first() {
+                // Listed with its metadata (from the attribute cache): no HEAD needed.
+                Some(o) if o.key == prefix && o.user_meta.is_some() => Some(o.clone()),
                 Some(o) if o.key == prefix => match self.store.head(&prefix).await {
                     Ok(m) => Some(m),
                     Err(StoreError::NotFound) => None,

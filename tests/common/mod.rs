@@ -158,6 +158,8 @@ pub struct Mount {
     pub source: String,
     /// A command the daemon runs under (`nsenter --net=...`), if any.
     wrap: Vec<String>,
+    /// The cache directory, when it is another mount's (`cache` is then unused).
+    shared_cache: Option<PathBuf>,
 }
 
 impl Mount {
@@ -198,7 +200,35 @@ impl Mount {
         Self::build(env, source, prefix, extra, &[], wrap)
     }
 
+    /// Another mount of the shared server's `prefix` on its own mountpoint, with `other`'s
+    /// cache directory (so it finds what `other` left there, the attribute cache included).
+    pub fn sharing_cache(other: &Mount, prefix: &str, extra: &[&str]) -> Mount {
+        let source = format!("{}:{}", S3Env::get().bucket, prefix);
+        let mut m = Self::unstarted(S3Env::get(), &source, prefix, extra, &[], &[]);
+        m.shared_cache = Some(other.cache.path().to_path_buf());
+        m.start();
+        m
+    }
+
+    /// The cache directory the daemon is given.
+    pub fn cache_dir(&self) -> &Path {
+        self.shared_cache.as_deref().unwrap_or(self.cache.path())
+    }
+
     fn build(
+        env: S3Env,
+        source: &str,
+        prefix: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        wrap: &[&str],
+    ) -> Mount {
+        let mut m = Self::unstarted(env, source, prefix, extra, envs, wrap);
+        m.start();
+        m
+    }
+
+    fn unstarted(
         env: S3Env,
         source: &str,
         prefix: &str,
@@ -215,7 +245,7 @@ impl Mount {
             .tempdir()
             .unwrap();
         let log = cache.path().join("pailfs.log");
-        let mut m = Mount {
+        Mount {
             dir,
             cache,
             prefix: prefix.to_string(),
@@ -229,9 +259,8 @@ impl Mount {
                 .collect(),
             source: source.to_string(),
             wrap: wrap.iter().map(|s| s.to_string()).collect(),
-        };
-        m.start();
-        m
+            shared_cache: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -263,7 +292,7 @@ impl Mount {
             .arg(self.dir.path())
             .arg("--foreground")
             .arg("--cache-dir")
-            .arg(self.cache.path())
+            .arg(self.cache_dir())
             .arg("--log-file")
             .arg(&self.log)
             .args(if self.extra.iter().any(|a| a == "--log-level") {

@@ -322,14 +322,15 @@ impl Namespace {
     }
 
     /// Listed files of `dir` whose stored attributes are not known at the listed ETag (they
-    /// need a HEAD for exact attributes), by position in `listed`.
+    /// need a HEAD for exact attributes), by position in `listed`. A listed file with its
+    /// metadata (from the attribute cache) needs none.
     pub fn entries_needing_head(&self, dir: Ino, listed: &[Listed]) -> Vec<(usize, String)> {
         let st = self.lock();
         listed
             .iter()
             .enumerate()
             .filter_map(|(n, l)| match l {
-                Listed::File(name, meta) => {
+                Listed::File(name, meta) if meta.user_meta.is_none() => {
                     let known = st.table.child(dir, name).is_some_and(|c| {
                         c.open.is_some()
                             || (c.user_meta.is_some()
