@@ -8,6 +8,7 @@
 //! s3bench list BUCKET PREFIX                           # paged LIST of every key under PREFIX
 //! s3bench seed BUCKET PREFIX COUNT SIZE_BYTES [CONC]   # COUNT small objects, CONC (32) at a time
 //! s3bench small-get BUCKET PREFIX COUNT                # GET COUNT small objects one by one
+//! s3bench heads BUCKET PREFIX COUNT [CONC]             # HEAD COUNT objects, CONC (64) at a time
 //! s3bench wait-size BUCKET KEY SIZE_BYTES              # waits until KEY exists with SIZE bytes
 //! s3bench wait-count BUCKET PREFIX COUNT               # waits until COUNT keys are under PREFIX
 //! ```
@@ -136,6 +137,21 @@ async fn main() {
                 .await;
             let secs = t.elapsed().as_secs_f64();
             println!("seed {secs:.3} {:.1}", count as f64 / secs);
+        }
+        "heads" => {
+            let prefix = &a[3];
+            let count = arg(&a, 4, 10_000);
+            let conc = arg(&a, 5, 64) as usize;
+            stream::iter(0..count)
+                .map(|i| {
+                    let s = &s;
+                    async move { s.head(&format!("{prefix}f{i:06}")).await.expect("head") }
+                })
+                .buffer_unordered(conc)
+                .for_each(|_| async {})
+                .await;
+            let secs = t.elapsed().as_secs_f64();
+            println!("heads {secs:.3} {:.1}", count as f64 / secs);
         }
         "small-get" => {
             let prefix = &a[3];

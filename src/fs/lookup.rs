@@ -94,13 +94,22 @@ impl<S: ObjectStore> Fs<S> {
         name: &str,
         count: bool,
     ) -> FsResult<Attr> {
-        for _ in 0..RETRIES {
+        let mut listed_again = false;
+        for _ in 0..=RETRIES {
             let (asked, found) = match self.ns.cached(parent, name, count)? {
                 Cached::Hit(a) => return Ok(a),
                 Cached::Absent => return Err(FsError::not_found()),
                 Cached::Listed(entry, asked) => {
                     let found = self.ask_listed(parent, &asked, entry).await?;
                     (asked, found)
+                }
+                Cached::Ask(_)
+                    if !listed_again && self.revalidate_by_listing(parent, name).await =>
+                {
+                    // A known file past its TTL, confirmed (or not) with its siblings by a
+                    // listing: ask the namespace again.
+                    listed_again = true;
+                    continue;
                 }
                 Cached::Ask(asked) => {
                     self.note_probe(parent);
@@ -174,7 +183,14 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let asked = ino;
         let ino = self.ns.canon(ino);
-        let plan = self.ns.head_plan(ino)?;
+        let mut plan = self.ns.head_plan(ino)?;
+        if let HeadPlan::Head { kind, .. } = &plan
+            && *kind != super::attr::Kind::Dir
+            && let Some((dir, name)) = self.ns.link_of(ino)
+            && self.revalidate_by_listing(dir, &name).await
+        {
+            plan = self.ns.head_plan(ino)?;
+        }
         let mut attr = match &plan {
             HeadPlan::Head { key, .. } => {
                 let answer = self.store.head(key).await;

@@ -47,6 +47,7 @@ pub mod readahead;
 pub mod readdir;
 pub mod recovery;
 pub mod rename;
+pub mod revalidate;
 pub mod setattr;
 pub mod siblings;
 pub mod spool;
@@ -209,6 +210,8 @@ pub struct Fs<S: ObjectStore> {
     pub(crate) skip_log: SkipLog,
     pub(crate) case_log: case::CaseLog,
     pub(crate) kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
+    /// Revalidations by listing in flight, one per directory (see `revalidate`).
+    pub(crate) revalidations: revalidate::Gates,
     /// This filesystem, for spawning background work from `&self` methods.
     pub(crate) me: std::sync::Weak<Fs<S>>,
 }
@@ -269,6 +272,7 @@ impl<S: ObjectStore> Fs<S> {
         });
         Ok(Arc::new_cyclic(|me| Fs {
             me: me.clone(),
+            revalidations: Default::default(),
             store: Arc::new(store),
             ns,
             handles: Mutex::new(handles::HandleTable::default()),

@@ -53,6 +53,7 @@ struct Seen {
     key: String,
     stat: Stat,
     etag: Option<String>,
+    modified: Option<std::time::SystemTime>,
     meta: Option<UserMeta>,
     marker: bool,
 }
@@ -74,6 +75,7 @@ impl Seen {
         }
         inode.stat = self.stat;
         inode.etag = self.etag;
+        inode.modified = self.modified;
         inode.user_meta = self.meta;
         inode.has_marker = self.marker;
         inode.validated = Some(now);
@@ -193,6 +195,7 @@ impl Namespace {
             key,
             stat,
             etag: marker.as_ref().map(|m| m.etag.clone()),
+            modified: None,
             meta: marker.as_ref().and_then(|m| m.user_meta.clone()),
             marker: marker.is_some(),
         }
@@ -213,6 +216,7 @@ impl Namespace {
             key: m.key,
             stat,
             etag: Some(m.etag),
+            modified: Some(m.last_modified),
             meta: m.user_meta,
             marker: false,
         }
@@ -501,6 +505,7 @@ fn learn_object(
         None => {}
     }
     i.etag = Some(m.etag.clone());
+    i.modified = Some(m.last_modified);
 }
 
 /// A stable inode number for an entry listed without an inode (plain readdir). The top bit

@@ -53,6 +53,7 @@ impl Namespace {
         let i = st.table.link_new(parent, name, key, stat);
         i.has_marker = true;
         i.etag = Some(etag);
+        i.modified = None;
         i.user_meta = Some(meta);
         i.validated = Some(now);
         i.changed = s;
@@ -79,6 +80,7 @@ impl Namespace {
         let s = st.next_stamp();
         let i = st.table.link_new(parent, name, key, stat);
         i.etag = Some(stored.etag.clone());
+        i.modified = None;
         i.user_meta = stored.user_meta.clone();
         i.target = target;
         i.validated = Some(now);
@@ -150,6 +152,7 @@ impl Namespace {
         }
         i.remote = true;
         i.etag = Some(etag.to_string());
+        i.modified = None;
         // The kernel's pages hold what was just stored.
         i.page_cache_etag = i.etag.clone();
         i.user_meta = Some(meta.clone());
@@ -184,6 +187,7 @@ impl Namespace {
         };
         i.stat = stat;
         i.etag = Some(etag.clone());
+        i.modified = None;
         i.user_meta = Some(meta.clone());
         i.validated = Some(now);
         i.changed = s;
@@ -229,6 +233,7 @@ impl Namespace {
                 && let Some(e) = m.copied.get(&i.key)
             {
                 i.etag = Some(e.clone());
+                i.modified = None;
             }
         }
         st.table.relink(m.ino, m.to.0, m.to.1, new_key.clone(), s);
@@ -239,6 +244,7 @@ impl Namespace {
             i.stat.ctime = SystemTime::now();
             if let Some(e) = &m.etag {
                 i.etag = Some(e.clone());
+                i.modified = None;
             }
             if let Some(of) = &i.open {
                 // A file not uploaded yet goes to its new key when it is.

@@ -46,6 +46,7 @@ mod apply;
 mod changes;
 mod listing_cache;
 mod opened;
+pub mod revalidation;
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
@@ -165,6 +166,13 @@ impl Namespace {
     /// A copy of inode `ino` as it is now.
     pub fn get(&self, ino: Ino) -> Option<Inode> {
         self.lock().table.get(ino).cloned()
+    }
+
+    /// The directory and name `ino` is linked under.
+    pub fn link_of(&self, ino: Ino) -> Option<(Ino, String)> {
+        let st = self.lock();
+        let i = st.table.get(ino).filter(|i| i.linked)?;
+        Some((i.parent, i.name.clone()))
     }
 
     /// The inode an alias stands for (itself when it is not an alias).

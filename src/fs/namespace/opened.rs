@@ -135,6 +135,7 @@ impl Namespace {
                 i.target = None;
             }
             i.etag = Some(meta.etag.clone());
+            i.modified = Some(meta.last_modified);
             i.stat.size = meta.size;
             i.stat.mtime = meta.last_modified;
             if let Some(m) = &meta.user_meta {

@@ -33,6 +33,9 @@ pub struct Inode {
     pub stat: Stat,
     /// ETag of the object (or directory marker) last seen.
     pub etag: Option<String>,
+    /// S3's Last-Modified of the version `etag` names, when S3 told it (a HEAD or a listing);
+    /// `None` after a change made here. A revalidation by listing needs it (see `revalidate`).
+    pub modified: Option<std::time::SystemTime>,
     /// Stamp of the last change made through the mount to this entry (its content, attributes
     /// or key); an answer from S3 asked for before it is older than what the mount knows.
     pub changed: u64,
@@ -98,6 +101,7 @@ impl InodeTable {
                 key: root_key,
                 stat: root_stat,
                 etag: None,
+                modified: None,
                 changed: 0,
                 names_changed: 0,
                 user_meta: None,
@@ -199,6 +203,7 @@ impl InodeTable {
                 key,
                 stat,
                 etag: None,
+                modified: None,
                 changed: 0,
                 names_changed: 0,
                 user_meta: None,
