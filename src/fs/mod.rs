@@ -34,6 +34,7 @@ pub mod dirops;
 pub mod dirscan;
 pub mod error;
 pub mod handles;
+pub mod headahead;
 pub mod listing;
 pub mod lookup;
 pub mod names;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 
 use super::error::{FsError, FsResult, HandleError};
+use super::headahead::HeadAhead;
 use super::inode::Ino;
 use super::listing::{ListState, Listed};
 use super::namespace::Asked;
@@ -56,6 +57,9 @@ pub struct DirHandle {
     collected: Option<Vec<Listed>>,
     /// The namespace's stamp when the listing started (see `namespace`, invariant 3).
     asked: Option<Asked>,
+    /// The kernel asked for attributes (`readdirplus`): files are HEADed ahead.
+    plus: bool,
+    ahead: Arc<HeadAhead>,
 }
 
 impl DirHandle {
@@ -69,6 +73,8 @@ impl DirHandle {
             local_added: false,
             collected: Some(Vec::new()),
             asked: None,
+            plus: false,
+            ahead: Arc::default(),
         }
     }
 
@@ -151,6 +157,7 @@ impl<S: ObjectStore> Fs<S> {
         if offset == 0 && h.started {
             h.restart();
         }
+        h.plus |= plus && !self.config.fast_listing;
         if !h.started {
             self.start_listing(&mut h).await?;
         }
@@ -163,9 +170,12 @@ impl<S: ObjectStore> Fs<S> {
         let want_end = idx.saturating_add(max.saturating_sub(out.len()) as u64);
         self.fill_until(&mut h, want_end).await?;
         let listed = h.window(idx, want_end)?;
-        let dir_ino = h.ino;
+        let (dir_ino, ahead) = (h.ino, h.ahead.clone());
         drop(h);
-        out.extend(self.listed_dirents(dir_ino, &listed, idx, plus).await?);
+        out.extend(
+            self.listed_dirents(dir_ino, &listed, idx, plus, &ahead)
+                .await?,
+        );
         Ok(out)
     }
 
@@ -190,6 +200,10 @@ impl<S: ObjectStore> Fs<S> {
                 .extend(cached.into_iter().filter(|l| !local.contains(l.name())));
             h.list.done = true;
             h.collected = None;
+            if h.plus {
+                let all: Vec<Listed> = h.entries.iter().cloned().collect();
+                self.head_ahead(h.ino, &h.ahead, &all);
+            }
         } else {
             h.asked = Some(self.ns.ask(h.ino)?);
             h.list.local = self.local_names(h.ino);
@@ -250,12 +264,18 @@ impl<S: ObjectStore> Fs<S> {
             collected,
             ino,
             asked,
+            plus,
+            ahead,
             ..
         } = h;
         let before = entries.len();
         self.list_page(list, entries).await?;
+        let new: Vec<Listed> = entries.iter().skip(before).cloned().collect();
+        if *plus {
+            self.head_ahead(*ino, ahead, &new);
+        }
         if let Some(c) = collected {
-            c.extend(entries.iter().skip(before).cloned());
+            c.extend(new);
             if c.len() > self.ns.max_listing_entries() {
                 *collected = None;
             } else if list.done
@@ -268,6 +288,15 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
+    /// Starts the HEADs of the handle's files `listed` whose attributes are not known.
+    fn head_ahead(&self, dir: Ino, ahead: &HeadAhead, listed: &[Listed]) {
+        let keys = self.ns.entries_needing_head(dir, listed);
+        ahead.start(
+            self.store.clone(),
+            keys.into_iter().map(|(_, k)| k).collect(),
+        );
+    }
+
     /// Listed entries with their attributes, numbered from index `idx`.
     async fn listed_dirents(
         &self,
@@ -275,8 +304,9 @@ impl<S: ObjectStore> Fs<S> {
         listed: &[Listed],
         idx: u64,
         plus: bool,
+        ahead: &HeadAhead,
     ) -> FsResult<Vec<DirEntry>> {
-        let attrs = self.entry_attrs(dir, listed, plus).await?;
+        let attrs = self.entry_attrs(dir, listed, plus, ahead).await?;
         if plus {
             self.trim_names();
         }
@@ -299,7 +329,13 @@ impl<S: ObjectStore> Fs<S> {
     /// Attributes for listed entries. Without `plus`, existing inodes keep their numbers and
     /// other entries get a stable synthetic number; with `plus`, every entry gets an inode and
     /// exact attributes (a HEAD for files whose metadata is not known at this ETag).
-    async fn entry_attrs(&self, dir: Ino, listed: &[Listed], plus: bool) -> FsResult<Vec<Attr>> {
+    async fn entry_attrs(
+        &self,
+        dir: Ino,
+        listed: &[Listed],
+        plus: bool,
+        ahead: &HeadAhead,
+    ) -> FsResult<Vec<Attr>> {
         let asked = self.ns.ask(dir)?;
         let need_head = if plus && !self.config.fast_listing {
             self.ns.entries_needing_head(dir, listed)
@@ -308,7 +344,13 @@ impl<S: ObjectStore> Fs<S> {
         };
         let heads: Vec<(usize, Result<ObjectMeta, crate::store::StoreError>)> =
             stream::iter(need_head)
-                .map(|(n, key)| async move { (n, self.store.head(&key).await) })
+                .map(|(n, key)| async move {
+                    let answer = match ahead.take(&key).await {
+                        Some(a) => a,
+                        None => self.store.head(&key).await,
+                    };
+                    (n, answer)
+                })
                 .buffer_unordered(32)
                 .collect()
                 .await;
