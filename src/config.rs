@@ -788,6 +788,39 @@ mod tests {
         assert!("forever".parse::<Ttl>().is_err() && "90000".parse::<Ttl>().is_err());
     }
 
+    /// The attribute cache is on by default, under the cache root, per bucket; `0` turns it
+    /// off; a bound too small to hold anything is refused with what to give instead.
+    #[test]
+    fn attr_cache_sizes() {
+        use clap::Parser;
+        let mp = tempfile::tempdir().unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["pailfs", "mount", "bkt", mp.path().to_str().unwrap()];
+            argv.extend(extra);
+            let crate::cli::Command::Mount(a) = crate::cli::Cli::parse_from(argv).command else {
+                unreachable!("a mount command")
+            };
+            MountConfig::from_args(&a)
+        };
+        let cfg = parse(&["--cache-dir", "/c"]).unwrap();
+        assert_eq!(cfg.attr_cache_size, DEFAULT_ATTR_CACHE_SIZE);
+        let path = cfg.attr_cache_path();
+        assert!(
+            path.to_str().unwrap().starts_with("/c/attrs/bkt-"),
+            "{path:?}"
+        );
+        assert_eq!(
+            parse(&["--attr-cache-size", "0"]).unwrap().attr_cache_size,
+            0
+        );
+        assert_eq!(
+            parse(&["--attr-cache-size", "1G"]).unwrap().attr_cache_size,
+            1 << 30
+        );
+        let err = parse(&["--attr-cache-size", "4K"]).unwrap_err().to_string();
+        assert!(err.contains("at least 256K, or 0 to turn it off"), "{err}");
+    }
+
     #[test]
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");

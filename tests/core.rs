@@ -1155,3 +1155,84 @@ async fn a_directory_rename_checks_the_keys_of_files_not_uploaded_yet() {
     t.fs.release(fh).await.unwrap();
     assert_eq!(t.read_all(&format!("d/{long}")).await, b"unsaved");
 }
+
+/// `d/f000`.. `d/f{n-1}` in the store, each looked up once (so the mount knows them), then
+/// the clock moved past the TTL.
+async fn known_then_expired(t: &T, n: usize) -> u64 {
+    for i in 0..n {
+        t.s().insert(&format!("d/f{i:03}"), format!("file {i}"));
+    }
+    let d = t.ino("d").await;
+    for i in 0..n {
+        t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+            .await
+            .unwrap();
+    }
+    t.fs.namespace()
+        .clock()
+        .advance(std::time::Duration::from_secs(61));
+    d
+}
+
+/// A warm `stat` storm after the TTL ran out: one LIST page confirms up to 900 known files
+/// (same ETag, same date), not a HEAD each; the attributes are the same.
+#[tokio::test]
+async fn expired_entries_of_a_big_directory_are_confirmed_by_listing() {
+    let t = T::new();
+    let d = known_then_expired(&t, 300).await;
+    let (heads, lists) = (t.s().count(Op::Head), t.s().count(Op::List));
+    for i in 0..300 {
+        let a =
+            t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+                .await
+                .unwrap();
+        assert_eq!(a.stat.size, format!("file {i}").len() as u64);
+    }
+    assert_eq!(t.s().count(Op::Head) - heads, 0, "no HEAD");
+    assert_eq!(
+        t.s().count(Op::List) - lists,
+        1,
+        "one page of 1,000 covers 300 names"
+    );
+}
+
+/// What the listing shows changed is not confirmed: a new version (new ETag) and a copy onto
+/// itself with new metadata (same ETag, later date) are asked with a HEAD and shown as S3 has
+/// them; the rest is confirmed.
+#[tokio::test]
+async fn a_listing_never_confirms_an_entry_changed_elsewhere() {
+    let t = T::new();
+    let d = known_then_expired(&t, 100).await;
+    t.s().insert("d/f005", "changed elsewhere");
+    let mode: UserMeta = [("mode".to_string(), "33261".to_string())].into(); // 0755
+    t.s().restamp("d/f006", mode);
+    let heads = t.s().count(Op::Head);
+    for i in 0..100 {
+        t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+            .await
+            .unwrap();
+    }
+    let f005 = t.fs.lookup(d, OsStr::new("f005")).await.unwrap();
+    let f006 = t.fs.lookup(d, OsStr::new("f006")).await.unwrap();
+    assert_eq!(f005.stat.size, 17);
+    assert_eq!(f006.stat.perm, 0o755);
+    assert_eq!(
+        t.s().count(Op::Head) - heads,
+        2,
+        "a HEAD for each changed entry only"
+    );
+}
+
+/// A small directory is asked name by name: a page of 1,000 costs more than a few HEADs.
+#[tokio::test]
+async fn expired_entries_of_a_small_directory_are_asked_with_a_head() {
+    let t = T::new();
+    let d = known_then_expired(&t, 10).await;
+    let heads = t.s().count(Op::Head);
+    for i in 0..10 {
+        t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(t.s().count(Op::Head) - heads, 10);
+}

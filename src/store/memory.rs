@@ -223,6 +223,17 @@ impl MemoryStore {
         );
     }
 
+    /// Replaces the metadata of `key` keeping its ETag and moving its date a second on, as S3
+    /// does when another client copies a single-part object onto itself (a `chmod`
+    /// elsewhere), without counting a request.
+    pub fn restamp(&self, key: &str, meta: UserMeta) {
+        let mut state = self.lock();
+        let o = state.objects.get_mut(key).expect("restamp: no such key");
+        o.meta = meta;
+        o.last_modified =
+            o.last_modified.max(SystemTime::now()) + std::time::Duration::from_secs(1);
+    }
+
     /// Makes every listing claim more pages behind the continuation token `token`, as a
     /// broken server might.
     pub fn sticky_token(&self, token: Option<&str>) {
