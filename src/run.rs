@@ -326,12 +326,13 @@ pub fn serve<B: StoreBuilder>(
         ));
     }
     let served = session.run();
-    if let Some(a) = &attrs {
-        a.close();
-    }
     let _ = std::fs::remove_file(&socket);
     drop(fs);
     rt.shutdown_timeout(Duration::from_secs(5));
+    // After the last upload of the shutdown, so what it stored is written too.
+    if let Some(a) = &attrs {
+        a.close();
+    }
     served.map_err(|e| CliError::failed("the FUSE session ended with an error", e))
 }
 

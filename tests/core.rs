@@ -1236,3 +1236,51 @@ async fn expired_entries_of_a_small_directory_are_asked_with_a_head() {
     }
     assert_eq!(t.s().count(Op::Head) - heads, 10);
 }
+
+/// `readdirplus` HEADs files ahead of the kernel, but no further than 1,000 entries, and the
+/// kernel going on with plain `readdir` (as `find` and `ls` do after the first reply) stops
+/// them: a listing of names never costs a HEAD per file.
+#[tokio::test]
+async fn heads_ahead_stop_when_the_kernel_reads_names_only() {
+    let t = T::new();
+    for i in 0..3000 {
+        t.s().insert(&format!("d/f{i:04}"), "x");
+    }
+    let d = t.ino("d").await;
+    let fh = t.fs.opendir(d).unwrap();
+    let first = t.fs.readdir(fh, 0, 20, true).await.unwrap();
+    let mut off = first.last().unwrap().offset;
+    loop {
+        let batch = t.fs.readdir(fh, off, 100, false).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        off = last.offset;
+    }
+    t.fs.releasedir(fh);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let heads = t.s().count(Op::Head);
+    assert!(heads <= 1000, "{heads} HEADs for a listing of names");
+}
+
+/// `readdirplus` shows a `chmod` made elsewhere on a file the mount knows: a copy onto itself
+/// keeps a single-part object's ETag, but the listing's date moved, so the entry is asked
+/// again instead of kept.
+#[tokio::test]
+async fn readdirplus_sees_a_chmod_made_elsewhere() {
+    let t = T::new();
+    for i in 0..3 {
+        t.s().insert(&format!("d/f{i}"), "x");
+    }
+    let d = t.ino("d").await;
+    for i in 0..3 {
+        t.fs.lookup(d, OsStr::new(&format!("f{i}"))).await.unwrap();
+    }
+    let mode: UserMeta = [("mode".to_string(), "33261".to_string())].into(); // 0755
+    t.s().restamp("d/f1", mode);
+    let fh = t.fs.opendir(d).unwrap();
+    let entries = t.fs.readdir(fh, 0, 10, true).await.unwrap();
+    t.fs.releasedir(fh);
+    let f1 = entries.iter().find(|e| e.name == "f1").unwrap();
+    assert_eq!(f1.attr.stat.perm, 0o755);
+    let f0 = entries.iter().find(|e| e.name == "f0").unwrap();
+    assert_eq!(f0.attr.stat.perm, 0o644);
+}

@@ -151,6 +151,7 @@ fn open_db(path: &Path) -> Result<(Connection, Option<String>), String> {
     check_file(path)?;
     match open_checked(path) {
         Ok(c) => Ok((c, None)),
+        Err(e) if !is_damage(&e) => Err(sql_err(path, e)),
         Err(why) => {
             for suffix in ["", "-wal", "-shm"] {
                 let mut p = path.as_os_str().to_owned();
@@ -169,11 +170,28 @@ fn open_db(path: &Path) -> Result<(Connection, Option<String>), String> {
     }
 }
 
-/// An existing database file must be a regular file of this user (not a symlink).
+/// Whether an error says the file is not a sound database (then it is started afresh; any
+/// other error, a busy database say, leaves it alone).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(f.code, DatabaseCorrupt | NotADatabase),
+        rusqlite::Error::InvalidQuery => true, // what a failed quick_check is reported as
+        _ => false,
+    }
+}
+
+/// An existing database file must be a regular file of this user (not a symlink); a missing
+/// one is created private (never truncating one another mount just created).
 fn check_file(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     match std::fs::symlink_metadata(path) {
-        Err(_) => crate::private::create_file(path)
+        Err(_) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
             .map(drop)
             .map_err(|e| format!("cannot create {}: {e}", path.display())),
         Ok(m) if !m.file_type().is_file() => Err(format!(
@@ -189,6 +207,12 @@ fn check_file(path: &Path) -> Result<(), String> {
 }
 
 fn open_checked(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let mut c = open_connection(path)?;
+    prepare(&mut c)?;
+    Ok(c)
+}
+
+fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -199,26 +223,35 @@ fn open_checked(path: &Path) -> Result<Connection, rusqlite::Error> {
     if ok != "ok" {
         return Err(rusqlite::Error::InvalidQuery);
     }
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version != VERSION {
-        c.execute_batch(
-            "PRAGMA auto_vacuum = INCREMENTAL; DROP TABLE IF EXISTS attrs; \
-             DROP TABLE IF EXISTS totals; VACUUM;",
-        )?;
-    }
+    Ok(c)
+}
+
+/// Settings and tables (created by the first process to get there).
+fn prepare(c: &mut Connection) -> Result<(), rusqlite::Error> {
+    // Takes effect only in a new database: before its first table.
+    c.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
     c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     c.execute_batch(
         "PRAGMA synchronous = NORMAL;
+         PRAGMA cache_size = -512;
          PRAGMA wal_autocheckpoint = 256;
-         PRAGMA journal_size_limit = 1048576;
-         CREATE TABLE IF NOT EXISTS attrs (
+         PRAGMA journal_size_limit = 1048576;",
+    )?;
+    // One process at a time creates or replaces the tables.
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != VERSION {
+        tx.execute_batch("DROP TABLE IF EXISTS attrs; DROP TABLE IF EXISTS totals;")?;
+    }
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS attrs (
              key TEXT PRIMARY KEY, etag TEXT NOT NULL, modified INTEGER,
              written INTEGER NOT NULL, meta TEXT NOT NULL, crc INTEGER NOT NULL, used INTEGER NOT NULL);
          CREATE INDEX IF NOT EXISTS attrs_used ON attrs(used);
          CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     )?;
-    c.pragma_update(None, "user_version", VERSION)?;
-    Ok(c)
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()
 }
 
 impl AttrCache {
@@ -271,43 +304,62 @@ impl AttrCache {
         if want.is_empty() {
             return 0;
         }
-        let want_len = want.len();
+        let queued: Vec<Option<Pending>> = {
+            let pending = self.shared.pending.lock().expect("attrs pending");
+            want.iter()
+                .map(|&n| pending.get(&objects[n].key).cloned())
+                .collect()
+        };
+        let mut later = Vec::new();
+        let rows = self.read_rows(objects, &want, &queued, &mut later);
+        let mut filled = 0;
+        for (&n, found) in want.iter().zip(rows) {
+            let o = &mut objects[n];
+            let modified = secs(o.last_modified);
+            if let Some(r) = found.filter(|r| r.matches(&o.etag, modified)) {
+                if r.modified.is_none() {
+                    later.push((o.key.clone(), Later::Bind(r.clone(), modified)));
+                }
+                o.user_meta = Some(r.meta);
+                filled += 1;
+            }
+        }
         let mut pending = self.shared.pending.lock().expect("attrs pending");
+        for (key, l) in later {
+            l.queue(&mut pending, key);
+        }
+        drop(pending);
+        self.count(filled as u64, (want.len() - filled) as u64);
+        filled
+    }
+
+    /// The row of each wanted object: from the queue when a change waits there, else from the
+    /// database (read without the queue's lock held).
+    fn read_rows(
+        &self,
+        objects: &[ObjectMeta],
+        want: &[usize],
+        queued: &[Option<Pending>],
+        later: &mut Vec<(String, Later)>,
+    ) -> Vec<Option<Row>> {
         let reader = self.reader.lock().expect("attrs reader");
         let mut stmt = match reader.prepare_cached(
             "SELECT etag, modified, written, meta, crc, used FROM attrs WHERE key = ?1",
         ) {
-            Ok(s) => s,
+            Ok(s) => Some(s),
             Err(e) => {
                 log::debug!("{}", sql_err(&self.path, e));
-                return 0;
+                None
             }
         };
-        let mut filled = 0;
-        for n in want {
-            let o = &mut objects[n];
-            let modified = secs(o.last_modified);
-            let found = match pending.get(&o.key) {
-                Some(Pending::Put(r)) => Some(r.clone()),
-                Some(Pending::Forget) => None,
-                _ => read_row(&mut stmt, &o.key, &mut pending),
-            };
-            match found {
-                Some(r) if r.matches(&o.etag, modified) => {
-                    if r.modified.is_none() {
-                        bind(&mut pending, &o.key, &r, modified);
-                    }
-                    o.user_meta = Some(r.meta);
-                    filled += 1;
-                }
-                _ => {}
-            }
-        }
-        drop(stmt);
-        drop(reader);
-        drop(pending);
-        self.count(filled as u64, (want_len - filled) as u64);
-        filled
+        want.iter()
+            .zip(queued)
+            .map(|(&n, q)| match (q, stmt.as_mut()) {
+                (Some(Pending::Put(r)), _) => Some(r.clone()),
+                (Some(Pending::Forget), _) | (_, None) => None,
+                (_, Some(stmt)) => read_row(stmt, &objects[n].key, later),
+            })
+            .collect()
     }
 
     /// Counts lookups: hits, and misses (files a HEAD had to be asked for).
@@ -322,16 +374,33 @@ impl AttrCache {
         u.1 += misses;
     }
 
-    /// Remembers the metadata of `key` at `etag`; `modified` is the object's date when S3
-    /// told it (a HEAD), `None` for an upload or copy made here.
-    pub fn remember(&self, key: &str, etag: &str, modified: Option<SystemTime>, meta: &UserMeta) {
+    /// Remembers what a HEAD said of `key`: its metadata at `etag` and `modified`. An answer
+    /// dated within [`BIND_WINDOW`] of now is not kept: another version with the same ETag
+    /// could still follow within the same second (a copy onto itself elsewhere).
+    pub fn remember_head(&self, key: &str, etag: &str, modified: SystemTime, meta: &UserMeta) {
+        let modified = secs(modified);
+        if etag.is_empty() || (now_secs() - modified).abs() <= BIND_WINDOW {
+            return;
+        }
+        let row = Row {
+            etag: etag.to_string(),
+            modified: Some(modified),
+            written: now_secs(),
+            meta: meta.clone(),
+        };
+        self.queue(key, Pending::Put(row));
+    }
+
+    /// Remembers what this host stored at `key` (an upload or a copy begun at `started`): S3
+    /// answers with the ETag only, so the entry waits for a date (see the module documentation).
+    pub fn remember_stored(&self, key: &str, etag: &str, started: SystemTime, meta: &UserMeta) {
         if etag.is_empty() {
             return;
         }
         let row = Row {
             etag: etag.to_string(),
-            modified: modified.map(secs),
-            written: now_secs(),
+            modified: None,
+            written: secs(started),
             meta: meta.clone(),
         };
         self.queue(key, Pending::Put(row));
@@ -396,14 +465,34 @@ impl Drop for AttrCache {
     }
 }
 
-/// Binds the dateless row `r` of `key` to the date `modified` a listing showed: in the queue
-/// when it is still there, else by a queued update.
-fn bind(pending: &mut HashMap<String, Pending>, key: &str, r: &Row, modified: i64) {
-    match pending.get_mut(key) {
-        Some(Pending::Put(queued)) => queued.modified = Some(modified),
-        _ => {
-            let etag = r.etag.clone();
-            pending.insert(key.to_string(), Pending::Bind { etag, modified });
+/// What a lookup found to write, queued after the rows were read.
+enum Later {
+    /// Binds the dateless row to the date a listing showed.
+    Bind(Row, i64),
+    Touch,
+    Forget,
+}
+
+impl Later {
+    fn queue(self, pending: &mut HashMap<String, Pending>, key: String) {
+        match self {
+            Later::Bind(r, modified) => match pending.get_mut(&key) {
+                // Still in the queue, and the same entry (not a newer one): bind it there.
+                Some(Pending::Put(q)) if q.etag == r.etag && q.written == r.written => {
+                    q.modified = Some(modified);
+                }
+                Some(Pending::Put(_) | Pending::Forget) => {}
+                _ => {
+                    let etag = r.etag;
+                    pending.insert(key, Pending::Bind { etag, modified });
+                }
+            },
+            Later::Touch => {
+                pending.entry(key).or_insert(Pending::Touch);
+            }
+            Later::Forget => {
+                pending.insert(key, Pending::Forget);
+            }
         }
     }
 }
@@ -412,7 +501,7 @@ fn bind(pending: &mut HashMap<String, Pending>, key: &str, r: &Row, modified: i6
 fn read_row(
     stmt: &mut rusqlite::CachedStatement<'_>,
     key: &str,
-    pending: &mut HashMap<String, Pending>,
+    later: &mut Vec<(String, Later)>,
 ) -> Option<Row> {
     let got = stmt
         .query_row([key], |r| {
@@ -439,13 +528,13 @@ fn read_row(
     match row {
         Some(r) if crc(key, &r, &meta_json) == stored_crc => {
             if now_secs() - used > TOUCH_EVERY {
-                pending.entry(key.to_string()).or_insert(Pending::Touch);
+                later.push((key.to_string(), Later::Touch));
             }
             Some(r)
         }
         _ => {
             log::warn!("attribute cache: the row of {key:?} is damaged; dropped");
-            pending.insert(key.to_string(), Pending::Forget);
+            later.push((key.to_string(), Later::Forget));
             None
         }
     }
@@ -491,12 +580,16 @@ fn write_batch(
     queued: &HashMap<String, Pending>,
     counted: (u64, u64),
 ) -> rusqlite::Result<()> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now = now_secs();
     {
         let mut put = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attrs (key, etag, modified, written, meta, crc, used) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO attrs (key, etag, modified, written, meta, crc, used) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT(key) DO UPDATE SET etag = excluded.etag, modified = excluded.modified, \
+             written = excluded.written, meta = excluded.meta, crc = excluded.crc, \
+             used = excluded.used \
+             WHERE NOT (attrs.etag = excluded.etag AND attrs.written > excluded.written)",
         )?;
         let mut forget = tx.prepare_cached("DELETE FROM attrs WHERE key = ?1")?;
         let mut touch = tx.prepare_cached("UPDATE attrs SET used = ?2 WHERE key = ?1")?;
@@ -555,7 +648,10 @@ fn evict(c: &mut Connection, cap: u64) -> rusqlite::Result<()> {
     let mut shrunk = false;
     for _ in 0..8 {
         if pragma(c, "freelist_count")? > 0 {
-            c.execute_batch("PRAGMA incremental_vacuum;")?;
+            // One page per step: run it to its end.
+            let mut vacuum = c.prepare("PRAGMA incremental_vacuum")?;
+            let mut rows = vacuum.query([])?;
+            while rows.next()?.is_some() {}
             shrunk = true;
         }
         let file = pragma(c, "page_count")? as u64 * size;
@@ -634,7 +730,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = open(d.path(), 1 << 20);
         let at = UNIX_EPOCH + Duration::from_secs(1000);
-        c.remember("a", "\"e1\"", Some(at), &meta("33188"));
+        c.remember_head("a", "\"e1\"", at, &meta("33188"));
+        c.remember_head("new", "\"e1\"", SystemTime::now(), &meta("33188"));
+        assert!(!c.holds("new", "\"e1\""), "an answer dated now is not kept");
         let mut l = vec![
             listed("a", "\"e1\"", 1_000_400),
             listed("a", "\"e2\"", 1_000_400),
@@ -654,8 +752,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = open(d.path(), 1 << 20);
         let now = now_secs() as u64 * 1000;
-        c.remember("a", "\"e\"", None, &meta("33261"));
-        c.remember("far", "\"e\"", None, &meta("33261"));
+        c.remember_stored("a", "\"e\"", SystemTime::now(), &meta("33261"));
+        c.remember_stored("far", "\"e\"", SystemTime::now(), &meta("33261"));
         c.flush();
         assert_eq!(c.fill(&mut [listed("a", "\"e\"", now + 2_000)]), 1);
         c.flush();
@@ -676,7 +774,7 @@ mod tests {
         {
             let (c, notice) = AttrCache::open(&path, 1 << 20).unwrap();
             assert_eq!(notice, None);
-            c.remember("k", "\"e\"", None, &UserMeta::new());
+            c.remember_stored("k", "\"e\"", SystemTime::now(), &UserMeta::new());
             assert_eq!(c.fill(&mut [listed("k", "\"e\"", now())]), 1);
             c.count(0, 3);
         }
@@ -698,7 +796,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("attrs/b.sqlite");
         let c = open(d.path(), 1 << 20);
-        c.remember("k", "\"e\"", None, &meta("33188"));
+        c.remember_stored("k", "\"e\"", SystemTime::now(), &meta("33188"));
         c.flush();
         let raw = Connection::open(&path).unwrap();
         raw.execute("UPDATE attrs SET meta = '{\"mode\":\"33279\"}'", [])
@@ -709,7 +807,7 @@ mod tests {
         std::fs::write(&path, b"not a database at all, not at all").unwrap();
         let (c, notice) = AttrCache::open(&path, 1 << 20).unwrap();
         assert!(notice.unwrap().contains("started afresh"));
-        c.remember("k", "\"e\"", None, &meta("33188"));
+        c.remember_stored("k", "\"e\"", SystemTime::now(), &meta("33188"));
         c.flush();
         assert!(c.holds("k", "\"e\""));
     }
@@ -723,7 +821,12 @@ mod tests {
         for batch in 0..20 {
             for n in 0..1000 {
                 let m = meta(&format!("{:0100}", batch * 1000 + n));
-                c.remember(&format!("dir/file-{batch}-{n}"), "\"etag\"", None, &m);
+                c.remember_stored(
+                    &format!("dir/file-{batch}-{n}"),
+                    "\"etag\"",
+                    SystemTime::now(),
+                    &m,
+                );
             }
             std::thread::sleep(FLUSH * 2);
         }

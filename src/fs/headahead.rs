@@ -7,7 +7,8 @@
 //! page and answers `take(key)` with the HEAD's result, waiting if it is still in flight;
 //! a key it was never given is `None` (the caller asks itself). At most [`IN_FLIGHT`] HEADs
 //! run at once per handle; closing the handle stops the rest. Results wait in memory only
-//! until taken (a page's worth at most, 1,000 entries).
+//! until taken; the handle starts them at most 1,000 entries ahead of what the kernel took,
+//! and drops them when the kernel goes on without attributes (plain `readdir`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,9 @@ pub struct HeadAhead {
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The namespace's stamp when the first of these HEADs was started (see `namespace`,
+    /// invariant 3): their answers are no newer than that.
+    oldest: Mutex<Option<u64>>,
 }
 
 impl Default for HeadAhead {
@@ -42,16 +46,21 @@ impl Default for HeadAhead {
             shared: Arc::default(),
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             tasks: Mutex::default(),
+            oldest: Mutex::default(),
         }
     }
 }
 
 impl HeadAhead {
-    /// Starts HEADs of `keys`, in their order.
-    pub fn start<S: ObjectStore + 'static>(&self, store: Arc<S>, keys: Vec<String>) {
+    /// Starts HEADs of `keys`, in their order, asked at the namespace's `stamp`.
+    pub fn start<S: ObjectStore + 'static>(&self, store: Arc<S>, keys: Vec<String>, stamp: u64) {
         if keys.is_empty() {
             return;
         }
+        self.oldest
+            .lock()
+            .expect("head-ahead stamp")
+            .get_or_insert(stamp);
         {
             let mut a = self.shared.answers.lock().expect("head-ahead");
             for k in &keys {
@@ -86,6 +95,11 @@ impl HeadAhead {
         let mut tasks = self.tasks.lock().expect("head-ahead tasks");
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
+    }
+
+    /// The stamp of the first question these HEADs answer, if any was started.
+    pub fn oldest_stamp(&self) -> Option<u64> {
+        *self.oldest.lock().expect("head-ahead stamp")
     }
 
     /// The answer of the HEAD of `key`, once it is there; `None` when it was never started.

@@ -36,6 +36,12 @@ use super::namespace::Asked;
 use super::{Attr, Fs};
 use crate::store::{ObjectMeta, ObjectStore};
 
+/// With `readdirplus`, files whose HEADs are started ahead of the entries returned.
+const HEAD_AHEAD: u64 = 1000;
+/// With `readdirplus`, entries listed ahead of the ones returned (the next page is asked for
+/// when fewer remain).
+const LIST_AHEAD: u64 = 300;
+
 /// One entry as returned to the adapter. `offset` is the cookie of the next entry.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -57,9 +63,10 @@ pub struct DirHandle {
     collected: Option<Vec<Listed>>,
     /// The namespace's stamp when the listing started (see `namespace`, invariant 3).
     asked: Option<Asked>,
-    /// The kernel asked for attributes (`readdirplus`): files are HEADed ahead.
-    plus: bool,
+    /// HEADs of the files ahead of what `readdirplus` returned (see `headahead`).
     ahead: Arc<HeadAhead>,
+    /// The index up to which HEADs ahead were started.
+    ahead_next: u64,
 }
 
 impl DirHandle {
@@ -73,8 +80,8 @@ impl DirHandle {
             local_added: false,
             collected: Some(Vec::new()),
             asked: None,
-            plus: false,
             ahead: Arc::default(),
+            ahead_next: 0,
         }
     }
 
@@ -157,7 +164,6 @@ impl<S: ObjectStore> Fs<S> {
         if offset == 0 && h.started {
             h.restart();
         }
-        h.plus |= plus && !self.config.fast_listing;
         if !h.started {
             self.start_listing(&mut h).await?;
         }
@@ -168,7 +174,20 @@ impl<S: ObjectStore> Fs<S> {
         };
         let idx = offset.max(2);
         let want_end = idx.saturating_add(max.saturating_sub(out.len()) as u64);
-        self.fill_until(&mut h, want_end).await?;
+        let ahead = plus && !self.config.fast_listing;
+        // With HEADs ahead, the next page is listed before the kernel reaches it.
+        let fill_to = if ahead {
+            want_end.max(idx + LIST_AHEAD)
+        } else {
+            want_end
+        };
+        self.fill_until(&mut h, fill_to).await?;
+        if ahead {
+            self.head_ahead(&mut h, idx)?;
+        } else if h.ahead_next > 0 {
+            // The kernel reads names only now (`find`, `ls`): what was fetched ahead goes.
+            h.ahead = Arc::default();
+        }
         let listed = h.window(idx, want_end)?;
         let (dir_ino, ahead) = (h.ino, h.ahead.clone());
         drop(h);
@@ -200,10 +219,6 @@ impl<S: ObjectStore> Fs<S> {
                 .extend(cached.into_iter().filter(|l| !local.contains(l.name())));
             h.list.done = true;
             h.collected = None;
-            if h.plus {
-                let all: Vec<Listed> = h.entries.iter().cloned().collect();
-                self.head_ahead(h.ino, &h.ahead, &all);
-            }
         } else {
             h.asked = Some(self.ns.ask(h.ino)?);
             h.list.local = self.local_names(h.ino);
@@ -264,18 +279,12 @@ impl<S: ObjectStore> Fs<S> {
             collected,
             ino,
             asked,
-            plus,
-            ahead,
             ..
         } = h;
         let before = entries.len();
         self.list_page(list, entries).await?;
-        let new: Vec<Listed> = entries.iter().skip(before).cloned().collect();
-        if *plus {
-            self.head_ahead(*ino, ahead, &new);
-        }
         if let Some(c) = collected {
-            c.extend(new);
+            c.extend(entries.iter().skip(before).cloned());
             if c.len() > self.ns.max_listing_entries() {
                 *collected = None;
             } else if list.done
@@ -288,13 +297,28 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    /// Starts the HEADs of the handle's files `listed` whose attributes are not known.
-    fn head_ahead(&self, dir: Ino, ahead: &HeadAhead, listed: &[Listed]) {
-        let keys = self.ns.entries_needing_head(dir, listed);
-        ahead.start(
+    /// Starts the HEADs of the files from index `idx` on (at most [`HEAD_AHEAD`] of them) whose
+    /// attributes are not known and whose HEADs were not started yet.
+    fn head_ahead(&self, h: &mut DirHandle, idx: u64) -> FsResult<()> {
+        let from = h.ahead_next.max(idx).max(h.base);
+        let to = h.available_end().min(idx + HEAD_AHEAD);
+        if to <= from {
+            return Ok(());
+        }
+        let listed: Vec<Listed> = h
+            .entries
+            .range((from - h.base) as usize..(to - h.base) as usize)
+            .cloned()
+            .collect();
+        let keys = self.ns.entries_needing_head(h.ino, &listed);
+        let asked = self.ns.ask(h.ino)?;
+        h.ahead.start(
             self.store.clone(),
             keys.into_iter().map(|(_, k)| k).collect(),
+            asked.stamp,
         );
+        h.ahead_next = to;
+        Ok(())
     }
 
     /// Listed entries with their attributes, numbered from index `idx`.
@@ -336,7 +360,11 @@ impl<S: ObjectStore> Fs<S> {
         plus: bool,
         ahead: &HeadAhead,
     ) -> FsResult<Vec<Attr>> {
-        let asked = self.ns.ask(dir)?;
+        let mut asked = self.ns.ask(dir)?;
+        // Answers fetched ahead are as old as the oldest question that started them.
+        if let Some(stamp) = ahead.oldest_stamp() {
+            asked.stamp = asked.stamp.min(stamp);
+        }
         let need_head = if plus && !self.config.fast_listing {
             self.ns.entries_needing_head(dir, listed)
         } else {
@@ -346,8 +374,12 @@ impl<S: ObjectStore> Fs<S> {
             stream::iter(need_head)
                 .map(|(n, key)| async move {
                     let answer = match ahead.take(&key).await {
-                        Some(a) => a,
-                        None => self.store.head(&key).await,
+                        Some(Ok(m)) => Ok(m),
+                        Some(Err(crate::store::StoreError::NotFound)) => {
+                            Err(crate::store::StoreError::NotFound)
+                        }
+                        // Not fetched ahead, or failed then: asked now.
+                        _ => self.store.head(&key).await,
                     };
                     (n, answer)
                 })

@@ -59,15 +59,15 @@ impl<S: ObjectStore> Fs<S> {
                 let confirmed = stream::iter(starts)
                     .map(|start_after| {
                         let mut req = ListRequest::dir(&asked.dir_key);
-                        req.start_after = start_after;
-                        async move { self.store.list(&req).await }
+                        req.start_after = start_after.clone();
+                        async move { (start_after, self.store.list(&req).await) }
                     })
                     .buffer_unordered(IN_FLIGHT)
-                    .fold(0, |n, page| {
+                    .fold(0, |n, (start_after, page)| {
                         let asked = &asked;
                         async move {
                             match page {
-                                Ok(p) => n + self.ns.revalidate(asked, &p),
+                                Ok(p) => n + self.ns.revalidate(asked, start_after.as_deref(), &p),
                                 Err(e) => {
                                     log::debug!("revalidating {:?}: {e}", asked.dir_key);
                                     n

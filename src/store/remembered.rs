@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -24,8 +25,9 @@ pub struct Remembered<S> {
     inner: S,
     /// `None` with the cache turned off (`--attr-cache-size 0`): requests pass through.
     cache: Option<Arc<AttrCache>>,
-    /// The metadata each open multipart upload was started with, by upload id.
-    uploads: Mutex<HashMap<String, UserMeta>>,
+    /// The metadata each open multipart upload was started with, and when (S3 dates the
+    /// object by its start), by upload id.
+    uploads: Mutex<HashMap<String, (UserMeta, SystemTime)>>,
 }
 
 impl<S: ObjectStore> Remembered<S> {
@@ -52,7 +54,7 @@ impl<S: ObjectStore> Remembered<S> {
         }
     }
 
-    fn uploads(&self) -> std::sync::MutexGuard<'_, HashMap<String, UserMeta>> {
+    fn uploads(&self) -> std::sync::MutexGuard<'_, HashMap<String, (UserMeta, SystemTime)>> {
         self.uploads.lock().expect("uploads")
     }
 }
@@ -64,17 +66,23 @@ impl<S: ObjectStore> ObjectStore for Remembered<S> {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let m = self.inner.head(key).await?;
         if let Some(meta) = &m.user_meta {
-            self.tell(|c| c.remember(&m.key, &m.etag, Some(m.last_modified), meta));
+            self.tell(|c| c.remember_head(&m.key, &m.etag, m.last_modified, meta));
         }
         Ok(m)
     }
 
+    /// The page, with what the cache knows filled in (SQLite reads, on the blocking pool).
     async fn list(&self, req: &ListRequest) -> StoreResult<ListPage> {
         let mut page = self.inner.list(req).await?;
-        self.tell(|c| {
+        let Some(c) = self.cache.clone() else {
+            return Ok(page);
+        };
+        tokio::task::spawn_blocking(move || {
             c.fill(&mut page.objects);
-        });
-        Ok(page)
+            page
+        })
+        .await
+        .map_err(|e| super::StoreError::Other(format!("attribute cache: {e}")))
     }
 
     async fn put_if(
@@ -84,15 +92,17 @@ impl<S: ObjectStore> ObjectStore for Remembered<S> {
         meta: &UserMeta,
         expect: &Expect,
     ) -> StoreResult<PutResult> {
+        let started = SystemTime::now();
         let r = self.inner.put_if(key, body, meta, expect).await?;
-        self.tell(|c| c.remember(key, &r.etag, None, meta));
+        self.tell(|c| c.remember_stored(key, &r.etag, started, meta));
         Ok(r)
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+        let started = SystemTime::now();
         let id = self.inner.create_multipart(key, meta).await?;
         if self.cache.is_some() {
-            self.uploads().insert(id.clone(), meta.clone());
+            self.uploads().insert(id.clone(), (meta.clone(), started));
         }
         Ok(id)
     }
@@ -104,12 +114,14 @@ impl<S: ObjectStore> ObjectStore for Remembered<S> {
         parts: &[(i32, String)],
         expect: &Expect,
     ) -> StoreResult<PutResult> {
+        // Taken first: a failed completion is not tried again under this id.
+        let started = self.uploads().remove(upload_id);
         let r = self
             .inner
             .complete_multipart_if(key, upload_id, parts, expect)
             .await?;
-        if let Some(meta) = self.uploads().remove(upload_id) {
-            self.tell(|c| c.remember(key, &r.etag, None, &meta));
+        if let Some((meta, at)) = started {
+            self.tell(|c| c.remember_stored(key, &r.etag, at, &meta));
         }
         Ok(r)
     }
@@ -126,11 +138,12 @@ impl<S: ObjectStore> ObjectStore for Remembered<S> {
         meta: Option<&UserMeta>,
         src_etag: Option<&str>,
     ) -> StoreResult<PutResult> {
+        let started = SystemTime::now();
         let r = self.inner.copy(src_key, dst_key, meta, src_etag).await?;
         // A copy that keeps the source's metadata is forgotten: which metadata the source had
         // at that ETag is not certain here (see `cache::attrs`), and a HEAD will tell.
         match meta {
-            Some(m) => self.tell(|c| c.remember(dst_key, &r.etag, None, m)),
+            Some(m) => self.tell(|c| c.remember_stored(dst_key, &r.etag, started, m)),
             None => self.tell(|c| c.forget(dst_key)),
         }
         Ok(r)

@@ -336,9 +336,7 @@ impl Namespace {
             .filter_map(|(n, l)| match l {
                 Listed::File(name, meta) if meta.user_meta.is_none() => {
                     let known = st.table.child(dir, name).is_some_and(|c| {
-                        c.open.is_some()
-                            || (c.user_meta.is_some()
-                                && c.etag.as_deref() == Some(meta.etag.as_str()))
+                        c.open.is_some() || (c.user_meta.is_some() && same_version(c, meta))
                     });
                     (!known).then(|| (n, meta.key.clone()))
                 }
@@ -435,9 +433,7 @@ impl Namespace {
             is_local(t, c)
                 || c.changed > asked.stamp
                 || moved
-                || (!was_headed
-                    && c.user_meta.is_some()
-                    && c.etag.as_deref() == Some(m.etag.as_str()))
+                || (!was_headed && c.user_meta.is_some() && same_version(c, m))
         });
         if let Some(c) = keep {
             let (ino, stale) = (c.ino, c.changed > asked.stamp || moved);
@@ -463,6 +459,15 @@ impl Namespace {
         i.validated = Some(now);
         attr_of(t, ino, false)
     }
+}
+
+/// Whether the listed `m` is the version of the object `c` knows: the same ETag, and the
+/// same Last-Modified second when S3 told it (a copy onto itself elsewhere, a `chmod`, keeps
+/// a single-part object's ETag but moves its date).
+fn same_version(c: &super::table::Inode, m: &ObjectMeta) -> bool {
+    let secs = |t: std::time::SystemTime| crate::cache::attrs::secs(t);
+    c.etag.as_deref() == Some(m.etag.as_str())
+        && c.modified.is_none_or(|d| secs(d) == secs(m.last_modified))
 }
 
 /// The kind a file object declares (a regular file, a symlink or a special file; never a
@@ -504,8 +509,12 @@ fn learn_object(
         }
         None => {}
     }
+    // The date belongs to the stat only when the stat came from this answer (a listing
+    // without metadata leaves the stat, and so the date, of what was learned before).
+    if m.user_meta.is_some() || !same {
+        i.modified = Some(m.last_modified);
+    }
     i.etag = Some(m.etag.clone());
-    i.modified = Some(m.last_modified);
 }
 
 /// A stable inode number for an entry listed without an inode (plain readdir). The top bit

@@ -111,6 +111,7 @@ impl Namespace {
             i.open = None;
         }
         i.validated = None;
+        i.modified = None;
         i.changed = s;
         // The kernel's pages hold the data that failed to upload.
         i.page_cache_etag = None;

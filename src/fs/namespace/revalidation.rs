@@ -6,11 +6,11 @@
 //! same name can shadow it. Anything else is left expired: the next question is a HEAD.
 
 use std::collections::HashSet;
-use std::time::SystemTime;
 
 use super::table::Ino;
 use super::table::Inode;
 use super::{Asked, Namespace};
+use crate::cache::attrs::secs;
 use crate::fs::names::child_key;
 use crate::store::ListPage;
 
@@ -43,11 +43,7 @@ fn confirmable(i: &Inode) -> bool {
         && i.alias_of.is_none()
         && i.etag.is_some()
         && i.modified.is_some()
-}
-
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        && i.user_meta.is_some()
 }
 
 impl Namespace {
@@ -92,9 +88,11 @@ impl Namespace {
         Revalidate::List(asked, starts)
     }
 
-    /// Confirms the known files of `asked.parent` that `page` shows unchanged (see the module
-    /// documentation); returns how many.
-    pub fn revalidate(&self, asked: &Asked, page: &ListPage) -> usize {
+    /// Confirms the known files of `asked.parent` that `page` (listed after `start_after`)
+    /// shows unchanged (see the module documentation); returns how many. A known file the page
+    /// shows changed, or that its span of keys lacks, is marked so its next question is a HEAD
+    /// at once, not another listing.
+    pub fn revalidate(&self, asked: &Asked, start_after: Option<&str>, page: &ListPage) -> usize {
         let now = self.clock.now();
         let mut st = self.lock();
         if st.table.get(asked.parent).map(|d| d.key.as_str()) != Some(asked.dir_key.as_str()) {
@@ -108,6 +106,7 @@ impl Namespace {
             last_object.max(last_prefix).unwrap_or_default().to_string()
         });
         let mut confirmed = 0;
+        let mut shown = HashSet::new();
         for o in &page.objects {
             let Some(name) = o.key.strip_prefix(asked.dir_key.as_str()) else {
                 continue;
@@ -120,17 +119,48 @@ impl Namespace {
             {
                 continue;
             }
+            shown.insert(name);
             let Some(ino) = st.table.child(asked.parent, name).map(|c| c.ino) else {
                 continue;
             };
             let i = st.table.get_mut(ino).expect("child exists");
             let same = i.etag.as_deref() == Some(o.etag.as_str())
                 && i.modified.map(secs) == Some(secs(o.last_modified));
-            if confirmable(i) && i.changed <= asked.stamp && same {
-                i.validated = Some(now);
-                confirmed += 1;
+            if confirmable(i) && i.changed <= asked.stamp {
+                if same {
+                    i.validated = Some(now);
+                    confirmed += 1;
+                } else {
+                    i.modified = None;
+                }
             }
         }
+        self.mark_missing(&mut st.table, asked, (start_after, end.as_deref()), &shown);
         confirmed
+    }
+
+    /// Marks the known files whose keys fall in the span a page covered, `(start_after, end]`
+    /// (to the directory's end for the last page), but which it did not show: gone, or
+    /// shadowed, they are asked with a HEAD next.
+    fn mark_missing(
+        &self,
+        t: &mut super::table::InodeTable,
+        asked: &Asked,
+        (start_after, end): (Option<&str>, Option<&str>),
+        shown: &HashSet<&str>,
+    ) {
+        let missing: Vec<Ino> = t
+            .children_of(asked.parent)
+            .into_iter()
+            .filter(|c| confirmable(c) && !shown.contains(c.name.as_str()))
+            .filter(|c| start_after.is_none_or(|s| c.key.as_str() > s))
+            .filter(|c| end.is_none_or(|e| c.key.as_str() <= e))
+            .map(|c| c.ino)
+            .collect();
+        for ino in missing {
+            if let Some(i) = t.get_mut(ino) {
+                i.modified = None;
+            }
+        }
     }
 }
