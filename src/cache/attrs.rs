@@ -23,8 +23,10 @@
 //! queued in memory and written by one thread in a transaction every [`FLUSH`]; a crash loses
 //! at most that much (misses, never wrong answers). Lookups read the queue first.
 //!
-//! Lock order: `pending` before `reader`, never the other way; the writer thread owns its own
-//! connection and takes `pending` only to swap the queue out.
+//! Locks: `pending` (the queue), `reader` (the lookup connection) and `unsaved` (counters)
+//! are never held together: a lookup copies what the queue says, reads the database, then
+//! queues what it found to write. The writer thread owns its own connection and takes
+//! `pending` and `unsaved` only to swap them out. `AttrCache` alone touches them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
