@@ -1223,6 +1223,36 @@ async fn a_listing_never_confirms_an_entry_changed_elsewhere() {
     );
 }
 
+/// Opening a file checks its version with one HEAD (close-to-open), in a big directory too:
+/// that check is for one file, so it never becomes a listing of the directory (which cost a
+/// LIST page of every sibling per open: reading 1,000 small files ran at an eighth of the speed).
+#[tokio::test]
+async fn an_open_in_a_big_directory_is_checked_with_one_head_not_a_listing() {
+    let t = T::new();
+    for i in 0..300 {
+        t.s().insert(&format!("d/f{i:03}"), format!("file {i}"));
+    }
+    let d = t.ino("d").await;
+    let mut inos = Vec::new();
+    for i in 0..300 {
+        inos.push(
+            t.fs.lookup(d, OsStr::new(&format!("f{i:03}")))
+                .await
+                .unwrap()
+                .ino,
+        );
+    }
+    // The lookups' HEADs ahead (`prefetch_meta`) finish first.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (heads, lists) = (t.s().count(Op::Head), t.s().count(Op::List));
+    for ino in inos {
+        let fh = t.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
+        t.fs.release(fh).await.unwrap();
+    }
+    assert_eq!(t.s().count(Op::List) - lists, 0, "no listing");
+    assert_eq!(t.s().count(Op::Head) - heads, 300, "a HEAD per open");
+}
+
 /// A small directory is asked name by name: a page of 1,000 costs more than a few HEADs.
 #[tokio::test]
 async fn expired_entries_of_a_small_directory_are_asked_with_a_head() {

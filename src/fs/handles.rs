@@ -161,7 +161,7 @@ impl<S: ObjectStore> Fs<S> {
         if self.ns.open_check(ino)? {
             let before = self.ns.get(ino).map(|i| (i.etag, i.page_cache_etag));
             self.ns.expire(ino);
-            self.getattr(ino).await?;
+            self.head_checked_attr(ino).await?;
             let now = self.ns.get(ino).and_then(|i| i.etag);
             if before.is_none_or(|(etag, cached)| etag != now || cached != now) {
                 // The kernel's cached size may be an older version's (a lookup answered from

@@ -181,10 +181,24 @@ impl<S: ObjectStore> Fs<S> {
     /// kernel asked with (in case-insensitive mode another spelling's inode stands for the
     /// file's own, whose attributes it reports).
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        self.checked_attr(ino, true).await
+    }
+
+    /// [`Self::getattr`] for one file's own check (an open's close-to-open): straight to a
+    /// HEAD when it is due, never a listing of its directory, which would cost a LIST page of
+    /// the siblings for every open.
+    pub(crate) async fn head_checked_attr(&self, ino: Ino) -> FsResult<Attr> {
+        self.checked_attr(ino, false).await
+    }
+
+    /// The attributes of `ino`, asked of S3 when expired: with a HEAD, or (`by_listing`, for
+    /// a storm of expired siblings) first by revalidating its directory's entries by listing.
+    async fn checked_attr(&self, ino: Ino, by_listing: bool) -> FsResult<Attr> {
         let asked = ino;
         let ino = self.ns.canon(ino);
         let mut plan = self.ns.head_plan(ino)?;
-        if let HeadPlan::Head { kind, .. } = &plan
+        if by_listing
+            && let HeadPlan::Head { kind, .. } = &plan
             && *kind != super::attr::Kind::Dir
             && let Some((dir, name)) = self.ns.link_of(ino)
             && self.revalidate_by_listing(dir, &name).await

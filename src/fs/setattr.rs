@@ -187,7 +187,7 @@ impl<S: ObjectStore> Fs<S> {
     pub(crate) async fn ensure_meta(&self, ino: Ino) -> FsResult<()> {
         if self.ns.needs_meta(ino)? {
             self.ns.expire(ino);
-            self.getattr(ino).await?;
+            self.head_checked_attr(ino).await?;
         }
         Ok(())
     }
