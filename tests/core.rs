@@ -1253,6 +1253,30 @@ async fn an_open_in_a_big_directory_is_checked_with_one_head_not_a_listing() {
     assert_eq!(t.s().count(Op::Head) - heads, 300, "a HEAD per open");
 }
 
+/// A `chmod` after the TTL reads the file's own stored metadata first (it rewrites all of
+/// it): one HEAD, not a listing of its big directory.
+#[tokio::test]
+async fn a_chmod_in_a_big_directory_reads_its_metadata_with_one_head() {
+    let t = T::new();
+    let d = known_then_expired(&t, 300).await;
+    let ino = t.fs.lookup(d, OsStr::new("f150")).await.unwrap().ino;
+    t.fs.namespace()
+        .clock()
+        .advance(std::time::Duration::from_secs(61));
+    let (heads, lists) = (t.s().count(Op::Head), t.s().count(Op::List));
+    let sa = pailfs::fs::setattr::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    t.fs.setattr(ino, sa).await.unwrap();
+    assert_eq!(t.s().count(Op::List) - lists, 0, "no listing");
+    assert_eq!(t.s().count(Op::Head) - heads, 1, "one HEAD");
+    assert_eq!(
+        t.s().peek_meta("d/f150").unwrap()["mode"],
+        (libc::S_IFREG | 0o600).to_string()
+    );
+}
+
 /// A small directory is asked name by name: a page of 1,000 costs more than a few HEADs.
 #[tokio::test]
 async fn expired_entries_of_a_small_directory_are_asked_with_a_head() {
